@@ -1,0 +1,222 @@
+"""pcapng block walker (own parser: dpkt's reader keeps only the first section's
+interfaces, and files with several SHBs, byte orders or link types are common
+from dumpcap and mergecap).
+
+Only packet blocks (EPB 6, SPB 3, obsolete PB 2) become Frames; every other block
+is skipped by its length.  Each SHB starts a new section with its own byte order
+and interface list, as the spec requires.
+"""
+from __future__ import annotations
+
+import struct
+from typing import BinaryIO, Iterator
+
+from pathtrace.errors import CaptureError
+from pathtrace.capture.frame import Frame
+from pathtrace.capture.linktypes import L2Parser, parser_for
+
+SHB = 0x0A0D0D0A
+IDB = 0x00000001
+PB = 0x00000002
+SPB = 0x00000003
+EPB = 0x00000006
+_PACKET_BLOCKS = (PB, SPB, EPB)
+
+OPT_ENDOFOPT = 0
+IF_NAME = 2
+IF_TSRESOL = 9
+IF_TSOFFSET = 14
+
+BOM_LE = b"\x4d\x3c\x2b\x1a"
+BOM_BE = b"\x1a\x2b\x3c\x4d"
+CHUNK = 1 << 20
+MAX_BLOCK = 64 << 20  # larger lengths are corruption, not packets (Wireshark caps at 16 MiB)
+
+_NO_VLAN: tuple[int, ...] = ()
+
+
+class Interface:
+    """What a packet needs from its IDB: link type, name, and how to scale timestamps."""
+
+    __slots__ = ("linktype", "parse", "name", "divisor", "offset", "snaplen")
+
+    def __init__(self, linktype: int, name: str | None, divisor: float, offset: int, snaplen: int):
+        self.linktype = linktype
+        self.parse: L2Parser = parser_for(linktype)
+        self.name = name
+        self.divisor = divisor
+        self.offset = offset
+        self.snaplen = snaplen
+
+
+def section_endian(bom: bytes) -> str | None:
+    return "<" if bom == BOM_LE else ">" if bom == BOM_BE else None
+
+
+def parse_options(buf: bytes, pos: int, end: int, e: str) -> dict[int, bytes]:
+    """TLV options (first occurrence of each code); stops quietly at anything malformed."""
+    opts: dict[int, bytes] = {}
+    while pos + 4 <= end:
+        code, length = struct.unpack_from(e + "HH", buf, pos)
+        if code == OPT_ENDOFOPT:
+            break
+        pos += 4
+        if pos + length > end:
+            break
+        opts.setdefault(code, buf[pos:pos + length])
+        pos += (length + 3) & ~3
+    return opts
+
+
+def parse_idb(buf: bytes, pos: int, end: int, e: str) -> Interface:
+    if end - pos < 8:
+        return Interface(-1, None, 1e6, 0, 0)
+    linktype, _reserved, snaplen = struct.unpack_from(e + "HHI", buf, pos)
+    opts = parse_options(buf, pos + 8, end, e)
+    name = None
+    if IF_NAME in opts:
+        name = opts[IF_NAME].rstrip(b"\0").decode("utf-8", "replace")
+    divisor = 1e6
+    if IF_TSRESOL in opts and opts[IF_TSRESOL]:
+        r = opts[IF_TSRESOL][0]
+        divisor = float(2 ** (r & 0x7F)) if r & 0x80 else float(10 ** r)
+    offset = 0
+    if len(opts.get(IF_TSOFFSET, b"")) == 8:
+        offset = struct.unpack(e + "q", opts[IF_TSOFFSET])[0]
+    return Interface(linktype, name, divisor, offset, snaplen)
+
+
+def _frame(index: int, ts: float, iface: Interface | None, buf: bytes, start: int, end: int,
+           wirelen: int, error: str | None) -> Frame:
+    """Build a Frame from the packet bytes buf[start:end]; `error` overrides the L2 one."""
+    if iface is None or iface.linktype < 0:
+        return Frame(index, ts, None, -1, None, None, None, _NO_VLAN, 0, b"", wirelen,
+                     end - start, error or "packet refers to an undefined interface")
+    dst, src, pkt_type, vlan, etype, payload, l2err = iface.parse(buf, start, end)
+    return Frame(index, ts, iface.name, iface.linktype, dst, src, pkt_type, vlan, etype, payload,
+                 wirelen, end - start, error or l2err)
+
+
+def pcapng_frames(f: BinaryIO, path: str, buf: bytes) -> Iterator[Frame]:
+    """Frames of a pcapng stream; `buf` holds bytes already read from the start of f."""
+    off = 0
+    e = "<"
+    u32 = struct.Struct("<I").unpack_from
+    hdr = struct.Struct("<II").unpack_from
+    epb = struct.Struct("<IIIII").unpack_from
+    pb = struct.Struct("<HHIIII").unpack_from
+    ifaces: list[Interface] = []
+    index = 0
+    last_ts = 0.0
+    consumed = 0  # file offset of buf[0], for error messages
+    eof = False
+    while True:
+        avail = len(buf) - off
+        if avail < 12:
+            if eof:
+                return  # clean end, or a partial block header we cannot use
+            more = f.read(CHUNK)
+            eof = not more
+            consumed += off
+            buf = buf[off:] + more
+            off = 0
+            continue
+        if buf[off:off + 4] == b"\x0a\x0d\x0d\x0a":
+            e = section_endian(buf[off + 8:off + 12])
+            if e is None:
+                raise CaptureError(f"corrupt pcapng section header at byte {consumed + off}", file=path)
+            u32 = struct.Struct(e + "I").unpack_from
+            hdr = struct.Struct(e + "II").unpack_from
+            epb = struct.Struct(e + "IIIII").unpack_from
+            pb = struct.Struct(e + "HHIIII").unpack_from
+            ifaces = []
+        btype, blen = hdr(buf, off)
+        if blen < 12 or blen & 3 or blen > MAX_BLOCK:
+            raise CaptureError(f"corrupt pcapng block at byte {consumed + off} (length {blen})", file=path)
+        truncated = False
+        if blen > avail:
+            if not eof:
+                more = f.read(max(CHUNK, blen - avail))
+                eof = not more
+                consumed += off
+                buf = buf[off:] + more
+                off = 0
+                continue
+            if btype not in _PACKET_BLOCKS:
+                return
+            truncated = True
+        body = off + 8
+        bend = off + blen - 4 if not truncated else len(buf)
+        if btype == EPB or btype == PB:
+            if bend - body < 20:
+                return  # truncated before the packet header: nothing to report
+            if btype == EPB:
+                ifid, hi, lo, caplen, wirelen = epb(buf, body)
+            else:
+                ifid, _drops, hi, lo, caplen, wirelen = pb(buf, body)
+            iface = ifaces[ifid] if ifid < len(ifaces) else None
+            ticks = (hi << 32) | lo
+            ts = ticks / iface.divisor + iface.offset if iface is not None else ticks / 1e6
+            start = body + 20
+            end = start + caplen
+            error = None
+            if end > bend:
+                error = (f"truncated record ({bend - start} of {caplen} bytes)" if truncated
+                         else f"captured length {caplen} exceeds its block")
+                end = bend
+            elif iface is None:
+                error = f"packet refers to undefined interface {ifid}"
+            last_ts = ts
+            yield _frame(index, ts, iface, buf, start, end, wirelen, error)
+            index += 1
+        elif btype == SPB:
+            if bend - body < 4:
+                return
+            wirelen = u32(buf, body)[0]
+            iface = ifaces[0] if ifaces else None
+            start = body + 4
+            caplen = wirelen
+            if iface is not None and iface.snaplen:
+                caplen = min(caplen, iface.snaplen)
+            end = start + caplen
+            error = None
+            if end > bend:
+                if truncated:
+                    error = f"truncated record ({bend - start} of {caplen} bytes)"
+                end = bend
+            if iface is None:
+                error = error or "simple packet block before any interface description"
+            # An SPB has no timestamp: keep the previous packet's so replay time stays monotonic.
+            yield _frame(index, last_ts, iface, buf, start, end, wirelen, error)
+            index += 1
+        elif btype == IDB:
+            ifaces.append(parse_idb(buf, body, bend, e))
+        if truncated:
+            return
+        off += blen
+
+
+def count_pcapng(f: BinaryIO, path: str, size: int) -> int:
+    """Count what pcapng_frames would yield by seeking from block header to block header."""
+    count = 0
+    e = "<"
+    pos = f.tell()
+    while True:
+        head = f.read(12)
+        if len(head) < 12:
+            return count
+        if head[:4] == b"\x0a\x0d\x0d\x0a":
+            e = section_endian(head[8:12])
+            if e is None:
+                raise CaptureError(f"corrupt pcapng section header at byte {pos}", file=path)
+        btype, blen = struct.unpack(e + "II", head[:8])
+        if blen < 12 or blen & 3 or blen > MAX_BLOCK:
+            raise CaptureError(f"corrupt pcapng block at byte {pos} (length {blen})", file=path)
+        if pos + blen > size:  # truncated last block: a frame only if its packet header is there
+            if btype in _PACKET_BLOCKS and size - pos >= (12 if btype == SPB else 28):
+                count += 1
+            return count
+        if btype in _PACKET_BLOCKS:
+            count += 1
+        pos += blen
+        f.seek(pos)

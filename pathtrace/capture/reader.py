@@ -1,0 +1,236 @@
+"""Streaming capture reader: pcap (all magics, both byte orders) and pcapng.
+
+Files are read in 1 MiB chunks and records parsed in place with struct, so memory
+stays flat and only each packet's payload is copied.  dpkt is not used on this
+path: its per-record objects cost several times the whole parse, and its pcapng
+reader keeps only the first section's interfaces.
+
+Truncation policy: a final record whose header is complete but whose data is cut
+short yields one Frame with `error` set ("truncated record (N of M bytes)") and
+whatever link-layer fields could be parsed; a final record header that is itself
+incomplete is dropped silently.  Either way iteration then ends without raising.
+Corruption that makes the next record impossible to find raises CaptureError.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import sys
+from typing import BinaryIO, Iterator
+
+from pathtrace.errors import CaptureError
+from pathtrace.capture.frame import Frame
+from pathtrace.capture.linktypes import LINKTYPE_ETHERNET, VLAN_TPIDS, parser_for
+from pathtrace.capture.pcapng import CHUNK, count_pcapng, pcapng_frames, section_endian
+
+__all__ = ["Frame", "FrameReader", "read_frames", "count_frames"]
+
+_NO_VLAN: tuple[int, ...] = ()
+MAX_RECORD = 64 << 20  # caplen beyond this is a corrupt header, not a packet
+PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
+GZIP_MAGIC = b"\x1f\x8b"
+
+# magic as read big-endian -> (timestamp divisor, record header size)
+_PCAP_MAGICS = {
+    0xA1B2C3D4: (1e6, 16),   # classic, microseconds
+    0xA1B23C4D: (1e9, 16),   # nanosecond
+    0xA1B2CD34: (1e6, 24),   # Kuznetzov's patched libpcap: 8 extra bytes per record
+}
+
+
+def _open(path: str) -> BinaryIO:
+    if path == "-":
+        return sys.stdin.buffer
+    try:
+        f: BinaryIO = open(path, "rb")
+    except OSError as exc:
+        raise CaptureError(f"cannot open capture: {exc.strerror or exc}", file=path) from None
+    if f.read(2) == GZIP_MAGIC:
+        f.seek(0)
+        return gzip.GzipFile(fileobj=f)  # type: ignore[return-value]
+    f.seek(0)
+    return f
+
+
+def _read_exact(f: BinaryIO, n: int, path: str) -> bytes:
+    try:
+        data = f.read(n)
+        while len(data) < n:
+            more = f.read(n - len(data))
+            if not more:
+                break
+            data += more
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise CaptureError(f"cannot read capture: {exc}", file=path) from None
+    return data
+
+
+def _sniff(f: BinaryIO, path: str) -> tuple[str, bytes, tuple]:
+    """Identify the format; returns (kind, bytes read so far, format details)."""
+    head = _read_exact(f, 24, path)
+    if not head:
+        raise CaptureError("empty file, not a capture", file=path)
+    if head[:4] == PCAPNG_MAGIC:
+        if len(head) < 12 or section_endian(head[8:12]) is None:
+            raise CaptureError("truncated or corrupt pcapng section header", file=path)
+        return "pcapng", head, ()
+    if len(head) >= 4:
+        for endian in (">", "<"):
+            info = _PCAP_MAGICS.get(struct.unpack(endian + "I", head[:4])[0])
+            if info is None:
+                continue
+            if len(head) < 24:
+                raise CaptureError(f"truncated pcap file header ({len(head)} of 24 bytes)", file=path)
+            _major, _minor, _zone, _sigfigs, _snaplen, linktype = struct.unpack(endian + "HHiIII", head[4:24])
+            return "pcap", head[24:], (endian, info[0], info[1], linktype & 0xFFFF)
+    raise CaptureError(f"not a pcap or pcapng file (starts with {head[:4].hex()})", file=path)
+
+
+def _pcap_frames(f: BinaryIO, buf: bytes, endian: str, divisor: float, hlen: int,
+                 linktype: int, path: str) -> Iterator[Frame]:
+    unpack_from = struct.Struct(endian + "IIII").unpack_from
+    parse = parser_for(linktype)
+    ether = linktype == LINKTYPE_ETHERNET
+    off = 0
+    index = 0
+    eof = False
+    while True:
+        avail = len(buf) - off
+        if avail < hlen:
+            if eof:
+                return
+            more = f.read(CHUNK)
+            eof = not more
+            buf = buf[off:] + more
+            off = 0
+            continue
+        sec, frac, caplen, wirelen = unpack_from(buf, off)
+        if caplen > MAX_RECORD:
+            raise CaptureError(f"corrupt pcap record {index}: captured length {caplen}", file=path)
+        start = off + hlen
+        end = start + caplen
+        if end > len(buf):
+            if not eof:
+                more = f.read(max(CHUNK, end - len(buf)))
+                eof = not more
+                buf = buf[off:] + more
+                off = 0
+                continue
+            end = len(buf)
+            dst, src, pkt_type, vlan, etype, payload, _err = parse(buf, start, end)
+            yield Frame(index, sec + frac / divisor, None, linktype, dst, src, pkt_type, vlan, etype,
+                        payload, wirelen, end - start, f"truncated record ({end - start} of {caplen} bytes)")
+            return
+        if ether and caplen >= 14:
+            # Inlined parse_ethernet for the common untagged case (the hot path).
+            etype = (buf[start + 12] << 8) | buf[start + 13]
+            if etype >= 0x600 and etype not in VLAN_TPIDS:
+                yield Frame(index, sec + frac / divisor, None, 1, buf[start:start + 6],
+                            buf[start + 6:start + 12], None, _NO_VLAN, etype, buf[start + 14:end],
+                            wirelen, caplen, None)
+                index += 1
+                off = end
+                continue
+        dst, src, pkt_type, vlan, etype, payload, err = parse(buf, start, end)
+        yield Frame(index, sec + frac / divisor, None, linktype, dst, src, pkt_type, vlan, etype,
+                    payload, wirelen, caplen, err)
+        index += 1
+        off = end
+
+
+class FrameReader:
+    """Iterator over a capture's frames that owns (and closes) the open file.
+
+    The header is checked on construction, so a bad file fails before iteration.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._f: BinaryIO | None = None
+        self._f = _open(path)
+        try:
+            kind, buf, info = _sniff(self._f, path)
+        except BaseException:
+            self.close()
+            raise
+        self.format = kind
+        if kind == "pcapng":
+            self.linktype: int | None = None  # per interface
+            gen = pcapng_frames(self._f, path, buf)
+        else:
+            endian, divisor, hlen, self.linktype = info
+            gen = _pcap_frames(self._f, buf, endian, divisor, hlen, self.linktype, path)
+        self._gen = self._guard(gen)
+
+    def _guard(self, gen: Iterator[Frame]) -> Iterator[Frame]:
+        """Turn I/O failures mid-file into CaptureError and close the file at the end."""
+        try:
+            yield from gen
+        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            raise CaptureError(f"cannot read capture: {exc}", file=self.path) from None
+        finally:
+            self.close()
+
+    def __iter__(self) -> Iterator[Frame]:
+        return self._gen
+
+    def __next__(self) -> Frame:
+        return next(self._gen)
+
+    def close(self) -> None:
+        f = self._f
+        if f is not None and f is not getattr(sys.stdin, "buffer", None):
+            f.close()
+        self._f = None
+
+    def __enter__(self) -> "FrameReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._gen.close()
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def read_frames(path: str) -> FrameReader:
+    """Stream the frames of a pcap/pcapng file ("-" for stdin, .gz transparently).
+
+    Raises CaptureError at once if the file is missing or not a capture.
+    """
+    return FrameReader(path)
+
+
+def count_frames(path: str) -> int | None:
+    """How many frames read_frames(path) will yield, by seeking over record headers.
+
+    None when that cannot be done cheaply (stdin, gzip).  Raises CaptureError as
+    read_frames does.
+    """
+    if path == "-":
+        return None
+    f = _open(path)
+    try:
+        if not isinstance(f, type(sys.stdin.buffer)) and isinstance(f, gzip.GzipFile):
+            return None
+        kind, buf, info = _sniff(f, path)
+        size = os.fstat(f.fileno()).st_size
+        if kind == "pcapng":
+            f.seek(0)
+            return count_pcapng(f, path, size)
+        hlen = info[2]
+        unpack = struct.Struct(info[0] + "I").unpack
+        pos = 24
+        count = 0
+        while pos + hlen <= size:
+            f.seek(pos + 8)
+            caplen = unpack(f.read(4))[0]
+            if caplen > MAX_RECORD:
+                raise CaptureError(f"corrupt pcap record {count}: captured length {caplen}", file=path)
+            count += 1
+            pos += hlen + caplen
+        return count
+    finally:
+        f.close()

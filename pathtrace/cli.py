@@ -1,0 +1,155 @@
+"""Command line: `pathtrace replay`, `pathtrace show` (and the commands of later issues)."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Iterator
+
+import click
+
+from pathtrace.errors import PathtraceError
+from pathtrace.trace import PacketRecord
+
+
+def _fail(exc: PathtraceError) -> None:
+    click.echo(f"pathtrace: {exc}", err=True)
+    sys.exit(2)
+
+
+class _Progress:
+    """A one-line counter on a terminal's stderr; silent when stderr is not a terminal."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and sys.stderr.isatty()
+        self.start = time.monotonic()
+        self.last = self.start
+
+    def tick(self, count: int) -> None:
+        if not self.enabled or count & 1023:
+            return
+        now = time.monotonic()
+        if now - self.last >= 0.5:
+            self.last = now
+            rate = count / max(now - self.start, 1e-9)
+            sys.stderr.write(f"\r{count} packets, {rate:,.0f}/s ")
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+@click.group()
+@click.version_option(package_name="pathtrace")
+def main() -> None:
+    """Replay captures through a model of the Linux 6.x network stack."""
+
+
+@main.command()
+@click.argument("host", type=click.Path(dir_okay=False))
+@click.argument("capture", type=click.Path(dir_okay=False))
+@click.option("--in", "ingress", metavar="IFACE", help="Every frame enters on IFACE (foreign MACs re-addressed).")
+@click.option("--strict-mac", is_flag=True, help="With --in, keep foreign destination MACs (kernel drops them).")
+@click.option("--format", "fmt", type=click.Choice(["text", "jsonl", "none"]), default=None,
+              help="Per-packet output (default: text on a terminal, with --summary none).")
+@click.option("--summary", is_flag=True, help="Print verdict/reason and interface tables at the end.")
+@click.option("--verbose", "-v", is_flag=True, help="Show rules evaluated that did not match.")
+@click.option("--counters", is_flag=True, help="Print per-rule counters (iptables -L -v -n) at the end.")
+@click.option("--write-pcap", type=click.Path(dir_okay=False), help="Write every frame that left the host to a pcap.")
+@click.option("--limit", type=int, default=0, help="Stop after N packets.")
+@click.option("--no-progress", is_flag=True, help="No progress line on the terminal.")
+def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: str | None, summary: bool,
+           verbose: bool, counters: bool, write_pcap: str | None, limit: int, no_progress: bool) -> None:
+    """Replay CAPTURE (pcap/pcapng) through the host described in HOST (YAML)."""
+    from pathtrace.capture import read_frames
+    from pathtrace.host.loader import load_host
+    from pathtrace.packet.decode import describe_frame
+    from pathtrace.packet.pcapwriter import PcapWriter
+    from pathtrace.render.jsonl import write_jsonl
+    from pathtrace.render.summary import SummaryCounter
+    from pathtrace.render.text import write_text
+    from pathtrace.replay import Replayer, ReplayOptions, create_namespace
+
+    if fmt is None:
+        fmt = "none" if summary or counters else ("text" if sys.stdout.isatty() else "jsonl")
+    try:
+        cfg = load_host(host)
+        if ingress and ingress not in {i.name for i in cfg.interfaces} | {"lo"}:
+            raise PathtraceError(f"--in {ingress}: no such interface in {host}")
+        net = create_namespace(cfg)
+        frames = read_frames(capture)
+    except PathtraceError as exc:
+        _fail(exc)
+        return
+    need_frames = fmt != "none" or write_pcap is not None
+    replayer = Replayer(net, ReplayOptions(ingress=ingress, strict_mac=strict_mac, record=fmt != "none",
+                                           emit_frames=need_frames))
+    counter = SummaryCounter()
+    progress = _Progress(not no_progress)
+    writer = PcapWriter(write_pcap) if write_pcap else None
+    out = sys.stdout
+    try:
+        for record, frame in _records(replayer, frames, limit):
+            if fmt != "none":
+                record.packet = describe_frame(frame)
+                if fmt == "jsonl":
+                    write_jsonl(record, out)
+                else:
+                    write_text(record, out, verbose)
+            if writer is not None:
+                for e in record.emitted:
+                    writer.write(e.frame, record.time)
+            counter.add(record)
+            progress.tick(counter.packets)
+    except PathtraceError as exc:
+        progress.done()
+        _fail(exc)
+    finally:
+        if writer is not None:
+            writer.close()
+    progress.done()
+    warnings = []
+    if replayer.count and replayer.otherhost_drops * 2 > replayer.count:
+        warnings.append(f"{replayer.otherhost_drops} of {replayer.count} frames were dropped as PACKET_OTHERHOST: "
+                        "the capture was probably taken on another host; try --in IFACE")
+    if summary:
+        out.write(counter.render(net, warnings))
+    else:
+        for w in warnings:
+            click.echo(f"warning: {w}", err=True)
+    if counters and net.nf is not None:
+        out.write(net.nf.format_listing(counters=True))
+
+
+def _records(replayer, frames, limit: int) -> Iterator[tuple[PacketRecord, object]]:
+    for n, frame in enumerate(frames):
+        if limit and n >= limit:
+            break
+        try:
+            record = replayer.process(frame)
+        except PathtraceError:
+            raise
+        except Exception as exc:  # a model bug must not hide the packet: report it in its record
+            record = PacketRecord(frame.index, frame.ts, None, "", "MODEL_ERROR", None, None, [], [],
+                                  [f"model error: {type(exc).__name__}: {exc}"])
+        yield record, frame
+
+
+@main.command()
+@click.argument("host", type=click.Path(dir_okay=False))
+def show(host: str) -> None:
+    """Print the loaded HOST: interfaces, routes, rules, neighbours, sockets, ruleset."""
+    from pathtrace.host.loader import load_host
+    from pathtrace.render.show import render_host
+    from pathtrace.replay import create_namespace
+    try:
+        net = create_namespace(load_host(host))
+    except PathtraceError as exc:
+        _fail(exc)
+        return
+    click.echo(render_host(net), nl=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""NIC drivers: the driver-specific functions a packet passes on receive and transmit."""

@@ -1,0 +1,1 @@
+"""Host description: the YAML users write, its loading and validation."""

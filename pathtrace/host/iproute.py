@@ -1,0 +1,185 @@
+"""Parsers for the iproute2 strings the host file uses: routes, rules, neighbours, sockets.
+
+Each parser raises ValueError with a message in iproute2's terms; the loader adds
+file and line.  Syntax follows `ip route`, `ip rule` and `ip neigh` as users type them.
+"""
+from __future__ import annotations
+
+from pathtrace.host.model import (
+    RT_TABLE_MAIN, TABLE_NAMES, NeighbourConfig, RouteConfig, RuleConfig, SocketConfig,
+)
+from pathtrace.lib.inet import aton, parse_mac, parse_prefix
+
+ROUTE_TYPES = {"unicast", "local", "broadcast", "blackhole", "unreachable", "prohibit", "throw"}
+NUD_STATES = {"permanent", "noarp", "reachable", "stale", "delay", "probe", "failed", "incomplete"}
+
+
+def parse_table(text: str) -> int:
+    if text in TABLE_NAMES:
+        return TABLE_NAMES[text]
+    if text.isdigit() and 0 < int(text) < 2**32:
+        return int(text)
+    raise ValueError(f"bad routing table {text!r} (a number or local/main/default)")
+
+
+def _take(tokens: list[str], i: int, what: str) -> str:
+    if i + 1 >= len(tokens):
+        raise ValueError(f"'{tokens[i]}' needs {what}")
+    return tokens[i + 1]
+
+
+def parse_route(text: str) -> RouteConfig:
+    tokens = text.split()
+    if not tokens:
+        raise ValueError("empty route")
+    rtype = "unicast"
+    if tokens[0] in ROUTE_TYPES:
+        rtype = tokens.pop(0)
+    if not tokens:
+        raise ValueError("route has no destination")
+    dst, plen = parse_prefix(tokens[0])
+    route = RouteConfig(type=rtype, dst=dst, plen=plen, text=text)
+    i = 1
+    while i < len(tokens):
+        key = tokens[i]
+        if key == "via":
+            val = _take(tokens, i, "an address")
+            route.gateway = aton(val.removeprefix("inet "))
+            i += 2
+        elif key == "dev":
+            route.dev = _take(tokens, i, "an interface")
+            i += 2
+        elif key in ("metric", "preference", "priority"):
+            val = _take(tokens, i, "a number")
+            if not val.isdigit():
+                raise ValueError(f"bad metric {val!r}")
+            route.metric = int(val)
+            i += 2
+        elif key == "table":
+            route.table = parse_table(_take(tokens, i, "a table"))
+            i += 2
+        elif key == "src":
+            route.prefsrc = aton(_take(tokens, i, "an address"))
+            i += 2
+        elif key == "scope":
+            scope = _take(tokens, i, "a scope")
+            if scope not in ("host", "link", "global", "universe"):
+                raise ValueError(f"bad scope {scope!r}")
+            route.scope = "global" if scope == "universe" else scope
+            i += 2
+        elif key in ("proto", "protocol"):
+            route.proto = _take(tokens, i, "a protocol")
+            i += 2
+        elif key == "onlink":
+            route.onlink = True
+            i += 1
+        elif key in ("mtu", "advmss", "realm", "realms"):
+            _take(tokens, i, "a value")
+            i += 2
+        else:
+            raise ValueError(f"unknown route attribute {key!r}")
+    if rtype == "unicast" and route.gateway is None and route.dev is None:
+        raise ValueError("unicast route needs 'via' or 'dev'")
+    return route
+
+
+def parse_rule(text: str) -> RuleConfig:
+    tokens = text.split()
+    rule = RuleConfig(priority=-1, text=text)
+    i = 0
+    while i < len(tokens):
+        key = tokens[i]
+        if key == "not":
+            rule.invert = True
+            i += 1
+            continue
+        if key in ("blackhole", "unreachable", "prohibit"):
+            rule.action = key
+            i += 1
+            continue
+        val = _take(tokens, i, "a value")
+        if key == "from":
+            rule.src = None if val == "all" else parse_prefix(val)
+        elif key == "to":
+            rule.dst = None if val == "all" else parse_prefix(val)
+        elif key == "fwmark":
+            mark, _, mask = val.partition("/")
+            rule.fwmark = (int(mark, 0), int(mask, 0) if mask else 0xFFFFFFFF)
+        elif key in ("iif", "dev"):
+            rule.iif = val
+        elif key == "oif":
+            rule.oif = val
+        elif key in ("lookup", "table"):
+            rule.table = parse_table(val)
+        elif key in ("priority", "pref", "preference", "order"):
+            if not val.isdigit():
+                raise ValueError(f"bad priority {val!r}")
+            rule.priority = int(val)
+        elif key in ("tos", "dsfield"):
+            rule.tos = int(val, 0)
+        else:
+            raise ValueError(f"unknown rule selector {key!r}")
+        i += 2
+    return rule
+
+
+def parse_neighbour(text: str) -> NeighbourConfig:
+    tokens = text.split()
+    if not tokens:
+        raise ValueError("empty neighbour")
+    addr = aton(tokens[0])
+    dev = None
+    lladdr = None
+    state = None
+    i = 1
+    while i < len(tokens):
+        key = tokens[i].lower()
+        if key == "dev":
+            dev = _take(tokens, i, "an interface")
+            i += 2
+        elif key == "lladdr":
+            lladdr = parse_mac(_take(tokens, i, "a MAC address"))
+            i += 2
+        elif key == "nud":
+            state = _take(tokens, i, "a state").lower()
+            i += 2
+        elif key in NUD_STATES:
+            state = key
+            i += 1
+        elif key in ("router", "proxy", "extern_learn"):
+            i += 1
+        else:
+            raise ValueError(f"unknown neighbour attribute {tokens[i]!r}")
+    if dev is None:
+        raise ValueError("neighbour needs 'dev'")
+    state = state or "permanent"
+    if state not in NUD_STATES:
+        raise ValueError(f"unknown neighbour state {state!r}")
+    if lladdr is None and state not in ("failed", "incomplete"):
+        raise ValueError(f"neighbour in state {state} needs 'lladdr'")
+    return NeighbourConfig(addr=addr, dev=dev, lladdr=lladdr, state=state)
+
+
+def parse_socket(text: str) -> SocketConfig:
+    tokens = text.split()
+    if len(tokens) < 2 or tokens[0] not in ("tcp", "udp"):
+        raise ValueError("socket must look like 'tcp 0.0.0.0:22' or 'udp 127.0.0.53:53'")
+    host, sep, port = tokens[1].rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"bad socket address {tokens[1]!r}")
+    addr = 0 if host in ("*", "") else aton(host)
+    sock = SocketConfig(proto=tokens[0], addr=addr, port=int(port), text=text)
+    rest = tokens[2:]
+    if rest:
+        if len(rest) != 2 or rest[0] != "dev":
+            raise ValueError(f"unexpected {' '.join(rest)!r} (only 'dev IFACE' may follow)")
+        sock.dev = rest[1]
+    return sock
+
+
+def default_rule_priority(existing: list[int]) -> int:
+    """fib_default_rule_pref: one below the second rule's priority (32765 on a fresh table)."""
+    ordered = sorted(existing)
+    if len(ordered) >= 2 and ordered[1] > 0:
+        return ordered[1] - 1
+    return 0

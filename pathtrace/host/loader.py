@@ -1,0 +1,251 @@
+"""Load and validate a host YAML file into a HostConfig.
+
+Works on PyYAML's node graph rather than plain objects so that every error can name
+the line it comes from: `host.yaml:12: route via 10.9.0.1: gateway is not reachable`.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import yaml
+
+from pathtrace.errors import HostFileError
+from pathtrace.host import iproute
+from pathtrace.host.model import (
+    RT_TABLE_MAIN, HostConfig, InterfaceConfig, RuleConfig,
+)
+from pathtrace.lib.inet import aton, parse_mac, prefix_mask
+from pathtrace.net.ipv4.devinet import Sysctl
+
+TOP_KEYS = {"name", "interfaces", "sysctl", "routes", "rules", "neighbours", "neighbors",
+            "sockets", "iptables", "iptables-file", "ipsets"}
+IFACE_KEYS = {"name", "mac", "addresses", "mtu", "state", "driver", "txqueuelen"}
+DRIVERS = {"e1000e", "e1000", "ixgbe", "virtio_net", "veth", "igb", "mlx5_core", "bnxt_en", "tg3", "r8169"}
+
+
+class _Loader:
+    def __init__(self, path: str):
+        self.path = path
+
+    def fail(self, node: yaml.Node | None, message: str) -> HostFileError:
+        line = node.start_mark.line + 1 if node is not None else None
+        return HostFileError(message, self.path, line)
+
+    # ---- node helpers --------------------------------------------------------------
+    def mapping(self, node: yaml.Node, what: str) -> list[tuple[str, yaml.Node, yaml.Node]]:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.fail(node, f"{what} must be a mapping")
+        out = []
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                raise self.fail(key, f"bad key in {what}")
+            out.append((key.value, key, value))
+        return out
+
+    def sequence(self, node: yaml.Node, what: str) -> list[yaml.Node]:
+        if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null"):
+            return []
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.fail(node, f"{what} must be a list")
+        return node.value
+
+    def scalar(self, node: yaml.Node, what: str) -> str:
+        if not isinstance(node, yaml.ScalarNode):
+            raise self.fail(node, f"{what} must be a single value")
+        return node.value
+
+    def integer(self, node: yaml.Node, what: str) -> int:
+        text = self.scalar(node, what)
+        try:
+            return int(text, 0)
+        except ValueError:
+            raise self.fail(node, f"{what} must be a number, not {text!r}") from None
+
+    def parse_each(self, node: yaml.Node, what: str, parser: Callable[[str], Any]) -> list[Any]:
+        items = []
+        for item in self.sequence(node, what):
+            text = self.scalar(item, f"each entry of {what}")
+            try:
+                parsed = parser(text)
+            except ValueError as exc:
+                raise self.fail(item, f"{what[:-1] if what.endswith('s') else what} {text!r}: {exc}") from None
+            parsed.line = item.start_mark.line + 1
+            items.append(parsed)
+        return items
+
+    # ---- sections -------------------------------------------------------------------
+    def load(self) -> HostConfig:
+        try:
+            with open(self.path, encoding="utf-8") as fh:
+                root = yaml.compose(fh)
+        except OSError as exc:
+            raise HostFileError(f"cannot read host file: {exc.strerror}", self.path) from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = mark.line + 1 if mark is not None else None
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise HostFileError(f"YAML syntax error: {problem}", self.path, line) from None
+        if root is None:
+            raise HostFileError("host file is empty", self.path, 1)
+        host = HostConfig(path=self.path, name=os.path.splitext(os.path.basename(self.path))[0],
+                          interfaces=[], sysctl={}, routes=[], rules=[], neighbours=[], sockets=[])
+        sections = {}
+        for key, knode, value in self.mapping(root, "host file"):
+            if key not in TOP_KEYS:
+                raise self.fail(knode, f"unknown key {key!r} (expected one of {', '.join(sorted(TOP_KEYS))})")
+            sections[key] = (knode, value)
+        if "name" in sections:
+            host.name = self.scalar(sections["name"][1], "name")
+        if "interfaces" in sections:
+            host.interfaces = self.interfaces(sections["interfaces"][1])
+        names = {i.name for i in host.interfaces}
+        if "sysctl" in sections:
+            host.sysctl = self.sysctls(sections["sysctl"][1], sorted(names))
+        if "routes" in sections:
+            host.routes = self.parse_each(sections["routes"][1], "routes", iproute.parse_route)
+        if "rules" in sections:
+            host.rules = self.parse_each(sections["rules"][1], "rules", iproute.parse_rule)
+        for key in ("neighbours", "neighbors"):
+            if key in sections:
+                host.neighbours = self.parse_each(sections[key][1], "neighbours", iproute.parse_neighbour)
+        if "sockets" in sections:
+            host.sockets = self.parse_each(sections["sockets"][1], "sockets", iproute.parse_socket)
+        if "iptables" in sections and "iptables-file" in sections:
+            raise self.fail(sections["iptables-file"][0], "use either 'iptables' or 'iptables-file', not both")
+        if "iptables" in sections:
+            node = sections["iptables"][1]
+            host.iptables_text = self.scalar(node, "iptables")
+            host.iptables_path = self.path
+            # a block scalar's text starts on the line after the '|' indicator
+            host.iptables_first_line = node.start_mark.line + (2 if node.style in ("|", ">") else 1)
+        if "iptables-file" in sections:
+            node = sections["iptables-file"][1]
+            rel = self.scalar(node, "iptables-file")
+            full = rel if os.path.isabs(rel) else os.path.join(os.path.dirname(self.path), rel)
+            try:
+                with open(full, encoding="utf-8") as fh:
+                    host.iptables_text = fh.read()
+            except OSError as exc:
+                raise self.fail(node, f"cannot read iptables-file {rel!r}: {exc.strerror}") from None
+            host.iptables_path = full
+            host.iptables_first_line = 1
+        if "ipsets" in sections:
+            node = sections["ipsets"][1]
+            host.ipsets_line = node.start_mark.line + 1
+            for key, knode, value in self.mapping(node, "ipsets"):
+                host.ipsets[key] = [self.scalar(v, f"ipset {key} member") for v in self.sequence(value, f"ipset {key}")]
+        self.validate(host, names)
+        return host
+
+    def interfaces(self, node: yaml.Node) -> list[InterfaceConfig]:
+        result = []
+        seen: set[str] = set()
+        for item in self.sequence(node, "interfaces"):
+            fields = {k: (kn, v) for k, kn, v in self.mapping(item, "an interface")}
+            for key, (knode, _) in fields.items():
+                if key not in IFACE_KEYS:
+                    raise self.fail(knode, f"unknown interface key {key!r} (expected one of {', '.join(sorted(IFACE_KEYS))})")
+            if "name" not in fields:
+                raise self.fail(item, "interface needs a 'name'")
+            name = self.scalar(fields["name"][1], "interface name")
+            if name in seen or name == "lo" and False:
+                raise self.fail(fields["name"][1], f"interface {name!r} defined twice")
+            if not 0 < len(name) < 16 or "/" in name or " " in name:
+                raise self.fail(fields["name"][1], f"bad interface name {name!r}")
+            seen.add(name)
+            iface = InterfaceConfig(name=name, mac=b"", addresses=[], line=item.start_mark.line + 1)
+            if "mac" in fields:
+                try:
+                    iface.mac = parse_mac(self.scalar(fields["mac"][1], "mac"))
+                except ValueError as exc:
+                    raise self.fail(fields["mac"][1], str(exc)) from None
+            elif name != "lo":
+                # deterministic locally administered address derived from the name
+                iface.mac = bytes([0x02, 0x00]) + (sum(name.encode()) * 2654435761 & 0xFFFFFFFF).to_bytes(4, "big")
+            if "addresses" in fields:
+                for anode in self.sequence(fields["addresses"][1], "addresses"):
+                    text = self.scalar(anode, "address")
+                    addr, _, plen = text.partition("/")
+                    try:
+                        value = aton(addr)
+                        length = int(plen) if plen else 32
+                        if not 0 <= length <= 32:
+                            raise ValueError
+                    except ValueError:
+                        raise self.fail(anode, f"bad address {text!r} (expected CIDR like 192.0.2.1/24)") from None
+                    iface.addresses.append((value, length))
+            if "mtu" in fields:
+                iface.mtu = self.integer(fields["mtu"][1], "mtu")
+                if not 68 <= iface.mtu <= 65535:
+                    raise self.fail(fields["mtu"][1], f"mtu {iface.mtu} out of range 68..65535")
+            if "state" in fields:
+                state = self.scalar(fields["state"][1], "state").lower()
+                if state not in ("up", "down"):
+                    raise self.fail(fields["state"][1], f"state must be up or down, not {state!r}")
+                iface.up = state == "up"
+            if "driver" in fields:
+                iface.driver = self.scalar(fields["driver"][1], "driver")
+                if iface.driver not in DRIVERS:
+                    raise self.fail(fields["driver"][1], f"unknown driver {iface.driver!r} (known: {', '.join(sorted(DRIVERS))})")
+            if "txqueuelen" in fields:
+                iface.txqueuelen = self.integer(fields["txqueuelen"][1], "txqueuelen")
+            result.append(iface)
+        return result
+
+    def sysctls(self, node: yaml.Node, devices: list[str]) -> dict[str, str]:
+        probe = Sysctl()
+        probe.init_devices([*devices, "lo"])
+        out: dict[str, str] = {}
+        for key, knode, value in self.mapping(node, "sysctl"):
+            text = self.scalar(value, key)
+            try:
+                number = int(text, 0)
+            except ValueError:
+                raise self.fail(value, f"sysctl {key} must be a number, not {text!r}") from None
+            try:
+                probe.write(key, number)
+            except LookupError as exc:
+                if isinstance(exc, KeyError):
+                    raise self.fail(knode, f"unknown sysctl {key!r}") from None
+                raise self.fail(knode, f"sysctl {key}: unknown interface {exc.args[0]!r}") from None
+            out[key] = text
+        return out
+
+    def validate(self, host: HostConfig, names: set[str]) -> None:
+        known = names | {"lo"}
+        connected = [(a & prefix_mask(p), p, i.name) for i in host.interfaces for a, p in i.addresses]
+        for route in host.routes:
+            if route.dev is not None and route.dev not in known:
+                raise HostFileError(f"route {route.text!r}: unknown interface {route.dev!r}", self.path, route.line)
+            if route.gateway is not None and not route.onlink:
+                reach = [n for net, p, n in connected if route.gateway & prefix_mask(p) == net and
+                         (route.dev is None or route.dev == n)]
+                via_route = any(r is not route and r.gateway is None and r.dev and r.type == "unicast" and
+                                route.gateway & prefix_mask(r.plen) == r.dst and r.table == route.table and
+                                (route.dev is None or route.dev == r.dev) for r in host.routes)
+                if not reach and not via_route:
+                    raise HostFileError(f"route {route.text!r}: gateway is not reachable (no connected route to it; "
+                                        f"'Nexthop has invalid gateway')", self.path, route.line)
+        for rule in host.rules:
+            for dev in (rule.iif, rule.oif):
+                if dev is not None and dev not in known:
+                    raise HostFileError(f"rule {rule.text!r}: unknown interface {dev!r}", self.path, rule.line)
+        for neigh in host.neighbours:
+            if neigh.dev not in known:
+                raise HostFileError(f"neighbour: unknown interface {neigh.dev!r}", self.path, neigh.line)
+        for sock in host.sockets:
+            if sock.dev is not None and sock.dev not in known:
+                raise HostFileError(f"socket {sock.text!r}: unknown interface {sock.dev!r}", self.path, sock.line)
+
+
+def load_host(path: str) -> HostConfig:
+    """Read `path`; raises HostFileError (file:line: message) on anything invalid."""
+    return _Loader(path).load()
+
+
+def default_rules() -> list[RuleConfig]:
+    """The three rules every namespace starts with (fib_default_rules_init)."""
+    return [RuleConfig(priority=0, table=255, text="from all lookup local"),
+            RuleConfig(priority=32766, table=RT_TABLE_MAIN, text="from all lookup main"),
+            RuleConfig(priority=32767, table=253, text="from all lookup default")]

@@ -1,0 +1,1 @@
+"""Helpers the kernel keeps under lib/ (checksums) and include/linux (address helpers)."""

@@ -1,0 +1,68 @@
+"""IPv4 and MAC address conversions used by the model and the loaders."""
+from __future__ import annotations
+
+import socket
+import struct
+
+
+def aton(text: str) -> int:
+    """Dotted quad to host-order int; raises ValueError on anything else."""
+    parts = text.split(".")
+    if len(parts) != 4 or not all(p.isdigit() and len(p) <= 3 for p in parts):
+        raise ValueError(f"bad IPv4 address {text!r}")
+    value = 0
+    for p in parts:
+        n = int(p)
+        if n > 255:
+            raise ValueError(f"bad IPv4 address {text!r}")
+        value = (value << 8) | n
+    return value
+
+
+def ntoa(addr: int) -> str:
+    return socket.inet_ntoa(struct.pack("!I", addr))
+
+
+def prefix_mask(plen: int) -> int:
+    return (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF if plen else 0
+
+
+def parse_prefix(text: str) -> tuple[int, int]:
+    """'10.0.0.0/8' or a bare address (a /32) to (network, plen)."""
+    if text == "default":
+        return 0, 0
+    addr, _, plen_text = text.partition("/")
+    plen = 32 if not plen_text else int(plen_text) if plen_text.isdigit() else -1
+    if not 0 <= plen <= 32:
+        raise ValueError(f"bad prefix length in {text!r}")
+    return aton(addr) & prefix_mask(plen), plen
+
+
+def parse_mac(text: str) -> bytes:
+    parts = text.split(":")
+    if len(parts) != 6 or not all(len(p) in (1, 2) for p in parts):
+        raise ValueError(f"bad MAC address {text!r}")
+    try:
+        return bytes(int(p, 16) for p in parts)
+    except ValueError:
+        raise ValueError(f"bad MAC address {text!r}") from None
+
+
+def mac_ntoa(mac: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in mac)
+
+
+def ipv4_is_multicast(addr: int) -> bool:
+    return (addr & 0xF0000000) == 0xE0000000
+
+
+def ipv4_is_lbcast(addr: int) -> bool:
+    return addr == 0xFFFFFFFF
+
+
+def ipv4_is_zeronet(addr: int) -> bool:
+    return (addr & 0xFF000000) == 0
+
+
+def ipv4_is_loopback(addr: int) -> bool:
+    return (addr & 0xFF000000) == 0x7F000000

@@ -1,0 +1,160 @@
+"""struct net: one host's network namespace, built from a HostConfig.
+
+Everything that changes during a replay (neighbours, conntrack, rate limiters,
+fragment queues, counters) lives here, so two replays never share state.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pathtrace.host.loader import default_rules
+from pathtrace.host.model import HostConfig, RuleConfig
+from pathtrace.lib.inet import aton, prefix_mask
+from pathtrace.net.core.neighbour import (
+    NUD_FAILED, NUD_INCOMPLETE, NUD_NOARP, NUD_PERMANENT, NUD_REACHABLE, NUD_STALE, NeighTable,
+)
+from pathtrace.net.core.netdevice import InAddr, NetDevice
+from pathtrace.net.ipv4.devinet import Sysctl
+from pathtrace.net.ipv4.fib import FibAlias, FibTable
+
+_NUD_FROM_CONFIG = {"permanent": NUD_PERMANENT, "noarp": NUD_NOARP, "reachable": NUD_REACHABLE,
+                    "stale": NUD_STALE, "delay": NUD_STALE, "probe": NUD_STALE, "failed": NUD_FAILED,
+                    "incomplete": NUD_INCOMPLETE}
+
+
+@dataclass(slots=True)
+class Socket:
+    proto: str
+    addr: int
+    port: int
+    dev: str | None
+    text: str
+    rx_packets: int = 0
+
+
+@dataclass(eq=False)
+class Net:
+    host: HostConfig
+    devices: dict[str, NetDevice] = field(default_factory=dict)
+    sysctl: Sysctl = field(default_factory=Sysctl)
+    fib_tables: dict[int, FibTable] = field(default_factory=dict)
+    fib_rules: list[RuleConfig] = field(default_factory=list)
+    has_custom_rules: bool = False
+    has_custom_local_routes: bool = False
+    local_addrs: set[int] = field(default_factory=set)
+    neigh: NeighTable = field(default_factory=NeighTable)
+    sockets: list[Socket] = field(default_factory=list)
+    nf: Any = None
+    by_mac: dict[bytes, NetDevice] = field(default_factory=dict)
+    icmp_peers: dict[int, list[float]] = field(default_factory=dict)     # inet_peer rate tokens
+    icmp_global: list[float] = field(default_factory=lambda: [0.0, -1.0])  # credit, last time
+    rt_error_peers: dict[int, list[float]] = field(default_factory=dict)
+    ip_frags: dict = field(default_factory=dict)
+    tcp_conns: dict = field(default_factory=dict)       # request and established socks by 4-tuple
+    ip_id: int = 0
+
+    @property
+    def loopback(self) -> NetDevice:
+        return self.devices["lo"]
+
+    # ---- devinet helpers -----------------------------------------------------------
+    def inet_select_addr(self, dev: NetDevice | None, dst: int, scope: str = "global") -> int:
+        """inet_select_addr: the device's address on dst's subnet, else its primary, else any global one."""
+        if dev is not None:
+            for ifa in dev.addrs:
+                if dst and (dst & ifa.mask) == (ifa.local & ifa.mask):
+                    return ifa.local
+            for ifa in dev.addrs:
+                if not (dev.loopback and scope == "global"):
+                    return ifa.local
+        for other in self.devices.values():
+            if not other.loopback and other.addrs:
+                return other.addrs[0].local
+        return 0
+
+    def inet_addr_onlink(self, dev: NetDevice, a: int, b: int) -> bool:
+        return any((a & ifa.mask) == (ifa.local & ifa.mask) and (b & ifa.mask) == (ifa.local & ifa.mask)
+                   for ifa in dev.addrs)
+
+
+def _scope(route_type: str, gateway: int | None, given: str | None) -> str:
+    if given:
+        return given
+    if route_type in ("local",):
+        return "host"
+    if route_type == "broadcast" or (route_type == "unicast" and gateway is None):
+        return "link"
+    return "global"
+
+
+def build_net(host: HostConfig) -> Net:
+    """Create the namespace: devices, sysctls, kernel-derived and configured routes, rules, neighbours."""
+    net = Net(host=host)
+    lo = NetDevice(name="lo", ifindex=1, mac=b"\0" * 6, mtu=65536, loopback=True, driver="loopback",
+                   addrs=[InAddr(aton("127.0.0.1"), 8)])
+    net.devices["lo"] = lo
+    for index, iface in enumerate((i for i in host.interfaces if i.name != "lo"), start=2):
+        dev = NetDevice(name=iface.name, ifindex=index, mac=iface.mac, mtu=iface.mtu, up=iface.up,
+                        driver=iface.driver, txqueuelen=iface.txqueuelen,
+                        addrs=[InAddr(a, p) for a, p in iface.addresses])
+        net.devices[dev.name] = dev
+        net.by_mac.setdefault(dev.mac, dev)
+    for iface in host.interfaces:
+        if iface.name == "lo":
+            lo.addrs += [InAddr(a, p) for a, p in iface.addresses if (a, p) != (aton("127.0.0.1"), 8)]
+    net.sysctl.init_devices(list(net.devices))
+    for key, value in host.sysctl.items():
+        net.sysctl.write(key, int(value, 0))
+    for table in (255, 254, 253):
+        net.fib_tables[table] = FibTable(table)
+    _add_kernel_routes(net)
+    for rc in host.routes:
+        table = net.fib_tables.setdefault(rc.table, FibTable(rc.table))
+        table.insert(FibAlias(type=rc.type, dst=rc.dst, plen=rc.plen, table=rc.table, gateway=rc.gateway,
+                              dev=rc.dev, metric=rc.metric, prefsrc=rc.prefsrc,
+                              scope=_scope(rc.type, rc.gateway, rc.scope), proto=rc.proto, text=rc.text))
+        if rc.table == 255:
+            net.has_custom_local_routes = True
+    rules = default_rules()
+    for rc in host.rules:
+        if rc.priority < 0:
+            rc.priority = _default_pref([r.priority for r in rules])
+        rules.append(rc)
+    net.fib_rules = sorted(rules, key=lambda r: r.priority)
+    net.has_custom_rules = bool(host.rules)
+    for nc in host.neighbours:
+        n = net.neigh.create(nc.addr, nc.dev)
+        n.lladdr = nc.lladdr
+        n.state = _NUD_FROM_CONFIG[nc.state]
+    for sc in host.sockets:
+        net.sockets.append(Socket(sc.proto, sc.addr, sc.port, sc.dev, sc.text))
+    return net
+
+
+def _default_pref(existing: list[int]) -> int:
+    ordered = sorted(existing)
+    return ordered[1] - 1 if len(ordered) >= 2 and ordered[1] > 0 else 0
+
+
+def _add_kernel_routes(net: Net) -> None:
+    """fib_add_ifaddr: local, broadcast and prefix routes for every address of an up device."""
+    local = net.fib_tables[255]
+    main = net.fib_tables[254]
+    for dev in net.devices.values():
+        for ifa in dev.addrs:
+            net.local_addrs.add(ifa.local)
+            if not dev.up:
+                continue
+            local.insert(FibAlias(type="local", dst=ifa.local, plen=32, table=255, dev=dev.name,
+                                  prefsrc=ifa.local, scope="host", proto="kernel"))
+            if dev.loopback and ifa.prefixlen < 32:
+                local.insert(FibAlias(type="local", dst=ifa.local & ifa.mask, plen=ifa.prefixlen, table=255,
+                                      dev=dev.name, prefsrc=ifa.local, scope="host", proto="kernel"))
+            if ifa.prefixlen < 31:
+                local.insert(FibAlias(type="broadcast", dst=ifa.broadcast, plen=32, table=255, dev=dev.name,
+                                      prefsrc=ifa.local, scope="link", proto="kernel"))
+            if not dev.loopback and ifa.prefixlen < 32:
+                main.insert(FibAlias(type="unicast", dst=ifa.local & prefix_mask(ifa.prefixlen),
+                                     plen=ifa.prefixlen, table=254, dev=dev.name, prefsrc=ifa.local,
+                                     scope="link", proto="kernel"))

@@ -1,0 +1,113 @@
+"""IPv4 sysctls: global ones and the per-device `conf` with the kernel's combination rules.
+
+The kernel combines conf/all and conf/IFACE differently per setting (IN_DEV_ORCONF,
+IN_DEV_ANDCONF, IN_DEV_MAXCONF in include/linux/inetdevice.h); `Sysctl.dev` applies
+the same rule so `rp_filter` is max(all, dev) while `accept_local` is all OR dev.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Global net.ipv4.* settings and their kernel defaults.
+GLOBAL_DEFAULTS: dict[str, int] = {
+    "ip_forward": 0,
+    "ip_default_ttl": 64,
+    "icmp_ratelimit": 1000,          # ms, per-destination token bucket (inet_peer_xrlim_allow)
+    "icmp_ratemask": 0x1818,         # dest unreachable, source quench, time exceeded, parameter problem
+    "icmp_msgs_per_sec": 1000,       # global bucket (icmp_global_allow)
+    "icmp_msgs_burst": 50,
+    "icmp_echo_ignore_all": 0,
+    "icmp_echo_ignore_broadcasts": 1,
+    "icmp_errors_use_inbound_ifaddr": 0,
+    "ip_no_pmtu_disc": 0,
+    "tcp_syncookies": 1,
+    "ipfrag_time": 30,
+    "ip_nonlocal_bind": 0,
+}
+
+# conf/* settings: default value and how conf/all combines with the device's value.
+CONF_DEFAULTS: dict[str, tuple[int, str]] = {
+    "forwarding": (0, "dev"),
+    "rp_filter": (0, "max"),
+    "accept_local": (0, "or"),
+    "send_redirects": (1, "or"),
+    "accept_redirects": (1, "and"),
+    "secure_redirects": (1, "or"),
+    "shared_media": (1, "or"),
+    "log_martians": (0, "or"),
+    "route_localnet": (0, "or"),
+    "accept_source_route": (0, "and"),
+    "arp_ignore": (0, "max"),
+    "arp_announce": (0, "max"),
+    "arp_filter": (0, "or"),
+    "arp_accept": (0, "max"),
+    "proxy_arp": (0, "or"),
+    "bootp_relay": (0, "and"),
+    "src_valid_mark": (0, "or"),
+    "bc_forwarding": (0, "and"),
+    "disable_xfrm": (0, "or"),
+    "disable_policy": (0, "or"),
+    "medium_id": (0, "dev"),
+}
+
+
+@dataclass(slots=True)
+class Sysctl:
+    """The namespace's sysctl state, written in the order the host file lists them."""
+
+    glob: dict[str, int] = field(default_factory=lambda: dict(GLOBAL_DEFAULTS))
+    conf: dict[str, dict[str, int]] = field(default_factory=dict)   # 'all', 'default', iface -> settings
+
+    def init_devices(self, names: list[str]) -> None:
+        for scope in ("all", "default", *names):
+            self.conf.setdefault(scope, {k: v for k, (v, _) in CONF_DEFAULTS.items()})
+        self.conf["lo"]["forwarding"] = self.conf["lo"].get("forwarding", 0)
+
+    def write(self, key: str, value: int) -> None:
+        """Apply one `net.ipv4.*` write with the kernel's side effects (devinet_sysctl_forward)."""
+        parts = key.split(".")
+        if parts[:2] != ["net", "ipv4"]:
+            raise KeyError(key)
+        if len(parts) == 3:
+            name = parts[2]
+            if name not in self.glob:
+                raise KeyError(key)
+            self.glob[name] = value
+            if name == "ip_forward":
+                self._forward_change(value)
+            return
+        if len(parts) != 5 or parts[2] != "conf" or parts[4] not in CONF_DEFAULTS:
+            raise KeyError(key)
+        scope, name = parts[3], parts[4]
+        if scope not in self.conf:
+            raise LookupError(scope)
+        self.conf[scope][name] = value
+        if name == "forwarding" and scope == "all":
+            self._forward_change(value)
+        elif scope == "default":
+            # devinet_copy_dflt_conf: devices that never set it follow conf/default
+            for dev, settings in self.conf.items():
+                if dev not in ("all", "default") and not settings.get(f"_set_{name}"):
+                    settings[name] = value
+        if scope not in ("all", "default"):
+            self.conf[scope][f"_set_{name}"] = 1
+
+    def _forward_change(self, value: int) -> None:
+        """inet_forward_change: ip_forward and conf/all/forwarding set every device and default."""
+        self.glob["ip_forward"] = value
+        for scope, settings in self.conf.items():
+            if scope != "lo":
+                settings["forwarding"] = value
+
+    def dev(self, dev: str, name: str) -> int:
+        """IN_DEV_CONF_GET combined with conf/all the way the kernel combines this setting."""
+        own = self.conf.get(dev, self.conf["default"])[name]
+        rule = CONF_DEFAULTS[name][1]
+        if rule == "dev":
+            return own
+        allv = self.conf["all"][name]
+        if rule == "max":
+            return max(allv, own)
+        if rule == "or":
+            return 1 if (allv or own) else 0
+        return 1 if (allv and own) else 0

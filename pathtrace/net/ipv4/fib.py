@@ -1,0 +1,72 @@
+"""FIB tables (net/ipv4/fib_trie.c semantics): longest prefix, then lowest metric.
+
+Routes are grouped by prefix length so a lookup walks at most 33 dict probes; the
+tables are built once per host and never change during a replay.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pathtrace.lib.inet import ntoa, prefix_mask
+
+
+@dataclass(slots=True, eq=False)
+class FibAlias:
+    """One route: fib_alias + fib_info + its single nexthop."""
+
+    type: str                  # unicast local broadcast blackhole unreachable prohibit throw
+    dst: int
+    plen: int
+    table: int
+    gateway: int | None = None
+    dev: str | None = None
+    metric: int = 0
+    prefsrc: int | None = None
+    scope: str = "global"      # host | link | global
+    proto: str = "static"
+    text: str = ""
+
+    def describe(self) -> str:
+        if self.text:
+            return self.text
+        parts = [] if self.type == "unicast" else [self.type]
+        parts.append("default" if self.plen == 0 else f"{ntoa(self.dst)}/{self.plen}" if self.plen < 32 else ntoa(self.dst))
+        if self.gateway is not None:
+            parts += ["via", ntoa(self.gateway)]
+        if self.dev:
+            parts += ["dev", self.dev]
+        if self.proto == "kernel":
+            parts += ["proto", "kernel"]
+        if self.scope != "global":
+            parts += ["scope", self.scope]
+        if self.prefsrc is not None:
+            parts += ["src", ntoa(self.prefsrc)]
+        if self.metric:
+            parts += ["metric", str(self.metric)]
+        return " ".join(parts)
+
+
+@dataclass(slots=True)
+class FibTable:
+    id: int
+    by_plen: dict[int, dict[int, list[FibAlias]]] = field(default_factory=dict)
+    _plens: list[int] = field(default_factory=list)
+
+    def insert(self, fa: FibAlias) -> None:
+        bucket = self.by_plen.setdefault(fa.plen, {}).setdefault(fa.dst, [])
+        bucket.append(fa)
+        bucket.sort(key=lambda a: a.metric)
+        self._plens = sorted(self.by_plen, reverse=True)
+
+    def lookup(self, daddr: int, usable=None) -> FibAlias | None:
+        """fib_table_lookup: the longest matching prefix; among its aliases the first usable one."""
+        for plen in self._plens:
+            bucket = self.by_plen[plen].get(daddr & prefix_mask(plen))
+            if bucket:
+                for fa in bucket:
+                    if usable is None or usable(fa):
+                        return fa
+        return None
+
+    def routes(self) -> list[FibAlias]:
+        return [fa for plen in self._plens for key in sorted(self.by_plen[plen]) for fa in self.by_plen[plen][key]]

@@ -1,0 +1,123 @@
+"""net/ipv4/ip_output.c: local output, POST_ROUTING, fragmentation, the neighbour hand-off."""
+from __future__ import annotations
+
+from pathtrace.lib.checksum import ip_fast_csum
+from pathtrace.lib.inet import ntoa
+from pathtrace.net.core.skbuff import IP_DF, IP_MF, IP_OFFSET, SkBuff, kfree_skb_reason
+from pathtrace.net.netfilter_hooks import NF_INET_LOCAL_OUT, NF_INET_POST_ROUTING, nf_hook
+
+
+def ip_local_out(skb: SkBuff) -> None:
+    """ip_local_out → __ip_local_out (LOCAL_OUT) → dst_output, for packets the host builds."""
+    ctx = skb.ctx
+    ctx.step("ip_local_out")
+    iph = skb.iph
+    iph.tot_len = 20 + len(iph.options) + len(skb.payload)
+    iph.check = 0
+    iph.check = ip_fast_csum(iph.pack())     # ip_send_check
+    ctx.step("__ip_local_out")
+    if nf_hook(NF_INET_LOCAL_OUT, skb, None, skb.dst.dev if skb.dst else None):
+        dst_output(skb)
+
+
+def dst_output(skb: SkBuff) -> None:
+    ctx = skb.ctx
+    ctx.step("dst_output")
+    if skb.dst is None or skb.dst.dev is None:
+        kfree_skb_reason(skb, "IP_OUTNOROUTES")
+        return
+    ip_output(skb)
+
+
+def ip_output(skb: SkBuff) -> None:
+    dev = skb.dst.dev
+    skb.ctx.step("ip_output", dev=dev.name)
+    indev = skb.dev if skb.cb.get("forwarded") else None
+    skb.dev = dev
+    if nf_hook(NF_INET_POST_ROUTING, skb, indev, dev):
+        ip_finish_output(skb)
+
+
+def ip_finish_output(skb: SkBuff) -> None:
+    ctx = skb.ctx
+    ctx.step("ip_finish_output")
+    ctx.step("__ip_finish_output")
+    mtu = skb.dst.dev.mtu
+    if skb.len > mtu:
+        ip_fragment(skb, mtu)
+        return
+    ip_finish_output2(skb)
+
+
+def ip_fragment(skb: SkBuff, mtu: int) -> None:
+    from pathtrace.net.ipv4.icmp import ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, icmp_send
+    ctx = skb.ctx
+    if skb.iph.frag_off & IP_DF and not skb.cb.get("ignore_df"):
+        ctx.step("ip_fragment", result=f"len {skb.len} > mtu {mtu} with DF")
+        icmp_send(skb, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, mtu)
+        kfree_skb_reason(skb, "PKT_TOO_BIG")
+        return
+    ip_do_fragment(skb, mtu)
+
+
+def ip_do_fragment(skb: SkBuff, mtu: int) -> None:
+    """Slow-path fragmentation: 8-byte aligned pieces, options copied only where the kernel copies them."""
+    ctx = skb.ctx
+    iph = skb.iph
+    hlen = 20 + len(iph.options)
+    room = (mtu - hlen) & ~7
+    data = bytes(skb.payload)
+    base_off = (iph.frag_off & IP_OFFSET) * 8
+    more = iph.frag_off & IP_MF
+    pieces = [data[i:i + room] for i in range(0, len(data), room)]
+    ctx.step("ip_do_fragment", mtu=mtu, fragments=len(pieces))
+    copied_opts = _copied_options(iph.options)
+    for n, piece in enumerate(pieces):
+        frag = skb.clone()
+        frag.verdict = None
+        opts = iph.options if n == 0 else copied_opts
+        frag.iph.options = opts
+        frag.iph.ihl = 5 + len(opts) // 4
+        frag.payload = bytearray(piece)
+        last = n == len(pieces) - 1
+        frag.iph.frag_off = (iph.frag_off & IP_DF) | ((base_off + n * room) // 8) | (0 if last and not more else IP_MF)
+        frag.iph.tot_len = frag.iph.ihl * 4 + len(piece)
+        frag.iph.check = 0
+        frag.iph.check = ip_fast_csum(frag.iph.pack())
+        ip_finish_output2(frag)
+        if frag.verdict == "DROP":
+            skb.verdict, skb.reason = frag.verdict, frag.reason
+            return
+    skb.verdict = "TRANSMIT" if skb.verdict is None else skb.verdict
+    skb.cb["egress"] = skb.dst.dev.name
+
+
+def _copied_options(options: bytes) -> bytes:
+    """ip_options_fragment: only options with the copied flag survive into later fragments."""
+    out = bytearray()
+    i = 0
+    while i < len(options):
+        kind = options[i]
+        if kind == 0:
+            break
+        if kind == 1:
+            i += 1
+            continue
+        length = options[i + 1] if i + 1 < len(options) else 1
+        if kind & 0x80:
+            out += options[i:i + length]
+        i += max(length, 1)
+    while len(out) % 4:
+        out.append(0)
+    return bytes(out)
+
+
+def ip_finish_output2(skb: SkBuff) -> None:
+    """Find or create the neighbour for the next hop and hand the packet to it."""
+    from pathtrace.net.core.neighbour_output import neigh_output_for
+    ctx = skb.ctx
+    rt = skb.dst
+    nexthop = rt.nexthop(skb.iph.daddr)
+    if ctx.record:
+        ctx.step("ip_finish_output2", nexthop=ntoa(nexthop), dev=rt.dev.name)
+    neigh_output_for(skb, rt.dev, nexthop)

@@ -1,0 +1,282 @@
+"""Route lookups (net/ipv4/route.c, fib_frontend.c, fib_trie.c): input, output, source validation.
+
+A lookup returns a RouteResult, the model's `struct rtable`: the type, the device,
+the gateway, and for the trace the route and table that decided.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pathtrace.lib.inet import (
+    ipv4_is_lbcast, ipv4_is_loopback, ipv4_is_multicast, ipv4_is_zeronet, ntoa,
+)
+from pathtrace.net.ipv4.fib import FibAlias
+from pathtrace.net.ipv4.fib_rules import Flowi4, fib_rule_match
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pathtrace.net.core.net_namespace import Net
+    from pathtrace.net.core.netdevice import NetDevice
+    from pathtrace.net.core.skbuff import SkBuff
+    from pathtrace.trace import PacketContext
+
+# fib_props[].error: what a lookup hitting these types returns
+ENETUNREACH = "ENETUNREACH"
+EHOSTUNREACH = "EHOSTUNREACH"
+EACCES = "EACCES"
+EINVAL = "EINVAL"
+TYPE_ERRORS = {"blackhole": EINVAL, "unreachable": EHOSTUNREACH, "prohibit": EACCES, "throw": "EAGAIN"}
+
+
+@dataclass(slots=True)
+class FibResult:
+    fa: FibAlias | None
+    table: int
+    rule: str
+    error: str | None = None       # fib_lookup's error (ENETUNREACH, EHOSTUNREACH, EACCES, EINVAL)
+
+    @property
+    def type(self) -> str:
+        return self.fa.type if self.fa is not None else "unreachable"
+
+
+@dataclass(slots=True, eq=False)
+class RouteResult:
+    """struct rtable for one packet: where it goes and why."""
+
+    type: str                       # local unicast broadcast multicast unreachable (ip_error)
+    dev: "NetDevice | None" = None
+    gateway: int | None = None
+    prefsrc: int | None = None
+    error: str | None = None        # dst.error for ip_error
+    route: str = ""                 # the route's text
+    table: int = 254
+    rule: str = ""                  # the policy rule that led to the table
+    redirect: bool = False          # IPSKB_DOREDIRECT
+    input: str = ""                 # dst.input: ip_local_deliver | ip_forward | ip_error
+    mtu: int = 1500
+
+    def nexthop(self, daddr: int) -> int:
+        """rt_nexthop: the gateway, or the destination itself on a connected route."""
+        return self.gateway if self.gateway is not None else daddr
+
+
+def fib_lookup(net: "Net", fl: Flowi4, oif_strict: bool = False) -> FibResult:
+    """fib_lookup / __fib_lookup: walk the policy rules, look up each rule's table."""
+    last_error = ENETUNREACH
+    for rule in net.fib_rules:
+        if not fib_rule_match(rule, fl):
+            continue
+        rule_text = f"{rule.priority}: {rule.text}"
+        if rule.action != "lookup":
+            return FibResult(None, 0, rule_text, TYPE_ERRORS[rule.action])
+        table = net.fib_tables.get(rule.table)
+        if table is None:
+            continue
+        usable = None
+        if fl.oif is not None:
+            usable = lambda fa, oif=fl.oif: fa.dev is None or fa.dev == oif or fa.type != "unicast"
+        fa = table.lookup(fl.daddr, usable)
+        if fa is None:
+            continue
+        if fa.type == "throw":
+            last_error = ENETUNREACH
+            continue
+        return FibResult(fa, rule.table, rule_text, TYPE_ERRORS.get(fa.type))
+    return FibResult(None, 0, "", last_error)
+
+
+def _describe(res: FibResult) -> dict:
+    return {"route": res.fa.describe() if res.fa else None, "table": _table_name(res.table), "rule": res.rule,
+            "type": res.type if res.fa else None, "error": res.error}
+
+
+def _table_name(table: int) -> str:
+    return {255: "local", 254: "main", 253: "default"}.get(table, str(table))
+
+
+def fib_validate_source(net: "Net", skb: "SkBuff", saddr: int, daddr: int, oif: str | None,
+                        dev: "NetDevice") -> str | None:
+    """fib_validate_source_reason: rp_filter and local-source checks; returns a drop reason or None."""
+    sysctl = net.sysctl
+    rpf = sysctl.dev(dev.name, "rp_filter")
+    accept_local = sysctl.dev(dev.name, "accept_local")
+    if not rpf and (dev.name != oif or not sysctl.dev(dev.name, "send_redirects")):
+        if accept_local:
+            return None
+        if not net.has_custom_local_routes and not net.has_custom_rules:
+            return "IP_LOCAL_SOURCE" if saddr in net.local_addrs else None
+    # __fib_validate_source
+    mark = skb.mark if sysctl.dev(dev.name, "src_valid_mark") else 0
+    fl = Flowi4(daddr=saddr, saddr=daddr, iif=oif or "lo", mark=mark)
+    res = fib_lookup(net, fl)
+    if res.error is not None and res.fa is None or res.error == ENETUNREACH:
+        return "IP_RPFILTER" if rpf else None                         # last_resort
+    if res.type != "unicast" and (res.type != "local" or not accept_local):
+        return "IP_LOCAL_SOURCE"                                      # e_inval
+    if res.fa.dev == dev.name or (res.type == "local" and dev.loopback):
+        return None
+    if not dev.addrs:
+        return "IP_RPFILTER" if rpf else None
+    if rpf == 1:
+        return "IP_RPFILTER"                                          # e_rpf
+    return None
+
+
+def ip_route_input_slow(skb: "SkBuff", daddr: int, saddr: int, dev: "NetDevice") -> str | None:
+    """Input route lookup: sets skb.dst (possibly ip_error) or returns a drop reason."""
+    net = skb.ctx_net
+    ctx = skb.ctx
+    sysctl = net.sysctl
+    localnet = sysctl.dev(dev.name, "route_localnet")
+    if ipv4_is_multicast(saddr) or ipv4_is_lbcast(saddr):
+        return _martian(ctx, "source", "IP_INVALID_SOURCE", saddr, daddr)
+    if ipv4_is_lbcast(daddr) or (saddr == 0 and daddr == 0):
+        return _brd_input(skb, daddr, saddr, dev, None)
+    if ipv4_is_zeronet(saddr):
+        return _martian(ctx, "source", "IP_INVALID_SOURCE", saddr, daddr)
+    if ipv4_is_zeronet(daddr):
+        return _martian(ctx, "destination", "IP_INVALID_DEST", saddr, daddr)
+    if ipv4_is_loopback(daddr):
+        if not localnet:
+            return _martian(ctx, "destination", "IP_LOCALNET", saddr, daddr)
+    elif ipv4_is_loopback(saddr) and not localnet:
+        return _martian(ctx, "source", "IP_LOCALNET", saddr, daddr)
+    fl = Flowi4(daddr=daddr, saddr=saddr, iif=dev.name, mark=skb.mark, tos=skb.iph.tos)
+    res = fib_lookup(net, fl)
+    forwarding = sysctl.dev(dev.name, "forwarding")
+    ctx.step("fib_lookup", **_describe(res)) if ctx.record else None
+    if res.error is not None:
+        err = res.error if forwarding else EHOSTUNREACH
+        return _local_input(skb, dev, res, "unreachable", err)
+    if res.type == "broadcast":
+        return _brd_input(skb, daddr, saddr, dev, res)
+    if res.type == "local":
+        reason = fib_validate_source(net, skb, saddr, daddr, None, dev)
+        if ctx.record:
+            ctx.step("fib_validate_source", result=reason or "ok",
+                     rp_filter=sysctl.dev(dev.name, "rp_filter"))
+        if reason:
+            return _martian(ctx, "source", reason, saddr, daddr)
+        return _local_input(skb, dev, res, "local", None)
+    if not forwarding:
+        return _local_input(skb, dev, res, "unreachable", EHOSTUNREACH)
+    if res.type != "unicast":
+        return _martian(ctx, "destination", "IP_INVALID_DEST", saddr, daddr)
+    return ip_mkroute_input(skb, res, daddr, saddr, dev)
+
+
+def _martian(ctx: "PacketContext", which: str, reason: str, saddr: int, daddr: int) -> str:
+    if ctx.record:
+        ctx.step("ip_handle_martian_source" if which == "source" else "ip_route_input_slow",
+                 martian=which, saddr=ntoa(saddr), daddr=ntoa(daddr), reason=reason)
+    return reason
+
+
+def _brd_input(skb: "SkBuff", daddr: int, saddr: int, dev: "NetDevice", res: FibResult | None) -> str | None:
+    net = skb.ctx_net
+    if not ipv4_is_zeronet(saddr):
+        reason = fib_validate_source(net, skb, saddr, daddr, None, dev)
+        if reason:
+            return _martian(skb.ctx, "source", reason, saddr, daddr)
+    skb.dst = RouteResult(type="broadcast", dev=dev, input="ip_local_deliver",
+                          route=res.fa.describe() if res and res.fa else "limited broadcast",
+                          table=res.table if res else 255, rule=res.rule if res else "")
+    return None
+
+
+def _local_input(skb: "SkBuff", dev: "NetDevice", res: FibResult, rtype: str, err: str | None) -> None:
+    """local_input: a route whose input is ip_local_deliver, or ip_error for no_route."""
+    skb.dst = RouteResult(type=rtype, dev=skb.ctx_net.loopback, error=err,
+                          input="ip_error" if rtype == "unreachable" else "ip_local_deliver",
+                          route=res.fa.describe() if res.fa else "", table=res.table, rule=res.rule)
+    return None
+
+
+def ip_mkroute_input(skb: "SkBuff", res: FibResult, daddr: int, saddr: int, in_dev: "NetDevice") -> str | None:
+    """ip_mkroute_input → __mkroute_input: a forwarding route, source validated, redirect flagged."""
+    net = skb.ctx_net
+    fa = res.fa
+    out_dev = net.devices.get(fa.dev) if fa.dev else None
+    if out_dev is None:
+        out_dev = _dev_for_gateway(net, fa.gateway, res.table)
+    reason = fib_validate_source(net, skb, saddr, daddr, out_dev.name if out_dev else None, in_dev)
+    if skb.ctx.record:
+        skb.ctx.step("fib_validate_source", result=reason or "ok",
+                     rp_filter=net.sysctl.dev(in_dev.name, "rp_filter"))
+    if reason:
+        return _martian(skb.ctx, "source", reason, saddr, daddr)
+    redirect = False
+    if out_dev is in_dev and net.sysctl.dev(in_dev.name, "send_redirects"):
+        nexthop = fa.gateway if fa.gateway is not None else daddr
+        redirect = net.sysctl.dev(out_dev.name, "shared_media") or net.inet_addr_onlink(out_dev, saddr, nexthop)
+    skb.dst = RouteResult(type="unicast", dev=out_dev, gateway=fa.gateway, prefsrc=fa.prefsrc,
+                          route=fa.describe(), table=res.table, rule=res.rule, redirect=bool(redirect),
+                          input="ip_forward", mtu=out_dev.mtu if out_dev else 1500)
+    return None
+
+
+def _dev_for_gateway(net: "Net", gateway: int | None, table: int) -> "NetDevice | None":
+    if gateway is None:
+        return None
+    for dev in net.devices.values():
+        for ifa in dev.addrs:
+            if gateway & ifa.mask == ifa.local & ifa.mask:
+                return dev
+    return None
+
+
+def ip_route_output(net: "Net", daddr: int, saddr: int = 0, oif: str | None = None, mark: int = 0,
+                    tos: int = 0, ctx: "PacketContext | None" = None) -> RouteResult:
+    """ip_route_output_key_hash_rcu: route for a packet the host sends."""
+    if ipv4_is_lbcast(daddr) or ipv4_is_multicast(daddr):
+        dev = net.devices.get(oif) if oif else None
+        return RouteResult(type="broadcast" if ipv4_is_lbcast(daddr) else "multicast", dev=dev,
+                           prefsrc=saddr or (dev.addrs[0].local if dev and dev.addrs else 0),
+                           route="broadcast", table=255)
+    fl = Flowi4(daddr=daddr, saddr=saddr, iif="lo", oif=oif, mark=mark, tos=tos)
+    res = fib_lookup(net, fl)
+    if ctx is not None and ctx.record:
+        ctx.step("fib_lookup", **_describe(res))
+    if res.error is not None or res.fa is None:
+        return RouteResult(type="unreachable", error=res.error or ENETUNREACH, table=res.table, rule=res.rule,
+                           route=res.fa.describe() if res.fa else "")
+    fa = res.fa
+    if fa.type in ("local", "broadcast"):
+        src = saddr or daddr
+        return RouteResult(type=fa.type, dev=net.loopback, prefsrc=src, route=fa.describe(), table=res.table,
+                           rule=res.rule, mtu=net.loopback.mtu)
+    dev = net.devices.get(fa.dev) if fa.dev else _dev_for_gateway(net, fa.gateway, res.table)
+    src = saddr or fa.prefsrc or (net.inet_select_addr(dev, fa.gateway or daddr) if dev else 0)
+    return RouteResult(type="unicast", dev=dev, gateway=fa.gateway, prefsrc=src, route=fa.describe(),
+                       table=res.table, rule=res.rule, mtu=dev.mtu if dev else 1500)
+
+
+def ip_route_me_harder(skb: "SkBuff") -> bool:
+    """Re-route a locally generated packet after netfilter changed its addresses or mark."""
+    net = skb.ctx_net
+    iph = skb.iph
+    saddr = iph.saddr if iph.saddr in net.local_addrs else 0
+    rt = ip_route_output(net, iph.daddr, saddr, mark=skb.mark, tos=iph.tos, ctx=skb.ctx)
+    skb.ctx.step("ip_route_me_harder", route=rt.route, dev=rt.dev.name if rt.dev else None)
+    if rt.error:
+        from pathtrace.net.core.skbuff import kfree_skb_reason
+        kfree_skb_reason(skb, "IP_OUTNOROUTES")
+        return False
+    skb.dst = rt
+    return True
+
+
+def inet_addr_type_dev_table(net: "Net", dev: "NetDevice | None", addr: int) -> str:
+    """inet_addr_type_dev_table: the type of `addr` as the local table (or dev's l3 table) sees it."""
+    return inet_addr_type(net, addr)
+
+
+def inet_addr_type(net: "Net", addr: int) -> str:
+    """inet_addr_type: LOCAL, BROADCAST, MULTICAST, UNICAST, … from the local then main table."""
+    if ipv4_is_zeronet(addr) or ipv4_is_lbcast(addr):
+        return "BROADCAST"
+    if ipv4_is_multicast(addr):
+        return "MULTICAST"
+    fa = net.fib_tables[255].lookup(addr)
+    return fa.type.upper() if fa is not None else "UNICAST"

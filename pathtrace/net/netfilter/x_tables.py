@@ -1,0 +1,288 @@
+"""x_tables: rules, chains, tables and the ipt_do_table traversal.
+
+A rule is precompiled at load time into a tuple of small check closures (the
+ip_packet_match part first, then each -m match in order) and a target, so the
+per-packet path is a plain loop with no string work.  Miss reasons and rule texts
+are only produced when `skb.ctx.record` is set (the --verbose path).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pathtrace.net.core.netdevice import NetDevice
+    from pathtrace.net.core.skbuff import SkBuff
+
+# include/uapi/linux/netfilter.h
+NF_DROP = 0
+NF_ACCEPT = 1
+NF_STOLEN = 2
+NF_QUEUE = 3
+NF_REPEAT = 4
+XT_CONTINUE = -1        # XT_CONTINUE (0xFFFFFFFF): a non-terminating target
+XT_RETURN = -2          # XT_RETURN = -NF_REPEAT - 1
+
+# enum nf_inet_hooks
+NF_INET_PRE_ROUTING = 0
+NF_INET_LOCAL_IN = 1
+NF_INET_FORWARD = 2
+NF_INET_LOCAL_OUT = 3
+NF_INET_POST_ROUTING = 4
+HOOK_NAMES = {0: "PRE_ROUTING", 1: "LOCAL_IN", 2: "FORWARD", 3: "LOCAL_OUT", 4: "POST_ROUTING"}
+HOOK_CHAINS = {0: "PREROUTING", 1: "INPUT", 2: "FORWARD", 3: "OUTPUT", 4: "POSTROUTING"}
+CHAIN_HOOKS = {v: k for k, v in HOOK_CHAINS.items()}
+
+# Valid hooks of each table (iptable_*.c valid_hooks).
+TABLE_HOOKS: dict[str, tuple[int, ...]] = {
+    "raw": (NF_INET_PRE_ROUTING, NF_INET_LOCAL_OUT),
+    "mangle": (0, 1, 2, 3, 4),
+    "nat": (NF_INET_PRE_ROUTING, NF_INET_LOCAL_IN, NF_INET_LOCAL_OUT, NF_INET_POST_ROUTING),
+    "filter": (NF_INET_LOCAL_IN, NF_INET_FORWARD, NF_INET_LOCAL_OUT),
+    "security": (NF_INET_LOCAL_IN, NF_INET_FORWARD, NF_INET_LOCAL_OUT),
+}
+TABLE_ORDER = ("raw", "mangle", "nat", "filter", "security")
+
+VERDICT_NAMES = {NF_DROP: "DROP", NF_ACCEPT: "ACCEPT", NF_STOLEN: "STOLEN", NF_QUEUE: "QUEUE",
+                 XT_RETURN: "RETURN", XT_CONTINUE: "CONTINUE"}
+
+Check = Callable[["SkBuff", "XtParam"], bool]
+Why = Callable[["SkBuff", "XtParam"], str]
+
+
+def hook_mask(*hooks: int) -> int:
+    mask = 0
+    for h in hooks:
+        mask |= 1 << h
+    return mask
+
+
+@dataclass(slots=True)
+class XtParam:
+    """struct xt_action_param: what a match/target sees besides the skb."""
+
+    nf: Any                         # the Netfilter object (namespace state)
+    hook: int
+    table: str
+    indev: "NetDevice | None"
+    outdev: "NetDevice | None"
+    fragoff: int = 0
+    hotdrop: bool = False
+    thoff: int = 0
+
+
+@dataclass(slots=True)
+class XtMatch:
+    """One check of a rule: an ip_packet_match field or an -m extension."""
+
+    name: str
+    check: Check
+    why: Why                        # miss reason; only called when recording
+    hooks: int = 0                  # allowed hooks mask (0 = any)
+    table: str | None = None        # table restriction (xt_match.table)
+    conntrack: bool = False         # needs nf_conntrack loaded
+    info: Any = None                # parsed options other checks consult (TCPMSS looks for a SYN match)
+
+
+@dataclass(slots=True)
+class XtTarget:
+    """The -j/-g part of a rule.  kind: standard | jump | goto | ext."""
+
+    name: str
+    kind: str
+    verdict: int = XT_CONTINUE      # standard targets
+    chain: str = ""                 # jump/goto
+    fn: Callable[["SkBuff", "XtParam"], int] | None = None
+    hooks: int = 0
+    table: str | None = None
+    conntrack: bool = False
+    hook_names: str = ""            # for error text when used from a wrong hook
+
+
+@dataclass(slots=True, eq=False)
+class Rule:
+    chain: str
+    num: int                        # 1-based position in the chain
+    line: int                       # line in the ruleset file
+    text: str                       # normalised iptables-save text
+    checks: tuple[XtMatch, ...]
+    target: XtTarget
+    pkts: int = 0
+    bytes: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class Chain:
+    name: str
+    builtin: bool
+    policy: int = NF_ACCEPT         # built-in chains only
+    rules: list[Rule] = field(default_factory=list)
+    pkts: int = 0                   # policy (underflow) counter / implicit RETURN
+    bytes: int = 0
+    line: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class Table:
+    name: str
+    chains: dict[str, Chain]
+    line: int = 0
+
+    def builtin(self, hook: int) -> Chain:
+        return self.chains[HOOK_CHAINS[hook]]
+
+
+@dataclass(slots=True)
+class Decision:
+    """Outcome of one ipt_do_table run."""
+
+    verdict: int
+    chain: str
+    rule: int                       # 0 = chain policy
+    text: str
+    policy: bool
+    path: list[str]
+    misses: list[str] | None = None     # "CHAIN#n: reason" for rules that did not match (recording only)
+    note: str = ""
+
+
+def ipt_do_table(table: Table, skb: "SkBuff", par: XtParam) -> Decision:
+    """Traverse `table` from the hook's built-in chain exactly as ipt_do_table does.
+
+    Counters are bumped when every match of a rule matched, before its target runs;
+    the built-in chain's policy is the underflow rule (counted too).  RETURN (or the
+    end of a user chain) pops the jump stack; -g does not push.  A hotdrop from a
+    match ends the traversal with NF_DROP.
+    """
+    ctx = skb.ctx
+    record = ctx.record
+    chain = table.builtin(par.hook)
+    stack: list[tuple[Chain, int]] = []
+    path = [chain.name]
+    misses: list[str] | None = [] if record else None
+    length = skb.len
+    iph = skb.iph
+    par.fragoff = (iph.frag_off & 0x1FFF) if iph is not None else 0
+    par.thoff = iph.ihl * 4 if iph is not None else 0
+    idx = 0
+    while True:
+        rules = chain.rules
+        if idx >= len(rules):
+            if chain.builtin or not stack:
+                return _policy(table, par, chain, length, path, misses, ctx)
+            chain.pkts += 1
+            chain.bytes += length
+            chain, idx = stack.pop()
+            if record:
+                path.append(chain.name)
+            continue
+        rule = rules[idx]
+        for m in rule.checks:
+            if not m.check(skb, par):
+                break
+        else:
+            m = None
+        if m is not None:
+            if par.hotdrop:
+                return _finish(Decision(NF_DROP, chain.name, rule.num, rule.text, False, path), misses, ctx,
+                               "hotdrop")
+            if record:
+                misses.append(f"{chain.name}#{rule.num}: {m.why(skb, par)}")
+            idx += 1
+            continue
+        rule.pkts += 1
+        rule.bytes += length
+        t = rule.target
+        kind = t.kind
+        if kind == "standard":
+            v = t.verdict
+            if v == XT_RETURN:
+                if not stack:
+                    return _policy(table, par, table.builtin(par.hook), length, path, misses, ctx)
+                chain, idx = stack.pop()
+                if record:
+                    path.append(chain.name)
+                continue
+            if v == XT_CONTINUE:
+                idx += 1
+                continue
+            return _finish(Decision(v, chain.name, rule.num, rule.text, False, path), misses, ctx)
+        if kind == "jump" or kind == "goto":
+            if kind == "jump":
+                stack.append((chain, idx + 1))
+            chain = table.chains[t.chain]
+            idx = 0
+            if record:
+                path.append(("" if kind == "jump" else "goto ") + chain.name)
+            continue
+        v = t.fn(skb, par)
+        if par.hotdrop:
+            return _finish(Decision(NF_DROP, chain.name, rule.num, rule.text, False, path), misses, ctx, "hotdrop")
+        if v == XT_CONTINUE:
+            idx += 1
+            continue
+        return _finish(Decision(v, chain.name, rule.num, rule.text, False, path), misses, ctx)
+
+
+def _policy(table: Table, par: XtParam, chain: Chain, length: int, path: list[str],
+            misses: list[str] | None, ctx: Any) -> Decision:
+    chain.pkts += 1
+    chain.bytes += length
+    text = f"-P {chain.name} {VERDICT_NAMES[chain.policy]}" if ctx.record else ""
+    return _finish(Decision(chain.policy, chain.name, 0, text, True, path), misses, ctx)
+
+
+def _finish(d: Decision, misses: list[str] | None, ctx: Any, note: str = "") -> Decision:
+    d.misses = misses
+    d.note = note
+    return d
+
+
+# ---- extension registration (parse side) ------------------------------------------
+
+class XtError(Exception):
+    """A rule cannot be loaded; the parser adds the file and line."""
+
+
+@dataclass(slots=True)
+class Opt:
+    """One extension option as written: `! --dport 22` -> Opt('--dport', ['22'], True)."""
+
+    name: str
+    args: list[str]
+    invert: bool = False
+
+    @property
+    def arg(self) -> str:
+        return self.args[0] if self.args else ""
+
+
+@dataclass(slots=True)
+class RuleCtx:
+    """What an extension's parser may consult about the rule being loaded."""
+
+    table: str
+    chain: str
+    proto: int                      # -p value, 0 = any
+    inv_proto: bool
+    line: int
+    host: Any = None                # HostConfig (ipsets, interfaces)
+
+
+@dataclass(slots=True, frozen=True)
+class ExtSpec:
+    """A match or target extension: its options (name -> arg count) and its builder.
+
+    The builder turns the parsed options into an XtMatch / XtTarget with closures
+    bound to precomputed values, raising XtError for anything the kernel or
+    iptables would refuse or that the model does not implement.
+    """
+
+    name: str
+    options: dict[str, int]
+    build: Callable[[list[Opt], RuleCtx], Any]
+    aliases: dict[str, str] = field(default_factory=dict)
+
+    def canonical(self, opt: str) -> str | None:
+        opt = self.aliases.get(opt, opt)
+        return opt if opt in self.options else None

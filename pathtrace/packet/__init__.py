@@ -1,0 +1,1 @@
+"""Packet bytes: crafting (build), one-line decoding (decode) and pcap output (pcapwriter)."""

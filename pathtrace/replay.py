@@ -1,0 +1,128 @@
+"""The replay engine: frames in, PacketRecords out, one per frame, streaming.
+
+It picks each frame's ingress interface, runs due timers on capture time, hands
+the frame to the modelled driver and collects what the model recorded.  It never
+prints; renderers turn records into text, JSON lines, tables or pcap.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+from pathtrace.capture.frame import Frame
+from pathtrace.host.model import HostConfig
+from pathtrace.net.core.dev import netif_receive
+from pathtrace.net.core.net_namespace import Net, build_net
+from pathtrace.net.core.netdevice import NetDevice
+from pathtrace.net.core.neighbour_output import neigh_timer_handler
+from pathtrace.net.core.skbuff import (
+    ETH_P_8021Q, PACKET_BROADCAST, PACKET_HOST, PACKET_MULTICAST, PACKET_OTHERHOST, SkBuff,
+)
+from pathtrace.trace import PacketContext, PacketRecord
+
+SLL_PKT_TYPES = {0: PACKET_HOST, 1: PACKET_BROADCAST, 2: PACKET_MULTICAST, 3: PACKET_OTHERHOST, 4: PACKET_HOST}
+
+
+@dataclass(slots=True)
+class ReplayOptions:
+    ingress: str | None = None         # --in: every frame enters here
+    strict_mac: bool = False           # --strict-mac: keep foreign destination MACs (then OTHERHOST)
+    record: bool = True                # keep path steps (off for --summary only)
+    emit_frames: bool = True           # build the bytes of frames that leave
+
+
+def create_namespace(host: HostConfig) -> Net:
+    """Build the namespace and load its netfilter ruleset (errors name the ruleset line)."""
+    net = build_net(host)
+    if host.iptables_text is not None:
+        from pathtrace.net.netfilter.core import Netfilter
+        net.nf = Netfilter.from_config(host, net)
+    return net
+
+
+class Replayer:
+    def __init__(self, net: Net, options: ReplayOptions | None = None):
+        self.net = net
+        self.options = options or ReplayOptions()
+        self.default_dev = next((d for d in net.devices.values() if not d.loopback), net.loopback)
+        self.otherhost_drops = 0
+        self.readdressed = 0
+        self.count = 0
+
+    def choose_ingress(self, frame: Frame) -> tuple[NetDevice, str]:
+        """--in, then the pcapng interface name, then the destination MAC, then the first interface."""
+        devices = self.net.devices
+        if self.options.ingress:
+            return devices[self.options.ingress], "--in"
+        if frame.ifname and frame.ifname in devices:
+            return devices[frame.ifname], "pcapng if_name"
+        if frame.dst_mac is not None and frame.dst_mac in self.net.by_mac:
+            return self.net.by_mac[frame.dst_mac], "destination MAC"
+        return self.default_dev, "default (first interface)"
+
+    def run(self, frames: Iterable[Frame]) -> Iterator[PacketRecord]:
+        for frame in frames:
+            yield self.process(frame)
+
+    def process(self, frame: Frame) -> PacketRecord:
+        opts = self.options
+        ctx = PacketContext(frame.ts, record=opts.record, emit_frames=opts.emit_frames, net=self.net)
+        dev, why = self.choose_ingress(frame)
+        self.count += 1
+        self._run_timers(ctx)
+        skb = SkBuff(ctx=ctx, dev=dev, iif=dev, tstamp=frame.ts)
+        verdict = self._prepare(frame, skb, dev, why)
+        if verdict is None:
+            netif_receive(skb, dev, pkt_type_known=skb.cb.get("pkt_type_known", False))
+        if skb.reason == "OTHERHOST":
+            self.otherhost_drops += 1
+        if self.net.nf is not None and hasattr(self.net.nf, "end_packet"):
+            self.net.nf.end_packet(skb)
+        verdict = skb.verdict or "DROP"
+        if verdict == "TRANSMIT":
+            verdict = "FORWARD"
+        return PacketRecord(index=frame.index, time=frame.ts, ingress=dev.name, packet="", verdict=verdict,
+                            reason=(skb.reason or "NOT_SPECIFIED") if verdict == "DROP" else None,
+                            egress=skb.cb.get("egress") if verdict in ("FORWARD", "QUEUED") else None,
+                            path=ctx.steps, emitted=ctx.emitted, warnings=ctx.warnings, rules=ctx.verdicts)
+
+    def _prepare(self, frame: Frame, skb: SkBuff, dev: NetDevice, why: str) -> str | None:
+        """Fill the skb from the frame; returns a verdict when the frame never reaches the stack."""
+        ctx = skb.ctx
+        if frame.error:
+            ctx.step("eth_type_trans", dev=dev.name, error=frame.error)
+            skb.verdict = "DROP" if "unsupported" not in frame.error else "NOT_MODELLED"
+            skb.reason = "PKT_TOO_SMALL" if skb.verdict == "DROP" else None
+            return skb.verdict
+        skb.protocol = frame.ethertype
+        skb.raw = frame.payload
+        if frame.vlan:
+            skb.vlan_tci = frame.vlan[0]
+            if len(frame.vlan) > 1:
+                skb.protocol = ETH_P_8021Q   # only the outer tag is taken off
+        if frame.src_mac is not None:
+            skb.mac_src = frame.src_mac
+        if frame.dst_mac is None:
+            # raw IP / cooked captures: no destination MAC; SLL's packet type says whom it was for
+            skb.mac_dst = dev.mac
+            skb.pkt_type = SLL_PKT_TYPES.get(frame.pkt_type, PACKET_HOST) if frame.pkt_type is not None else PACKET_HOST
+            skb.cb["pkt_type_known"] = True
+        else:
+            skb.mac_dst = frame.dst_mac
+            foreign = not (frame.dst_mac[0] & 1) and frame.dst_mac != dev.mac
+            if foreign and self.options.ingress and not self.options.strict_mac:
+                skb.mac_dst = dev.mac
+                self.readdressed += 1
+                if ctx.record:
+                    ctx.warnings.append(f"destination MAC re-addressed to {dev.name} (--in without --strict-mac)")
+                    ctx.step("eth_type_trans", dev=dev.name, readdressed=True,
+                             original_dst=":".join(f"{b:02x}" for b in frame.dst_mac))
+        if ctx.record and why.startswith("default"):
+            ctx.warnings.append(f"ingress {dev.name} chosen by default (no --in, pcapng name or MAC match)")
+        return None
+
+    def _run_timers(self, ctx: PacketContext) -> None:
+        net = self.net
+        for n in net.neigh.pending_timers(ctx.now):
+            if n.timer is not None and n.timer <= ctx.now:
+                neigh_timer_handler(net, n, ctx)

@@ -76,8 +76,7 @@ def icmp_rcv(skb: SkBuff) -> None:
         ctx.step("ping_rcv", id=skb.icmp_id, result="no ping socket")
         kfree_skb_reason(skb, "NO_SOCKET")
     elif itype in ERROR_TYPES:
-        fn = "icmp_redirect" if itype == ICMP_REDIRECT else "icmp_unreach"
-        ctx.step(fn, note="error delivered to the socket it quotes (icmp_socket_deliver)")
+        ctx.step("icmp_redirect" if itype == ICMP_REDIRECT else "icmp_unreach", note="error delivered to the socket it quotes (icmp_socket_deliver)")
         consume_skb(skb, "LOCAL_DELIVER")
     else:
         ctx.step("icmp_discard")

@@ -82,7 +82,7 @@ def ip_defrag(net, skb: SkBuff, user: str) -> SkBuff | None:
     skb.iph.check = ip_fast_csum(skb.iph.pack())
     skb.cb["frag_max_size"] = frag_max
     whole = skb
-    ctx.step("ip_defrag", reassembled=True,, fragments=q.count, length=whole.iph.tot_len)
+    ctx.step("ip_defrag", reassembled=True, fragments=q.count, length=whole.iph.tot_len)
     return whole
 
 

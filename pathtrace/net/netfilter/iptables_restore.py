@@ -388,6 +388,10 @@ def parse_rule(pr: _PendingRule, table: str, num: int, host: Any, chains: set[st
         tgt = target.spec.build(target.opts, ctx)
     else:
         tgt = XtTarget("", "standard")          # no target: count only (XT_CONTINUE)
+    if tgt.name == "TCPMSS":
+        from pathtrace.net.netfilter.xt_mangle import check_tcpmss_syn
+        if not check_tcpmss_syn(checks):
+            raise XtError("TCPMSS target: Only works on TCP SYN packets (add -m tcp --tcp-flags SYN,RST SYN)")
     text = " ".join(["-A", pr.chain] + [quote_token(t) for t in text_toks])
     return Rule(pr.chain, num, pr.line, text, tuple(checks), tgt)
 

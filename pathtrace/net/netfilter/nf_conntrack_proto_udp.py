@@ -25,7 +25,7 @@ def udp_error(table: ConntrackTable, skb, hook: int) -> str | None:
     payload = skb.payload
     if len(payload) < 8:
         return "short packet"
-    ulen, check = struct.unpack_from("!H2xH", payload, 4)
+    ulen, check = struct.unpack_from("!HH", payload, 4)
     if ulen > len(payload) or ulen < 8:
         return "truncated/malformed packet"
     if not check:

@@ -1,0 +1,311 @@
+"""The namespace's netfilter: hook registrations, nf_hook_slow, and the table runs.
+
+Hook entries are registered only for what the ruleset loads (as modules register
+their nf_hook_ops when loaded): each present table at its hooks and priority,
+plus conntrack (defrag, in/local, confirm) and NAT when needed.  `hook` runs the
+entries in priority order exactly like nf_hook_slow and records the steps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from pathtrace.errors import HostFileError
+from pathtrace.net.core.skbuff import kfree_skb_reason
+from pathtrace.net.netfilter.iptables_restore import RulesetParser
+from pathtrace.net.netfilter.x_tables import (
+    HOOK_CHAINS, HOOK_NAMES, NF_ACCEPT, NF_DROP, NF_INET_FORWARD, NF_INET_LOCAL_IN, NF_INET_LOCAL_OUT,
+    NF_INET_POST_ROUTING, NF_INET_PRE_ROUTING, NF_QUEUE, NF_STOLEN, TABLE_HOOKS, TABLE_ORDER, VERDICT_NAMES, Chain,
+    Table, XtParam, XtTarget, ipt_do_table,
+)
+
+INT_MAX = 2**31 - 1
+# include/uapi/linux/netfilter_ipv4.h enum nf_ip_hook_priorities
+NF_IP_PRI_CONNTRACK_DEFRAG = -400
+NF_IP_PRI_RAW = -300
+NF_IP_PRI_CONNTRACK = -200
+NF_IP_PRI_MANGLE = -150
+NF_IP_PRI_NAT_DST = -100
+NF_IP_PRI_FILTER = 0
+NF_IP_PRI_SECURITY = 50
+NF_IP_PRI_NAT_SRC = 100
+NF_IP_PRI_CONNTRACK_CONFIRM = INT_MAX
+TABLE_PRIORITY = {"raw": NF_IP_PRI_RAW, "mangle": NF_IP_PRI_MANGLE, "filter": NF_IP_PRI_FILTER,
+                  "security": NF_IP_PRI_SECURITY}
+NF_VERDICT_FLAG_QUEUE_BYPASS = 0x8000
+
+HookFn = Callable[[Any, Any, Any], int]     # (skb, indev, outdev) -> verdict
+
+
+@dataclass(slots=True)
+class HookEntry:
+    """struct nf_hook_ops: who runs at a hook and at which priority."""
+
+    priority: int
+    name: str
+    fn: HookFn
+
+
+@dataclass(eq=False)
+class Netfilter:
+    """All netfilter state of one namespace (tables, counters, conntrack, match state)."""
+
+    net: Any
+    tables: dict[str, Table] = field(default_factory=dict)
+    conntrack: Any = None                       # NF-B's ConntrackTable when nf_conntrack is loaded
+    nat: bool = False
+    ipsets: dict[str, Any] = field(default_factory=dict)
+    hashlimit: dict[str, Any] = field(default_factory=dict)
+    recent: dict[str, Any] = field(default_factory=dict)
+    entries: dict[int, list[HookEntry]] = field(default_factory=dict)
+    path: str = ""
+
+    # ---- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, host: Any, net: Any) -> "Netfilter":
+        """Parse host.iptables_text (iptables-save or -S) and register the hooks it needs."""
+        nf = cls(net, path=getattr(host, "iptables_path", "") or "")
+        raw_sets = getattr(host, "ipsets", None) or {}
+        if raw_sets:
+            from pathtrace.net.netfilter.ipset import load_ipsets
+            from pathtrace.net.netfilter.x_tables import XtError
+            try:
+                nf.ipsets = load_ipsets(raw_sets)
+            except XtError as e:
+                raise HostFileError(str(e), getattr(host, "path", None), getattr(host, "ipsets_line", None)) from None
+        text = getattr(host, "iptables_text", None)
+        if text:
+            parser = RulesetParser(text, nf.path, getattr(host, "iptables_first_line", 1), host)
+            nf.tables = parser.parse()
+        nf._register(nf.needs_conntrack())
+        return nf
+
+    @classmethod
+    def from_text(cls, text: str, net: Any = None, path: str = "", host: Any = None) -> "Netfilter":
+        """Convenience for tests and tools: a ruleset text without a host file."""
+        nf = cls(net, path=path)
+        if host is not None and getattr(host, "ipsets", None):
+            from pathtrace.net.netfilter.ipset import load_ipsets
+            nf.ipsets = load_ipsets(host.ipsets)
+        nf.tables = RulesetParser(text, path, 1, host).parse()
+        nf._register(nf.needs_conntrack())
+        return nf
+
+    def needs_conntrack(self) -> bool:
+        """nf_conntrack is loaded by the nat table or any conntrack-dependent extension."""
+        if "nat" in self.tables:
+            return True
+        for table in self.tables.values():
+            for chain in table.chains.values():
+                for rule in chain.rules:
+                    if rule.target.conntrack or any(m.conntrack for m in rule.checks):
+                        return True
+        return False
+
+    def _register(self, conntrack: bool) -> None:
+        reg: dict[int, list[HookEntry]] = {h: [] for h in range(5)}
+        for name in TABLE_ORDER:
+            if name not in self.tables or name == "nat":
+                continue
+            for hook in TABLE_HOOKS[name]:
+                reg[hook].append(HookEntry(TABLE_PRIORITY[name], f"iptable_{name}_hook", self._table_fn(name, hook)))
+        if conntrack:
+            if self.conntrack is None:
+                from pathtrace.net.netfilter.nf_conntrack_core import ConntrackTable
+                self.conntrack = ConntrackTable(self.net)
+            self._register_conntrack(reg)
+        if "nat" in self.tables:
+            self.nat = True
+            self._register_nat(reg)
+        for hook in reg:
+            reg[hook].sort(key=lambda e: e.priority)
+        self.entries = {h: e for h, e in reg.items() if e}
+
+    def _register_conntrack(self, reg: dict[int, list[HookEntry]]) -> None:
+        from pathtrace.net.netfilter import nf_conntrack_core as ct
+        from pathtrace.net.netfilter.nf_defrag_ipv4 import ipv4_conntrack_defrag
+
+        def wrap(fn, hook):
+            return lambda skb, indev, outdev: fn(self, skb, hook)
+        for hook in (NF_INET_PRE_ROUTING, NF_INET_LOCAL_OUT):
+            reg[hook].append(HookEntry(NF_IP_PRI_CONNTRACK_DEFRAG, "ipv4_conntrack_defrag",
+                                       wrap(ipv4_conntrack_defrag, hook)))
+        reg[NF_INET_PRE_ROUTING].append(HookEntry(NF_IP_PRI_CONNTRACK, "ipv4_conntrack_in",
+                                                  wrap(ct.ipv4_conntrack_in, NF_INET_PRE_ROUTING)))
+        reg[NF_INET_LOCAL_OUT].append(HookEntry(NF_IP_PRI_CONNTRACK, "ipv4_conntrack_local",
+                                                wrap(ct.ipv4_conntrack_local, NF_INET_LOCAL_OUT)))
+        for hook in (NF_INET_POST_ROUTING, NF_INET_LOCAL_IN):
+            reg[hook].append(HookEntry(NF_IP_PRI_CONNTRACK_CONFIRM, "ipv4_confirm", wrap(ct.ipv4_confirm, hook)))
+
+    def _register_nat(self, reg: dict[int, list[HookEntry]]) -> None:
+        from pathtrace.net.netfilter import nf_nat_core as nat
+        ops = ((NF_INET_PRE_ROUTING, NF_IP_PRI_NAT_DST, nat.nf_nat_ipv4_pre_routing),
+               (NF_INET_POST_ROUTING, NF_IP_PRI_NAT_SRC, nat.nf_nat_ipv4_out),
+               (NF_INET_LOCAL_OUT, NF_IP_PRI_NAT_DST, nat.nf_nat_ipv4_local_fn),
+               (NF_INET_LOCAL_IN, NF_IP_PRI_NAT_SRC, nat.nf_nat_ipv4_local_in))
+        for hook, prio, fn in ops:
+            def entry(skb, indev, outdev, fn=fn, hook=hook):
+                def run_nat_chain(skb2, hook2, indev=indev, outdev=outdev):
+                    return self.run_table("nat", hook2, skb2, indev, outdev)
+                return fn(self, skb, hook, run_nat_chain, outdev)
+            reg[hook].append(HookEntry(prio, fn.__name__, entry))
+
+    def _table_fn(self, name: str, hook: int) -> HookFn:
+        return lambda skb, indev, outdev: self.run_table(name, hook, skb, indev, outdev)
+
+    # ---- NF_HOOK -----------------------------------------------------------------------------
+    def hook(self, hook: int, skb: Any, indev: Any = None, outdev: Any = None) -> int:
+        """nf_hook_slow: every registered entry in priority order until one does not accept."""
+        entries = self.entries.get(hook)
+        if not entries:
+            return NF_ACCEPT
+        ctx = skb.ctx
+        ctx.step("nf_hook_slow", hook=HOOK_NAMES[hook])
+        for e in entries:
+            v = e.fn(skb, indev, outdev)
+            code = v & 0xFF
+            if code == NF_ACCEPT:
+                continue
+            if code == NF_DROP:
+                if skb.verdict != "DROP":
+                    kfree_skb_reason(skb, "NETFILTER_DROP", hook=HOOK_NAMES[hook])
+                return NF_DROP
+            if code == NF_QUEUE:
+                # nf_queue: no userspace listener in a replay -> -ESRCH
+                if v & NF_VERDICT_FLAG_QUEUE_BYPASS:
+                    if ctx.record:
+                        ctx.step("nf_queue", queue=v >> 16, result="no listener, --queue-bypass: continue")
+                    continue
+                ctx.step("nf_queue", queue=v >> 16, result="no listener (-ESRCH): packet freed")
+                kfree_skb_reason(skb, "NOT_SPECIFIED", hook=HOOK_NAMES[hook])
+                return NF_DROP
+            if code == NF_STOLEN:
+                return NF_STOLEN
+            return code
+        return NF_ACCEPT
+
+    # ---- table traversal with steps ------------------------------------------------------------
+    def run_table(self, name: str, hook: int, skb: Any, indev: Any, outdev: Any) -> int:
+        """ipt_do_table for one table, recording the step and the decision."""
+        table = self.tables[name]
+        ctx = skb.ctx
+        detail: dict[str, Any] | None = None
+        if ctx.record:
+            detail = {"table": name, "hook": HOOK_NAMES[hook]}
+            ctx.step("ipt_do_table", **detail)
+            detail = ctx.steps[-1].detail if ctx.steps else detail
+        par = XtParam(self, hook, name, indev, outdev)
+        d = ipt_do_table(table, skb, par)
+        verdict_name = VERDICT_NAMES.get(d.verdict & 0xFF, str(d.verdict))
+        if detail is not None:
+            detail.update(chain=d.chain, rule=d.rule, text=d.text, verdict=verdict_name, policy=d.policy,
+                          path=" -> ".join(d.path))
+            if d.note:
+                detail["note"] = d.note
+            if d.misses:
+                detail["misses"] = d.misses
+        ctx.verdicts.append({"hook": HOOK_NAMES[hook], "table": name, "chain": d.chain, "rule": d.rule,
+                             "text": d.text if ctx.record else _rule_text(table, d), "verdict": verdict_name})
+        return d.verdict
+
+    # ---- counters and listings -------------------------------------------------------------------
+    def rule_counters(self) -> Iterator[dict[str, Any]]:
+        """Every rule (and each built-in policy as rule 0) with its packet/byte counters."""
+        for tname in TABLE_ORDER:
+            table = self.tables.get(tname)
+            if table is None:
+                continue
+            for chain in table.chains.values():
+                if chain.builtin:
+                    yield {"table": tname, "chain": chain.name, "rule": 0, "line": chain.line,
+                           "text": f"-P {chain.name} {VERDICT_NAMES[chain.policy]}", "pkts": chain.pkts,
+                           "bytes": chain.bytes}
+                for r in chain.rules:
+                    yield {"table": tname, "chain": chain.name, "rule": r.num, "line": r.line, "text": r.text,
+                           "pkts": r.pkts, "bytes": r.bytes}
+
+    def unhit_rules(self) -> list[dict[str, Any]]:
+        """Rules no packet matched (policies excluded)."""
+        return [c for c in self.rule_counters() if c["rule"] and not c["pkts"]]
+
+    def format_listing(self, counters: bool = True) -> str:
+        """Like `iptables -t TABLE -L -v -n` for each loaded table."""
+        out: list[str] = []
+        for tname in TABLE_ORDER:
+            table = self.tables.get(tname)
+            if table is None:
+                continue
+            out.append(f"# table {tname}")
+            for chain in table.chains.values():
+                out.append(_chain_header(table, chain, counters))
+                head = ["pkts", "bytes"] if counters else []
+                rows = [head + ["target", "prot", "opt", "in", "out", "source", "destination", ""]]
+                for r in chain.rules:
+                    rows.append(_rule_row(r, counters))
+                widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+                for row in rows:
+                    out.append(" ".join(str(c).rjust(w) if i < len(head) else str(c).ljust(w)
+                                        for i, (c, w) in enumerate(zip(row, widths))).rstrip())
+                out.append("")
+        return "\n".join(out).rstrip() + "\n" if out else ""
+
+
+def _rule_text(table: Table, d: Any) -> str:
+    """Rule text for the decision record when steps are off (no formatting was done in the loop)."""
+    chain = table.chains.get(d.chain)
+    if chain is None:
+        return ""
+    if d.policy:
+        return f"-P {chain.name} {VERDICT_NAMES[chain.policy]}"
+    return chain.rules[d.rule - 1].text if 0 < d.rule <= len(chain.rules) else ""
+
+
+def _human(n: int) -> str:
+    """iptables -L -v number format (K/M/G suffixes past 99999)."""
+    for suffix in ("", "K", "M", "G", "T"):
+        if n <= 99999:
+            return f"{n}{suffix}"
+        n //= 1000
+    return f"{n}P"
+
+
+def _chain_header(table: Table, chain: Chain, counters: bool) -> str:
+    if chain.builtin:
+        pol = VERDICT_NAMES[chain.policy]
+        c = f" {_human(chain.pkts)} packets, {_human(chain.bytes)} bytes" if counters else ""
+        return f"Chain {chain.name} (policy {pol}{c})"
+    refs = sum(1 for ch in table.chains.values() for r in ch.rules
+               if r.target.kind in ("jump", "goto") and r.target.chain == chain.name)
+    return f"Chain {chain.name} ({refs} references)"
+
+
+def _rule_row(r: Any, counters: bool) -> list[str]:
+    """Split the saved rule text back into -L columns (the rest goes into the last column)."""
+    from pathtrace.net.netfilter.iptables_restore import tokenize
+    toks = tokenize(r.text)[2:]
+    cols = {"-p": "all", "-i": "*", "-o": "*", "-s": "0.0.0.0/0", "-d": "0.0.0.0/0"}
+    opt = "--"
+    rest: list[str] = []
+    target = r.target.name
+    i = 0
+    while i < len(toks):
+        t = toks[i]
+        neg = t == "!"
+        if neg:
+            i += 1
+            t = toks[i] if i < len(toks) else ""
+        if t in cols and i + 1 < len(toks):
+            cols[t] = ("!" if neg else "") + toks[i + 1]
+            i += 2
+            continue
+        if t == "-f":
+            opt = "!f" if neg else "-f"
+            i += 1
+            continue
+        if t in ("-j", "-g"):
+            i += 2
+            continue
+        rest.append(("! " if neg else "") + t)
+        i += 1
+    row = [_human(r.pkts), _human(r.bytes)] if counters else []
+    return row + [target, cols["-p"], opt, cols["-i"], cols["-o"], cols["-s"], cols["-d"], " ".join(rest)]

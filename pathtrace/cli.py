@@ -151,5 +151,8 @@ def show(host: str) -> None:
     click.echo(render_host(net), nl=False)
 
 
+from pathtrace.verify.command import verify as _verify; main.add_command(_verify)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

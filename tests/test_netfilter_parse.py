@@ -34,7 +34,7 @@ def test_old_style_negation_and_wildcard() -> None:
 
 
 @pytest.mark.parametrize("rules,chains,msg,line", [
-    (["-A INPUT -j A", "-A A -j B", "-A B -j A"], ":A - [0:0]\n:B - [0:0]\n", "chain loop", 9),
+    (["-A INPUT -j A", "-A A -j B", "-A B -j A"], ":A - [0:0]\n:B - [0:0]\n", "chain loop", 7),
     (["-A INPUT -j NOPE"], "", "NOPE", 5),
     (["-A INPUT -s host.example -j DROP"], "", "DNS", 5),
     (["-A INPUT -m physdev --physdev-in x -j DROP"], "", "physdev", 5),

@@ -10,7 +10,7 @@ from pathtrace.trace import Emitted
 def detail_text(detail: dict[str, Any]) -> str:
     parts = []
     for key, value in detail.items():
-        if value == "":
+        if value == "" or (value is None and key != "found"):
             continue
         if value is None:
             value = "none"

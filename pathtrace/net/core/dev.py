@@ -103,6 +103,8 @@ def dev_queue_xmit(skb: SkBuff, dev: "NetDevice", dst_mac: bytes, ethertype: int
         _loopback_xmit(skb, dev, data)
         return
     frame = dst_mac + dev.mac + struct.pack("!H", ethertype) + data if ctx.emit_frames else b""
+    if skb.generated_by and kind == "forwarded":
+        kind = "generated"
     ctx.emitted.append(Emitted(dev.name, frame, "", kind))
 
 

@@ -38,7 +38,7 @@ def _l4_csum_ok(skb, proto: int) -> bool:
         from pathtrace.net.netfilter.nf_conntrack_checksum import nf_ip_checksum
     except ImportError:  # pragma: no cover
         return True
-    return nf_ip_checksum(skb, proto)
+    return not nf_ip_checksum(skb, proto)      # like the kernel: nonzero = bad checksum
 
 
 def nf_send_unreach(skb, code: int, hook: int) -> None:

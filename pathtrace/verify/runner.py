@@ -1,0 +1,118 @@
+"""Feed the same frames to the model and to the kernel lab; one Observation per frame each.
+
+Ingress choice and destination-MAC re-addressing are the model replayer's own
+(choose_ingress, --in without --strict-mac), so both sides see the same frame on
+the same interface.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+from pathtrace.capture.frame import Frame
+from pathtrace.host.model import HostConfig
+from pathtrace.packet import build
+from pathtrace.packet.decode import describe_frame
+from pathtrace.replay import Replayer, ReplayOptions, create_namespace
+from pathtrace.verify.lab import Lab
+from pathtrace.verify.netns import check_available
+from pathtrace.verify.observe import Observation, classify_kernel, from_model
+from pathtrace.verify.tracing import DropTracer
+
+DEFAULT_WAIT = 0.15
+WIRE_SRC_MAC = "02:77:69:72:65:00"
+
+
+@dataclass(slots=True)
+class Injection:
+    index: int
+    ingress: str
+    frame: Frame          # what the model gets
+    wire: bytes           # what the kernel gets (Ethernet, re-addressed like the model)
+    text: str             # one-line description for tables
+
+
+def frame_from_ether(data: bytes, index: int, ts: float, ifname: str | None = None) -> Frame:
+    """A Frame as the capture reader makes it for an Ethernet record (VLAN tags peeled)."""
+    dst, src, etype = data[:6], data[6:12], int.from_bytes(data[12:14], "big")
+    vlan: list[int] = []
+    pos = 14
+    while etype in (0x8100, 0x88A8) and len(data) >= pos + 4:
+        vlan.append(int.from_bytes(data[pos:pos + 2], "big"))
+        etype = int.from_bytes(data[pos + 2:pos + 4], "big")
+        pos += 4
+    return Frame(index, ts, ifname, 1, dst, src, None, tuple(vlan), etype, data[pos:], len(data), len(data), None)
+
+
+def plan(host: HostConfig, frames: Iterable[Frame], ingress: str | None = None,
+         strict_mac: bool = False) -> list[Injection]:
+    """Decide each frame's interface and wire bytes the way `pathtrace replay` would."""
+    chooser = Replayer(create_namespace(host), ReplayOptions(ingress=ingress, strict_mac=strict_mac))
+    out = []
+    for frame in frames:
+        dev, _ = chooser.choose_ingress(frame)
+        dst = frame.dst_mac
+        if dst is None:
+            dst = dev.mac
+        elif not (dst[0] & 1) and dst != dev.mac and ingress and not strict_mac:
+            dst = dev.mac
+        wire = build.ether(dst, frame.src_mac or WIRE_SRC_MAC, frame.ethertype, frame.payload,
+                           vlan=list(frame.vlan) or None)
+        out.append(Injection(frame.index, dev.name, frame, wire, describe_frame(frame)))
+    return out
+
+
+def run_model(host: HostConfig, injections: list[Injection], ingress: str | None = None,
+              strict_mac: bool = False) -> list[Observation]:
+    replayer = Replayer(create_namespace(host), ReplayOptions(ingress=ingress, strict_mac=strict_mac))
+    result = []
+    for inj in injections:
+        try:
+            result.append(from_model(replayer.process(inj.frame)))
+        except Exception as exc:  # a model bug is a disagreement to report, not a crash
+            result.append(Observation(verdict="MODEL_ERROR", reason=f"{type(exc).__name__}: {exc}"))
+    return result
+
+
+@contextmanager
+def _signals_raise() -> Iterator[None]:
+    """SIGTERM/SIGINT unwind through finally blocks, so namespaces and tracing are removed."""
+    def handler(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def run_kernel(host: HostConfig, injections: list[Injection], wait: float = DEFAULT_WAIT,
+               tag: str | None = None) -> list[Observation]:
+    """Build the lab, inject each frame, watch for `wait` seconds; always tears everything down."""
+    check_available()
+    tag = tag or f"ptv{os.getpid()}"
+    local = {socket.inet_aton(f"{a >> 24 & 255}.{a >> 16 & 255}.{a >> 8 & 255}.{a & 255}")
+             for i in host.interfaces for a, _ in i.addresses}
+    results = []
+    with _signals_raise():
+        tracer = DropTracer(tag)
+        try:
+            with Lab(host, tag=tag) as lab:
+                for inj in injections:
+                    lab.drain(0.01)
+                    lab.deliveries()
+                    tracer.clear()
+                    lab.inject(inj.ingress, inj.wire)
+                    frames = lab.drain(wait)
+                    delivered = [f"{d.proto} {d.local} {d.event}" for d in lab.deliveries()]
+                    drops = [(e.reason, e.location) for e in tracer.read()]
+                    results.append(classify_kernel(inj.frame.ethertype, inj.frame.payload, local, frames,
+                                                   drops, delivered))
+        finally:
+            tracer.close()
+    return results

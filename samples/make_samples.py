@@ -285,9 +285,12 @@ def home_router(path: str) -> None:
     # 17 a SYN from the internet to a closed port on the router (telnet)
     from_wan(3.127, build.tcp_packet(visitor, wan, 52811, 23, "S", 0x4040AA01, 0, 64240,
                                      options=syn_options(301977), ttl=49, df=True, id=c.next_id(visitor)))
-    # 18 traceroute from the laptop: first probe has TTL=1 and expires at the router
+    # 18 the laptop answers the router's unicast ARP probe (its entry went STALE -> DELAY -> PROBE
+    #    after forwarding to it; the probe left while the previous packet was processed)
+    c.on("eth1").arp(0.0006, lan_mac, laptop_mac, "reply", laptop_mac, laptop, lan_mac, lan)
+    # 19 traceroute from the laptop: first probe has TTL=1 and expires at the router
     from_lan(0.844, build.udp_packet(laptop, website, 44123, 33434, b"\0" * 32, ttl=1, id=c.next_id(laptop)))
-    # 19 a malformed packet from the WAN: bad IPv4 header checksum
+    # 20 a malformed packet from the WAN: bad IPv4 header checksum
     from_wan(0.271, build.udp_packet(resolver, wan, 53, 53124, dns_answer(0x2f4f, "example.org", website),
                                      ttl=57, id=c.next_id(resolver), check=0xBEEF))
     c.write()
@@ -353,7 +356,9 @@ def two_uplink(path: str) -> None:
                                    options=syn_options(77001), ttl=51, df=True, id=c.next_id(prober)))
     # 15 a guest's traceroute: TTL=1 expires at the router (ICMP time exceeded back to the guest)
     from_guest(0.912, build.udp_packet(guest, website, 45001, 33434, b"\0" * 32, ttl=1, id=c.next_id(guest)))
-    # 16 malformed: bad IPv4 header checksum from ISP A
+    # 17 the staff PC answers the router's unicast ARP probe
+    c.on("eth2").arp(0.0005, lan_mac, pc_mac, "reply", pc_mac, pc, lan_mac, lan_ip)
+    # 18 malformed: bad IPv4 header checksum from ISP A
     from_a(0.311, build.ipv4(prober, a_ip, build.IPPROTO_ICMP, build.icmp(8, 0, bytes(56), 0x3303, 2), ttl=51,
                              id=c.next_id(prober), check=0x0001))
     c.write()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pathtrace.commands.headers import Headers
 from pathtrace.lib.inet import ntoa
 from pathtrace.trace import PacketRecord
 
@@ -54,17 +55,18 @@ def plain(reason: str | None) -> str:
     return PLAIN.get(reason, reason.lower().replace("_", " "))
 
 
-def suggestions(record: PacketRecord, decision: dict[str, Any] | None, net: Any = None) -> list[str]:
-    """The smallest obvious change that would alter the verdict (empty when nothing is obvious)."""
+def suggestions(record: PacketRecord, decision: dict[str, Any] | None, pkt: Headers | None) -> list[str]:
+    """The smallest obvious change that would alter the verdict (empty when nothing is obvious).
+
+    `pkt` is the input packet's headers (the record keeps only the path)."""
     reason = record.reason
     if record.verdict != "DROP" or not reason:
         return []
     last = _last_drop(record)
-    ip = _first(record, "ip_rcv_core")
-    src, dst = ip.get("saddr", "SRC"), ip.get("daddr", "DST")
+    src, dst = (ntoa(pkt.src), ntoa(pkt.dst)) if pkt else ("SRC", "DST")
     dev = record.ingress or "IFACE"
     if reason == "NETFILTER_DROP" and decision:
-        return [_rule_hint(decision, record)]
+        return [_rule_hint(decision, pkt)]
     if reason in ("IP_INNOROUTES", "IP_OUTNOROUTES"):
         return [f"add a route to {dst}: ip route add {dst}/32 via GATEWAY (or a default route)"]
     if reason == "IP_INADDRERRORS" and "forwarding disabled" in str(last.get("why", "")):
@@ -72,9 +74,10 @@ def suggestions(record: PacketRecord, decision: dict[str, Any] | None, net: Any 
     if reason == "IP_RPFILTER":
         return [f"set net.ipv4.conf.{dev}.rp_filter=2 (loose) or add a route back: ip route add {src}/32 dev {dev}"]
     if reason == "NO_SOCKET":
-        where = _l4(record)
-        return [f"nothing listens on {where}: add a socket (sockets: - {where.replace('/', ' 0.0.0.0:')})"] if where \
-            else []
+        if pkt is None or pkt.proto not in (6, 17):
+            return []
+        proto = "tcp" if pkt.proto == 6 else "udp"
+        return [f"nothing listens on {proto}/{pkt.dport}: add a socket (sockets: - {proto} 0.0.0.0:{pkt.dport})"]
     if reason == "IP_LOCAL_SOURCE":
         return [f"{src} is this host's own address: fix the sender, or sysctl net.ipv4.conf.{dev}.accept_local=1"]
     if reason == "IP_LOCALNET":
@@ -91,9 +94,9 @@ def suggestions(record: PacketRecord, decision: dict[str, Any] | None, net: Any 
     return []
 
 
-def _rule_hint(d: dict[str, Any], record: PacketRecord) -> str:
+def _rule_hint(d: dict[str, Any], pkt: Headers | None) -> str:
     table, chain, num = d.get("table"), d.get("chain"), d.get("rule") or 0
-    accept = _accept_rule(record)
+    accept = _accept_rule(pkt)
     if not num:
         return (f"the packet fell through to the {chain} policy ({table}): add an ACCEPT rule, e.g. "
                 f"iptables -t {table} -A {chain} {accept}")
@@ -101,26 +104,15 @@ def _rule_hint(d: dict[str, Any], record: PacketRecord) -> str:
             f"or insert before it: iptables -t {table} -I {chain} {num} {accept}")
 
 
-def _accept_rule(record: PacketRecord) -> str:
-    ip = _first(record, "ip_rcv_core")
+def _accept_rule(pkt: Headers | None) -> str:
     parts = []
-    if ip.get("saddr"):
-        parts.append(f"-s {ip['saddr']}")
-    l4 = _l4(record)
-    if l4:
-        proto, port = l4.split("/")
-        parts.append(f"-p {proto} --dport {port}")
+    if pkt is not None:
+        parts.append(f"-s {ntoa(pkt.src)}")
+        if pkt.proto in (6, 17):
+            parts.append(f"-p {'tcp' if pkt.proto == 6 else 'udp'} --dport {pkt.dport}")
+        elif pkt.proto == 1:
+            parts.append("-p icmp")
     return " ".join(parts + ["-j ACCEPT"])
-
-
-def _l4(record: PacketRecord) -> str:
-    """'tcp/22' from the transport step of the input packet, '' when unknown."""
-    for fn, proto in (("tcp_v4_rcv", "tcp"), ("udp_rcv", "udp"), ("__udp4_lib_rcv", "udp")):
-        d = _first(record, fn)
-        if d.get("dport") is not None:
-            return f"{proto}/{d['dport']}"
-    from pathtrace.commands.headers import ip_headers
-    return ""
 
 
 def _first(record: PacketRecord, fn: str) -> dict[str, Any]:
@@ -140,5 +132,3 @@ def _last_drop(record: PacketRecord) -> dict[str, Any]:
             return s.detail
     return {}
 
-
-__all__ = ["PLAIN", "plain", "suggestions", "ntoa"]

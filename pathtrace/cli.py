@@ -120,6 +120,10 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
             click.echo(f"warning: {w}", err=True)
     if counters and net.nf is not None:
         out.write(net.nf.format_listing(counters=True))
+        unhit = net.nf.unhit_rules()
+        out.write(f"\nrules no packet hit: {len(unhit)}\n")
+        for c in unhit:
+            out.write(f"  {c['table']}/{c['chain']} rule {c['rule']}: {c['text']}\n")
 
 
 def _records(replayer, frames, limit: int) -> Iterator[tuple[PacketRecord, object]]:
@@ -152,6 +156,9 @@ def show(host: str) -> None:
 
 
 from pathtrace.verify.command import verify as _verify; main.add_command(_verify)
+
+
+from pathtrace.commands.explain import explain as _explain; main.add_command(_explain)  # noqa: E402
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -418,14 +418,15 @@ def test_pcapng_blocks_options_sections(tmp_path: Path, e: str) -> None:
         + spb(other, FRAMES[0])
         + idb(other, 1, snaplen=20, name="second")
         + spb(other, FRAMES[0])                             # cut to snaplen 20
+        + spb(other, FRAMES[0][:10], wirelen=15)            # claims more than it holds
         + epb(other, 0, 2_000_000, FRAMES[0], caplen=9999)  # caplen beyond its block
     )
     path = write(tmp_path, data, "t.pcapng")
     frames = list(read_frames(path))
-    assert count_frames(path) == len(frames) == 10
-    assert [f.index for f in frames] == list(range(10))
-    assert [f.ifname for f in frames] == ["eth0", "tun0", None, "eth0", "eth0", None, None, None, "second", "second"]
-    assert [f.linktype for f in frames] == [1, 101, 113, 1, 1, -1, -1, -1, 1, 1]
+    assert count_frames(path) == len(frames) == 11
+    assert [f.index for f in frames] == list(range(11))
+    assert [f.ifname for f in frames] == ["eth0", "tun0", None, "eth0", "eth0", None, None, None] + ["second"] * 3
+    assert [f.linktype for f in frames] == [1, 101, 113, 1, 1, -1, -1, -1, 1, 1, 1]
     assert frames[0].ts == 1700000000.25 and frames[0].wirelen == 1000
     assert frames[1].ts == pytest.approx(1700000000.123456789, abs=1e-6) and frames[1].payload == IP4
     assert frames[2].ts == 105.5 and frames[2].pkt_type == 4
@@ -435,7 +436,8 @@ def test_pcapng_blocks_options_sections(tmp_path: Path, e: str) -> None:
     assert frames[6].error == "packet refers to undefined interface 1"  # new section: old IDBs are gone
     assert frames[7].error == "simple packet block before any interface description"
     assert (frames[8].caplen, frames[8].wirelen, frames[8].error) == (20, len(FRAMES[0]), None)
-    assert frames[9].error == "captured length 9999 exceeds its block" and frames[9].caplen == 56  # padded body
+    assert (frames[9].error, frames[9].caplen) == ("packet length 15 exceeds its simple packet block", 12)
+    assert frames[10].error == "captured length 9999 exceeds its block" and frames[10].caplen == 56  # padded body
     for f in (frames[0], frames[3], frames[4]):
         assert f.error is None
 

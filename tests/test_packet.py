@@ -115,6 +115,8 @@ ETH = ("02:00:00:00:00:02", "02:00:00:00:00:01")
      "IP 10.0.0.1 > 10.0.0.2: ICMP redirect host to 10.0.0.254 (quoting GRE 10.0.0.2 > 9.9.9.9) ttl 64"),
     (build.icmp_packet(A, B, 3, 3, b"\x45\x00"),
      "IP 10.0.0.1 > 10.0.0.2: ICMP dest unreachable port (quoting truncated IP (2 bytes)) ttl 64"),
+    (build.icmp_error_packet(A, B, 11, 1, build.ipv4(B, A, 17, b"u" * 8, frag_offset=2)),
+     "IP 10.0.0.1 > 10.0.0.2: ICMP time exceeded reassembly (quoting UDP frag 10.0.0.2 > 10.0.0.1) ttl 64"),
     (build.icmp_packet(A, B, 13, 0), "IP 10.0.0.1 > 10.0.0.2: ICMP timestamp request ttl 64"),
     (build.icmp_packet(A, B, 42, 3), "IP 10.0.0.1 > 10.0.0.2: ICMP type 42 code 3 ttl 64"),
     (build.udp_packet(A, B, 5353, 53, b"abc"), "IP 10.0.0.1.5353 > 10.0.0.2.53: UDP len 3 ttl 64"),

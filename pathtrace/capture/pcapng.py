@@ -91,7 +91,7 @@ def _frame(index: int, ts: float, iface: Interface | None, buf: bytes, start: in
     """Build a Frame from the packet bytes buf[start:end]; `error` overrides the L2 one."""
     if iface is None or iface.linktype < 0:
         return Frame(index, ts, None, -1, None, None, None, _NO_VLAN, 0, b"", wirelen,
-                     end - start, error or "packet refers to an undefined interface")
+                     end - start, error or "malformed interface description block")
     dst, src, pkt_type, vlan, etype, payload, l2err = iface.parse(buf, start, end)
     return Frame(index, ts, iface.name, iface.linktype, dst, src, pkt_type, vlan, etype, payload,
                  wirelen, end - start, error or l2err)
@@ -181,8 +181,8 @@ def pcapng_frames(f: BinaryIO, path: str, buf: bytes) -> Iterator[Frame]:
             end = start + caplen
             error = None
             if end > bend:
-                if truncated:
-                    error = f"truncated record ({bend - start} of {caplen} bytes)"
+                error = (f"truncated record ({bend - start} of {caplen} bytes)" if truncated
+                         else f"packet length {caplen} exceeds its simple packet block")
                 end = bend
             if iface is None:
                 error = error or "simple packet block before any interface description"

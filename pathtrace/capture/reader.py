@@ -17,6 +17,7 @@ import gzip
 import os
 import struct
 import sys
+import zlib
 from typing import BinaryIO, Iterator
 
 from pathtrace.errors import CaptureError
@@ -61,7 +62,7 @@ def _read_exact(f: BinaryIO, n: int, path: str) -> bytes:
             if not more:
                 break
             data += more
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise CaptureError(f"cannot read capture: {exc}", file=path) from None
     return data
 
@@ -167,7 +168,7 @@ class FrameReader:
         """Turn I/O failures mid-file into CaptureError and close the file at the end."""
         try:
             yield from gen
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise CaptureError(f"cannot read capture: {exc}", file=self.path) from None
         finally:
             self.close()

@@ -86,12 +86,12 @@ def group(path: list[Step]) -> list[Phase]:
     return [p for p in phases if p.steps or p.responses]
 
 
-def describe(step: Step, chains: Any = None) -> list[str]:
+def describe(step: Step, nf: Any = None) -> list[str]:
     """Readable lines for one step; the rule walk of ipt_do_table gets one line per rule."""
     d = step.detail
     fn = step.fn
     if fn == "ipt_do_table" and "chain" in d:
-        return _table_lines(d, chains)
+        return _table_lines(d, nf)
     if fn == "fib_lookup":
         if d.get("route"):
             return [f"route lookup: table {d.get('table')} (policy rule '{d.get('rule')}') chose "
@@ -114,7 +114,7 @@ def describe(step: Step, chains: Any = None) -> list[str]:
     return [f"{fn}{'  ' + text if text else ''}"]
 
 
-def _table_lines(d: dict[str, Any], chains: Any) -> list[str]:
+def _table_lines(d: dict[str, Any], nf: Any) -> list[str]:
     """table/chain header, each rule that did not match with why, then the deciding rule."""
     table, chain = d.get("table"), d.get("chain")
     lines = [f"table {table}, hook {d.get('hook')}: {d.get('path') or chain}"]
@@ -124,7 +124,7 @@ def _table_lines(d: dict[str, Any], chains: Any) -> list[str]:
         if m:
             seen[(m["chain"], int(m["num"]))] = m["why"]
     decided = int(d.get("rule") or 0)
-    rules = _chain_rules(chains, table, chain)
+    rules = _chain_rules(nf, table, chain)
     path = str(d.get("path") or chain)
     if rules is not None and " -> " not in path:
         upto = decided if decided else len(rules) + 1

@@ -104,8 +104,10 @@ def _quote(inner: bytes) -> str:
         return f"quoting truncated IP ({n} bytes)"
     hl = (inner[0] & 0xF) * 4
     proto = inner[9]
-    l4 = inner[hl:] if hl >= 20 else b""
     src, dst = _ip4(inner[12:16]), _ip4(inner[16:20])
+    if _u16(inner, 6) & 0x1FFF:  # a non-first fragment quotes no transport header
+        return f"quoting {_proto(proto)} frag {src} > {dst}"
+    l4 = inner[hl:] if hl >= 20 else b""
     return f"quoting {_proto(proto)} {_endpoints(src, dst, l4, proto, False)}"
 
 

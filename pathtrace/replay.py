@@ -115,8 +115,7 @@ class Replayer:
                 self.readdressed += 1
                 if ctx.record:
                     ctx.warnings.append(f"destination MAC re-addressed to {dev.name} (--in without --strict-mac)")
-                    ctx.step("eth_type_trans", dev=dev.name, readdressed=True,
-                             original_dst=":".join(f"{b:02x}" for b in frame.dst_mac))
+                    skb.cb["readdressed_from"] = ":".join(f"{b:02x}" for b in frame.dst_mac)
         if ctx.record and why.startswith("default"):
             ctx.warnings.append(f"ingress {dev.name} chosen by default (no --in, pcapng name or MAC match)")
         return None

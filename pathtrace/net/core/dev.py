@@ -44,7 +44,8 @@ def netif_receive(skb: SkBuff, dev: "NetDevice", pkt_type_known: bool = False) -
     if not pkt_type_known:
         eth_type_trans(skb, dev)
     if ctx.record:
-        ctx.step("eth_type_trans", pkt_type=PKT_TYPE_NAMES[skb.pkt_type], protocol=f"0x{skb.protocol:04x}")
+        ctx.step("eth_type_trans", pkt_type=PKT_TYPE_NAMES[skb.pkt_type], protocol=f"0x{skb.protocol:04x}",
+                 readdressed_from=skb.cb.get("readdressed_from", ""))
     if ops.napi:
         ctx.step("napi_gro_receive", dev=dev.name)
         ctx.step("__netif_receive_skb_core", dev=dev.name)

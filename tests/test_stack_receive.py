@@ -191,3 +191,24 @@ def test_icmp_error_rate_limit_per_destination(rig):
     assert sent == [1] * 6 + [0] * 4
     later = rig.send("eth0", build.udp_packet(PEER, ME, 5000, 9, b""), dt=1.0)
     assert len(later.emitted) == 1
+
+
+def test_fragments_reassembled_for_local_delivery_in_any_order(rig):
+    whole = build.icmp_packet(PEER, ME, 8, 0, id=9, seq=1, payload=bytes(range(256)) * 4)
+    body = whole[20:]
+    first = build.ipv4(PEER, ME, 1, body[:512], id=77, mf=True)
+    second = build.ipv4(PEER, ME, 1, body[512:], id=77, frag_offset=64)
+    rec2 = rig.send("eth0", second)
+    assert rec2.verdict == "FRAG_QUEUED" and rec2.emitted == []
+    rec1 = rig.send("eth0", first)
+    assert rec1.verdict == "LOCAL_DELIVER"
+    assert "icmp_echo" in fns(rec1)
+    reply = rec1.emitted[0].frame[14:]
+    assert reply[20] == 0 and reply[28:] == body[8:]
+
+
+def test_duplicate_fragment_dropped(rig):
+    frag = build.ipv4(PEER, ME, 17, b"z" * 64, id=5, mf=True)
+    assert rig.send("eth0", frag).verdict == "FRAG_QUEUED"
+    rec = rig.send("eth0", frag)
+    assert (rec.verdict, rec.reason) == ("DROP", "DUP_FRAG")

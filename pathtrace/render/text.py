@@ -10,11 +10,16 @@ from pathtrace.trace import PacketRecord
 def write_text(record: PacketRecord, out: TextIO, verbose: bool = False) -> None:
     out.write(f"#{record.index} {record.time:.6f} {record.ingress}  {record.packet}\n")
     for step in record.path:
-        if not verbose and step.fn == "ipt_do_table" and step.detail.get("matched") is False:
-            continue
         indent = "  " * (step.depth + 1)
-        details = detail_text(step.detail)
+        detail = step.detail
+        misses = detail.get("misses") if step.fn == "ipt_do_table" else None
+        if misses is not None:
+            detail = {k: v for k, v in detail.items() if k != "misses"}
+        details = detail_text(detail)
         out.write(f"{indent}{step.fn}{'  ' + details if details else ''}\n")
+        if verbose and misses:
+            for miss in misses:
+                out.write(f"{indent}    no match: {miss}\n")
     verdict = record.verdict
     if record.reason:
         verdict += f" ({record.reason})"

@@ -121,7 +121,10 @@ class Replayer:
         return None
 
     def _run_timers(self, ctx: PacketContext) -> None:
+        """Fire every neighbour timer due by now, in time order, including re-armed ones."""
         net = self.net
-        for n in net.neigh.pending_timers(ctx.now):
-            if n.timer is not None and n.timer <= ctx.now:
-                neigh_timer_handler(net, n, ctx)
+        for _ in range(10000):
+            due = net.neigh.pending_timers(ctx.now)
+            if not due:
+                break
+            neigh_timer_handler(net, due[0], ctx)

@@ -113,6 +113,10 @@ class Capture:
         self.frames: list[tuple[float, bytes, str]] = []
         self.ip_id: dict[str, int] = {}
 
+    def until(self, when: float) -> float:
+        """The dt that puts the next frame at absolute time `when`."""
+        return when - self.t
+
     def on(self, iface: str) -> "Capture":
         """Following frames were captured on `iface` (pcapng captures only)."""
         self.iface = iface
@@ -188,7 +192,7 @@ def web_server(path: str) -> None:
 
     # 0  the gateway refreshes its entry for us (ARP request, broadcast)
     c.arp(0.0, BROADCAST, gw_mac, "request", gw_mac, gw, "00:00:00:00:00:00", me)
-    # 1  and answers our probe of it (ARP reply: refreshes our neighbour entry)
+    # 1  an ARP reply from the gateway (the answer to our periodic probe; refreshes the entry)
     c.arp(0.412, me_mac, gw_mac, "reply", gw_mac, gw, me_mac, me)
     # 2-5  HTTP: handshake, GET, FIN from the client
     cl = TcpFlow(c, client, 51514, me, 80, isn=0x3A1C5F00, ttl=52, ts0=2914401)
@@ -244,7 +248,10 @@ def home_router(path: str) -> None:
                                       id=c.next_id(laptop)))
     from_wan(0.0183, build.udp_packet(resolver, wan, 53, 53124, dns_answer(0x2f4e, "example.org", website),
                                       ttl=57, id=c.next_id(resolver)))
-    # 3-10  HTTPS-ish TCP conversation laptop <-> website, both directions on the wire
+    # (forwarding this answer put the router's STALE entry for the laptop into DELAY: 5 s later
+    #  the router probes it with a unicast ARP request -- frame 17 is the laptop's answer)
+    laptop_probe_due = c.t + 5.0
+    # 3-11  HTTPS-ish TCP conversation laptop <-> website, both directions on the wire
     cl = TcpFlow(c, laptop, 40112, website, 443, isn=0x5E1A0001, ttl=64, ts0=88120)
     sv = TcpFlow(c, website, 443, wan, 40112, isn=0x11D04A00, ttl=54, ts0=5012330)
     from_lan(0.0009, cl.segment("S", options=syn_options(cl.tsval), window=64240))
@@ -282,12 +289,14 @@ def home_router(path: str) -> None:
     vi.ack = na.seq
     vi.peer_ts = na.tsval - 7
     from_wan(0.0391, vi.segment("A"))
-    # 17 a SYN from the internet to a closed port on the router (telnet)
-    from_wan(3.127, build.tcp_packet(visitor, wan, 52811, 23, "S", 0x4040AA01, 0, 64240,
+    # 17 the laptop answers the router's unicast ARP probe (sent when the DELAY timer expired;
+    #    pathtrace runs timers on capture time, so the probe shows in this record)
+    t16 = c.t
+    c.on("eth1").arp(c.until(laptop_probe_due + 0.0011), lan_mac, laptop_mac, "reply", laptop_mac, laptop,
+                     lan_mac, lan)
+    # 18 a SYN from the internet to a closed port on the router (telnet)
+    from_wan(c.until(t16 + 3.127), build.tcp_packet(visitor, wan, 52811, 23, "S", 0x4040AA01, 0, 64240,
                                      options=syn_options(301977), ttl=49, df=True, id=c.next_id(visitor)))
-    # 18 the laptop answers the router's unicast ARP probe (its entry went STALE -> DELAY -> PROBE
-    #    after forwarding to it; the probe left while the previous packet was processed)
-    c.on("eth1").arp(0.0006, lan_mac, laptop_mac, "reply", laptop_mac, laptop, lan_mac, lan)
     # 19 traceroute from the laptop: first probe has TTL=1 and expires at the router
     from_lan(0.844, build.udp_packet(laptop, website, 44123, 33434, b"\0" * 32, ttl=1, id=c.next_id(laptop)))
     # 20 a malformed packet from the WAN: bad IPv4 header checksum
@@ -320,6 +329,7 @@ def two_uplink(path: str) -> None:
                                      id=c.next_id(pc)))
     from_a(0.0122, build.udp_packet(resolver, a_ip, 53, 36001, dns_answer(0x7a01, "intranet.example", website),
                                     ttl=58, id=c.next_id(resolver)))
+    pc_probe_due = c.t + 5.0          # the PC's entry is now in DELAY; the router probes it at this time
     # 3  a guest resolves the router
     c.on("eth2").arp(0.733, BROADCAST, guest_mac, "request", guest_mac, guest, "00:00:00:00:00:00", lan_ip)
     # 4  guest SYN: mangle MARK 0x2 -> rule 'fwmark 0x2 lookup 200' -> ISP B, whose gateway
@@ -328,7 +338,7 @@ def two_uplink(path: str) -> None:
     from_guest(0.0011, gu.segment("S", options=syn_options(gu.tsval), window=64240))
     # 5  ISP B's gateway answers: the SYN leaves on eth1, source 198.51.100.10
     c.on("eth1").arp(0.0009, b_mac, b_gw_mac, "reply", b_gw_mac, b_gw, b_mac, b_ip)
-    # 6-10 the rest of the guest's connection, replies arrive on eth1
+    # 6-12 the rest of the guest's connection, replies arrive on eth1
     ws = TcpFlow(c, website, 443, b_ip, 49152, isn=0x66554433, ttl=55, ts0=990000)
     ws.ack = gu.seq
     ws.peer_ts = gu.tsval - 7
@@ -347,17 +357,18 @@ def two_uplink(path: str) -> None:
     from_b(0.0185, ws.segment("FA"))
     gu.ack = ws.seq
     from_guest(0.0002, gu.segment("A"))
-    # 12 ping to the ISP B address: the reply must leave through eth1 ('from 198.51.100.10 lookup 200')
+    # 13 ping to the ISP B address: the reply must leave through eth1 ('from 198.51.100.10 lookup 200')
     from_b(1.502, _echo(c, prober, b_ip, 0x3301, 1, ttl=51))
-    # 13 ping to the ISP A address: the reply leaves through eth0
+    # 14 ping to the ISP A address: the reply leaves through eth0
     from_a(0.254, _echo(c, prober, a_ip, 0x3302, 1, ttl=51))
-    # 14 a SYN to a closed port on ISP B's address: REJECT --reject-with tcp-reset
+    # 15 a SYN to a closed port on ISP B's address: REJECT --reject-with tcp-reset
     from_b(1.880, build.tcp_packet(prober, b_ip, 60123, 3389, "S", 0x12340000, 0, 64240,
                                    options=syn_options(77001), ttl=51, df=True, id=c.next_id(prober)))
-    # 15 a guest's traceroute: TTL=1 expires at the router (ICMP time exceeded back to the guest)
-    from_guest(0.912, build.udp_packet(guest, website, 45001, 33434, b"\0" * 32, ttl=1, id=c.next_id(guest)))
-    # 17 the staff PC answers the router's unicast ARP probe
-    c.on("eth2").arp(0.0005, lan_mac, pc_mac, "reply", pc_mac, pc, lan_mac, lan_ip)
+    # 16 the staff PC answers the router's unicast ARP probe (its entry went STALE -> DELAY -> PROBE)
+    t15 = c.t
+    c.on("eth2").arp(c.until(pc_probe_due + 0.0009), lan_mac, pc_mac, "reply", pc_mac, pc, lan_mac, lan_ip)
+    # 17 a guest's traceroute: TTL=1 expires at the router (ICMP time exceeded back to the guest)
+    from_guest(c.until(t15 + 0.912), build.udp_packet(guest, website, 45001, 33434, b"\0" * 32, ttl=1, id=c.next_id(guest)))
     # 18 malformed: bad IPv4 header checksum from ISP A
     from_a(0.311, build.ipv4(prober, a_ip, build.IPPROTO_ICMP, build.icmp(8, 0, bytes(56), 0x3303, 2), ttl=51,
                              id=c.next_id(prober), check=0x0001))

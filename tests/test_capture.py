@@ -468,3 +468,57 @@ def test_stdin_dash(tmp_path: Path) -> None:
         out = subprocess.run([os.sys.executable, "-c", code], stdin=fh, capture_output=True, text=True,
                              cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.split() == ["3", "None"], out.stderr
+
+
+def test_pcapng_malformed_idb(tmp_path: Path) -> None:
+    data = shb("<") + block("<", 1, b"\x01\x00") + epb("<", 0, 1, FRAMES[0])
+    (f,) = list(read_frames(write(tmp_path, data, "m.pcapng")))
+    assert (f.linktype, f.error, f.payload) == (-1, "malformed interface description block", b"")
+
+
+def test_pcap_linktype_fcs_bits_ignored(tmp_path: Path) -> None:
+    """The header's upper linktype bits carry FCS info (pcap spec), not the link type."""
+    (f,) = list(read_frames(write(tmp_path, pcap_bytes([(1, 0, FRAMES[0])], linktype=0x14000001))))
+    assert f.linktype == 1 and f.error is None and f.ethertype == 0x0800
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+@pytest.mark.parametrize("kind", ["pcap", "pcapng"])
+def test_fifo_streams_as_data_arrives(tmp_path: Path, kind: str) -> None:
+    """A capture piped in (`tcpdump -w - | ...`) yields frames as they arrive, not per MiB."""
+    import threading
+
+    fifo = tmp_path / "cap.fifo"
+    os.mkfifo(fifo)
+    if kind == "pcap":
+        data = pcap_bytes([(i, 0, FRAMES[i % 3]) for i in range(50)])
+        first = 24 + sum(16 + len(FRAMES[i % 3]) for i in range(10))
+    else:
+        recs = [epb("<", 0, i * 1_000_000, FRAMES[i % 3]) for i in range(50)]
+        data = shb("<") + idb("<", 1) + b"".join(recs)
+        first = len(data) - sum(len(r) for r in recs[10:])
+    got_ten = threading.Event()
+    waited: list[bool] = []
+
+    def feed() -> None:
+        with open(fifo, "wb") as w:
+            for i in range(0, first, 37):  # first ten records, in small pieces
+                w.write(data[i:min(i + 37, first)])
+                w.flush()
+            waited.append(got_ten.wait(10))  # the reader must have them before we send more
+            w.write(data[first:])
+
+    t = threading.Thread(target=feed)
+    t.start()
+    frames = []
+    try:
+        for f in read_frames(str(fifo)):
+            frames.append(f)
+            if len(frames) == 10:
+                got_ten.set()
+    finally:
+        got_ten.set()
+        t.join(20)
+    assert waited == [True]
+    assert len(frames) == 50 and all(f.error is None for f in frames)
+    assert [f.ts for f in frames] == [float(i) for i in range(50)]

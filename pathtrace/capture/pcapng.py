@@ -13,7 +13,7 @@ from typing import BinaryIO, Iterator
 
 from pathtrace.errors import CaptureError
 from pathtrace.capture.frame import Frame
-from pathtrace.capture.linktypes import L2Parser, parser_for
+from pathtrace.capture.linktypes import VLAN_TPIDS, L2Parser, parser_for
 
 SHB = 0x0A0D0D0A
 IDB = 0x00000001
@@ -99,6 +99,7 @@ def _frame(index: int, ts: float, iface: Interface | None, buf: bytes, start: in
 
 def pcapng_frames(f: BinaryIO, path: str, buf: bytes) -> Iterator[Frame]:
     """Frames of a pcapng stream; `buf` holds bytes already read from the start of f."""
+    read = getattr(f, "read1", f.read)  # what is there now: a live pipe is not held back
     off = 0
     e = "<"
     u32 = struct.Struct("<I").unpack_from
@@ -115,7 +116,7 @@ def pcapng_frames(f: BinaryIO, path: str, buf: bytes) -> Iterator[Frame]:
         if avail < 12:
             if eof:
                 return  # clean end, or a partial block header we cannot use
-            more = f.read(CHUNK)
+            more = read(CHUNK)
             eof = not more
             consumed += off
             buf = buf[off:] + more
@@ -136,7 +137,7 @@ def pcapng_frames(f: BinaryIO, path: str, buf: bytes) -> Iterator[Frame]:
         truncated = False
         if blen > avail:
             if not eof:
-                more = f.read(max(CHUNK, blen - avail))
+                more = read(max(CHUNK, blen - avail))
                 eof = not more
                 consumed += off
                 buf = buf[off:] + more
@@ -167,6 +168,15 @@ def pcapng_frames(f: BinaryIO, path: str, buf: bytes) -> Iterator[Frame]:
             elif iface is None:
                 error = f"packet refers to undefined interface {ifid}"
             last_ts = ts
+            if error is None and iface.linktype == 1 and caplen >= 14:
+                # Inlined parse_ethernet for the common untagged case (the hot path).
+                etype = (buf[start + 12] << 8) | buf[start + 13]
+                if etype >= 0x600 and etype not in VLAN_TPIDS:
+                    yield Frame(index, ts, iface.name, 1, buf[start:start + 6], buf[start + 6:start + 12],
+                                None, _NO_VLAN, etype, buf[start + 14:end], wirelen, caplen, None)
+                    index += 1
+                    off += blen
+                    continue
             yield _frame(index, ts, iface, buf, start, end, wirelen, error)
             index += 1
         elif btype == SPB:

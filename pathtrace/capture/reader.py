@@ -47,10 +47,13 @@ def _open(path: str) -> BinaryIO:
         f: BinaryIO = open(path, "rb")
     except OSError as exc:
         raise CaptureError(f"cannot open capture: {exc.strerror or exc}", file=path) from None
-    if f.read(2) == GZIP_MAGIC:
-        f.seek(0)
-        return gzip.GzipFile(fileobj=f)  # type: ignore[return-value]
+    if not f.seekable():  # a pipe or FIFO: cannot peek for gzip, read it as it is
+        return f
+    gz = f.read(2) == GZIP_MAGIC
     f.seek(0)
+    if gz:
+        f.close()
+        return gzip.open(path, "rb")  # type: ignore[return-value]  # owns its file
     return f
 
 
@@ -91,6 +94,7 @@ def _sniff(f: BinaryIO, path: str) -> tuple[str, bytes, tuple]:
 def _pcap_frames(f: BinaryIO, buf: bytes, endian: str, divisor: float, hlen: int,
                  linktype: int, path: str) -> Iterator[Frame]:
     unpack_from = struct.Struct(endian + "IIII").unpack_from
+    read = getattr(f, "read1", f.read)  # what is there now: a live pipe is not held back
     parse = parser_for(linktype)
     ether = linktype == LINKTYPE_ETHERNET
     off = 0
@@ -101,7 +105,7 @@ def _pcap_frames(f: BinaryIO, buf: bytes, endian: str, divisor: float, hlen: int
         if avail < hlen:
             if eof:
                 return
-            more = f.read(CHUNK)
+            more = read(CHUNK)
             eof = not more
             buf = buf[off:] + more
             off = 0
@@ -113,7 +117,7 @@ def _pcap_frames(f: BinaryIO, buf: bytes, endian: str, divisor: float, hlen: int
         end = start + caplen
         if end > len(buf):
             if not eof:
-                more = f.read(max(CHUNK, end - len(buf)))
+                more = read(max(CHUNK, end - len(buf)))
                 eof = not more
                 buf = buf[off:] + more
                 off = 0
@@ -214,7 +218,7 @@ def count_frames(path: str) -> int | None:
         return None
     f = _open(path)
     try:
-        if not isinstance(f, type(sys.stdin.buffer)) and isinstance(f, gzip.GzipFile):
+        if isinstance(f, gzip.GzipFile) or not f.seekable():
             return None
         kind, buf, info = _sniff(f, path)
         size = os.fstat(f.fileno()).st_size

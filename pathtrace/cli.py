@@ -159,6 +159,9 @@ from pathtrace.verify.command import verify as _verify; main.add_command(_verify
 
 
 from pathtrace.commands.explain import explain as _explain; main.add_command(_explain)  # noqa: E402
+from pathtrace.commands.check import check as _check; main.add_command(_check)  # noqa: E402
+from pathtrace.commands.lint import lint as _lint; main.add_command(_lint)  # noqa: E402
+from pathtrace.commands.diff import diff as _diff; main.add_command(_diff)  # noqa: E402
 
 
 if __name__ == "__main__":  # pragma: no cover

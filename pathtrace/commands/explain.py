@@ -23,14 +23,14 @@ from pathtrace.errors import PathtraceError
 from pathtrace.render.fields import emitted_summary
 
 
-def explanation(outcome: Outcome, nf: Any, pkt: Headers | None) -> dict[str, Any]:
+def explanation(outcome: Outcome, nf: Any, pkt: Headers | None, held: Headers | None = None) -> dict[str, Any]:
     """Everything explain shows, as plain data (the text and JSON renderers share it)."""
     rec = outcome.record
     decision = deciding(rec)
-    f = facts(rec)
+    f = facts(rec, held)
     phases = []
     for n, ph in enumerate(group(rec.path), 1):
-        lines = [line for s in ph.steps for line in describe(s, nf)]
+        lines = _compact(ph.steps, nf)
         responses = [[("  " * (s.depth - 1)) + line for s in block for line in describe(s, nf)]
                      for block in ph.responses]
         phases.append({"n": n, "name": ph.name, "lines": lines, "host_response": responses,
@@ -53,6 +53,23 @@ def explanation(outcome: Outcome, nf: Any, pkt: Headers | None) -> dict[str, Any
         "suggestions": suggestions(rec, decision, pkt),
         "warnings": outcome.warnings + rec.warnings,
     }
+
+
+def _compact(steps: list, nf: Any) -> list[str]:
+    """Runs of bare calls (no detail beyond the device) become one 'a -> b -> c' line."""
+    lines: list[str] = []
+    run: list[str] = []
+    for s in steps:
+        if set(s.detail) <= {"dev"} and s.fn != "kfree_skb_reason":
+            run.append(s.fn)
+            continue
+        if run:
+            lines.append(" -> ".join(run))
+            run = []
+        lines.extend(describe(s, nf))
+    if run:
+        lines.append(" -> ".join(run))
+    return lines
 
 
 def render_text(x: dict[str, Any]) -> str:
@@ -79,7 +96,7 @@ def render_text(x: dict[str, Any]) -> str:
     if x["conntrack"]:
         out.append(f"conntrack: {x['conntrack']}")
     if x["after_nat"]:
-        out.append(f"left as: {x['after_nat']}")
+        out.append(f"{'queued as' if x['verdict'] == 'QUEUED' else 'left as'}: {x['after_nat']}")
     out.extend(f"host sent: {s}" for s in x["host_sent"])
     out.extend(f"to change this: {s}" for s in x["suggestions"])
     out.extend(f"warning: {w}" for w in x["warnings"])
@@ -127,7 +144,7 @@ def explain(host: str, packet: tuple[str, ...], ingress: str | None, flags: str 
     except PathtraceError as exc:
         click.echo(f"pathtrace: {exc}", err=True)
         sys.exit(2)
-    x = explanation(outcome, session.net.nf, pkt)
+    x = explanation(outcome, session.net.nf, pkt, session.held.get(outcome.record.index))
     if fmt == "json":
         click.echo(json.dumps(x, indent=2, default=str))
     else:

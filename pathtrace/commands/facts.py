@@ -70,9 +70,10 @@ def ct_state(record: PacketRecord) -> str | None:
     return state
 
 
-def facts(record: PacketRecord) -> Facts:
+def facts(record: PacketRecord, held: Headers | None = None) -> Facts:
+    """`held`: the packet as it waits in an arp_queue (QUEUED verdicts have no emitted frame yet)."""
     return Facts(verdict=record.verdict, reason=record.reason, egress=record.egress, decision=deciding(record),
-                 out=forwarded_headers(record), ct_state=ct_state(record),
+                 out=forwarded_headers(record) or held, ct_state=ct_state(record),
                  sends=[f"{e.dev} {emitted_summary(e)}" for e in record.emitted])
 
 

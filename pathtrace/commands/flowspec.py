@@ -197,7 +197,7 @@ def ip_packet(spec: FlowSpec, seq: int = 1000, ack: int = 0, flags: str | None =
     pad = b"\0" * max(0, (spec.length or 0) - headers)
     if spec.length is not None and spec.length < headers:
         raise FlowSpecError(f"len {spec.length} is shorter than the headers ({headers} bytes)")
-    ip: dict[str, Any] = {"ttl": spec.ttl, "df": spec.df, "tos": spec.tos, "id": 1}
+    ip: dict[str, Any] = {"ttl": spec.ttl, "df": spec.df, "tos": spec.tos}
     if spec.proto == 6:
         return build.tcp_packet(spec.src, spec.dst, spec.sport, spec.dport, flags or spec.tcp_flags, seq=seq,
                                 ack=ack, payload=pad, **ip)

@@ -21,6 +21,12 @@ class Headers:
     tcp_flags: int = 0
     tcp_seq: int = 0
     icmp_type: int = -1
+    tcp_len: int = 0            # TCP payload bytes (sequence space used, besides SYN/FIN)
+
+    @property
+    def seq_end(self) -> int:
+        """The sequence number following this segment (SYN and FIN count as one)."""
+        return (self.tcp_seq + self.tcp_len + (1 if self.tcp_flags & 0x03 else 0)) & 0xFFFFFFFF
 
     def endpoint(self, which: str) -> str:
         addr, port = (self.src, self.sport) if which == "src" else (self.dst, self.dport)
@@ -45,7 +51,10 @@ def ip_headers(data: bytes) -> Headers | None:
     if proto in (6, 17) and len(l4) >= 4:
         sport, dport = struct.unpack_from("!HH", l4)
         if proto == 6 and len(l4) >= 14:
-            return Headers(proto, src, dst, sport, dport, l4[13], struct.unpack_from("!I", l4, 4)[0])
+            tot_len = struct.unpack_from("!H", data, 2)[0]
+            paylen = max(0, min(tot_len, len(data)) - ihl - (l4[12] >> 4) * 4)
+            return Headers(proto, src, dst, sport, dport, l4[13], struct.unpack_from("!I", l4, 4)[0],
+                           tcp_len=paylen)
         return Headers(proto, src, dst, sport, dport)
     if proto == 1 and len(l4) >= 1:
         return Headers(proto, src, dst, icmp_type=l4[0])

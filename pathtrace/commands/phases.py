@@ -21,9 +21,9 @@ _IP_RCV = {"ip_rcv", "ip_rcv_core"}
 _ROUTE = {"ip_rcv_finish", "ip_route_input_noref", "ip_route_input_slow", "fib_lookup", "fib_validate_source",
           "ip_handle_martian_source", "dst_input", "ip_options_compile", "ip_rcv_options", "ip_error"}
 _LOCAL = {"ip_local_deliver", "ip_local_deliver_finish", "ip_protocol_deliver_rcu", "ip_defrag"}
-_FORWARD = {"ip_forward", "ip_forward_finish"}
-_OUTPUT = {"dst_output", "ip_output", "ip_finish_output", "__ip_finish_output", "ip_fragment", "ip_do_fragment",
-           "ip_local_out", "__ip_local_out", "ip_route_me_harder"}
+_FORWARD = {"ip_forward"}
+_OUTPUT = {"ip_forward_finish", "dst_output", "ip_output", "ip_finish_output", "__ip_finish_output", "ip_fragment",
+           "ip_do_fragment", "ip_local_out", "__ip_local_out", "ip_route_me_harder"}
 _NEIGH = {"ip_finish_output2", "__skb_queue_tail", "arp_solicit", "arp_send"}
 _QDISC = {"__dev_queue_xmit", "sch_direct_xmit"}
 _TX = {"dev_hard_start_xmit"}

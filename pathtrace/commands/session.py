@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 
 from pathtrace.capture.frame import Frame
 from pathtrace.commands.flowspec import FlowSpec, FlowSpecError, ip_packet
-from pathtrace.commands.headers import Headers, frame_headers
+from pathtrace.commands.headers import Headers, frame_headers, ip_headers
 from pathtrace.errors import PathtraceError
 from pathtrace.host.model import HostConfig
 from pathtrace.lib.inet import parse_mac
@@ -22,7 +22,6 @@ from pathtrace.trace import PacketRecord
 
 PEER_MAC = parse_mac("02:00:5e:00:53:01")      # documentation range MAC (RFC 7042) for the sender
 CLIENT_ISN = 1000
-SERVER_ISN = 50000
 
 
 class _Injector(Replayer):
@@ -53,17 +52,17 @@ class Session:
         self.replayer = _Injector(self.net, ReplayOptions(record=True, emit_frames=True))
         self.t = 1_700_000_000.0
         self.index = 0
+        self.tcp_next: dict[tuple[int, int, int, int], int] = {}   # next seq per direction
+        self.held: dict[int, Headers] = {}     # frame index -> packet waiting in an arp_queue (post-NAT)
 
     # ---- spelled packets ------------------------------------------------------------
     def inject(self, spec: FlowSpec) -> Outcome:
         """Replay the opening of the flow when asked, then the packet itself (recorded)."""
-        dev = self.ingress_for(spec)
-        spec = replace(spec, ingress=dev)
+        spec = replace(spec, ingress=self.ingress_for(spec))
         out = Outcome(record=None)  # type: ignore[arg-type]
-        seq, ack = CLIENT_ISN, 0
         if spec.state == "established":
-            seq, ack = self._open(spec, out)
-        out.record = self.send(ip_packet(spec, seq=seq, ack=ack), dev, spec.mark)
+            self._open(spec, out)
+        out.record = self.send_spec(spec)
         return out
 
     def ingress_for(self, spec: FlowSpec) -> str:
@@ -79,6 +78,18 @@ class Session:
             return rt.dev.name
         return self.replayer.default_dev.name
 
+    def send_spec(self, spec: FlowSpec, flags: str | None = None, icmp_type: int | None = None) -> PacketRecord:
+        """Send one packet of the flow; TCP sequence numbers continue where the flow left off."""
+        flags = flags or spec.tcp_flags
+        seq, ack = CLIENT_ISN, 0
+        if spec.proto == 6:
+            key = (spec.src, spec.sport, spec.dst, spec.dport)
+            seq = self.tcp_next.get(key, CLIENT_ISN)
+            ack = self.tcp_next.get((spec.dst, spec.dport, spec.src, spec.sport), 0) if "A" in flags.upper() \
+                or "." in flags else 0
+        packet = ip_packet(spec, seq=seq, ack=ack, flags=flags, icmp_type=icmp_type)
+        return self.send(packet, spec.ingress or self.ingress_for(spec), spec.mark)
+
     def send(self, packet: bytes, dev: str, mark: int = 0, record: bool = True) -> PacketRecord:
         self.t += 0.001
         netdev = self.net.devices[dev]
@@ -87,34 +98,50 @@ class Session:
         self.index += 1
         self.replayer.mark = mark
         self.replayer.options.record = record
+        self.replayer.options.ingress = dev
         rec = self.replayer.process(frame)
         rec.packet = describe_frame(frame)
+        self._hold(rec, frame)
+        self._learn(ip_headers(packet))
+        for e in rec.emitted:
+            self._learn(frame_headers(e.frame))
         return rec
 
-    def _open(self, spec: FlowSpec, out: Outcome) -> tuple[int, int]:
+    def _hold(self, rec: PacketRecord, frame: Frame) -> None:
+        """A QUEUED packet has not left yet: read it (NAT already applied) from the neighbour queue."""
+        if rec.verdict != "QUEUED":
+            return
+        for n in self.net.neigh.entries.values():
+            for skb in getattr(n, "arp_queue", ()):
+                if skb.tstamp == frame.ts:
+                    h = ip_headers(skb.network_bytes())
+                    if h is not None:
+                        self.held[rec.index] = h
+                        return
+
+    def _learn(self, h: Headers | None) -> None:
+        """Remember where each TCP direction's sequence space continues (for ACK numbers)."""
+        if h is not None and h.proto == 6:
+            self.tcp_next[(h.src, h.sport, h.dst, h.dport)] = h.seq_end
+
+    def _open(self, spec: FlowSpec, out: Outcome) -> None:
         """SYN / reply / ACK (or request / reply) so conntrack sees both directions."""
-        c = CLIENT_ISN
-        first = ip_packet(spec, seq=c, flags="S", icmp_type=8 if spec.proto == 1 else None)
-        r1 = self.send(first, spec.ingress, spec.mark)
+        r1 = self.send_spec(spec, flags="S", icmp_type=8 if spec.proto == 1 else None)
         out.setup.append(r1)
-        answered = _local_answer(r1, spec)
-        server_seq = SERVER_ISN
-        if answered is not None:
-            server_seq = answered.tcp_seq
+        if _local_answer(r1, spec):
+            pass
         elif r1.verdict in ("FORWARD", "QUEUED") and r1.egress:
-            sent = forwarded_headers(r1)
-            back = _reply_packet(spec, sent, server_seq, c + 1)
-            out.setup.append(self.send(back, r1.egress))
+            back = _reply_spec(spec, forwarded_headers(r1), r1.egress)
+            out.setup.append(self.send_spec(back, flags="SA", icmp_type=0 if spec.proto == 1 else None))
         elif spec.proto == 17 and r1.verdict == "LOCAL_DELIVER":
             out.warnings.append("a local UDP socket's reply is not modelled: conntrack saw only one direction")
+            return
         else:
             why = f"{r1.verdict}{f' ({r1.reason})' if r1.reason else ''}"
             out.warnings.append(f"could not set up ESTABLISHED state: the opening packet was {why}")
-            return c + 1, server_seq + 1
+            return
         if spec.proto == 6:
-            out.setup.append(self.send(ip_packet(spec, seq=c + 1, ack=server_seq + 1, flags="A"),
-                                       spec.ingress, spec.mark))
-        return c + 1, server_seq + 1
+            out.setup.append(self.send_spec(spec, flags="A"))
 
     # ---- captures ---------------------------------------------------------------------
     def replay_capture(self, path: str, wanted: set[int], ingress: str | None = None) -> dict[int, PacketRecord]:
@@ -133,6 +160,7 @@ class Session:
                 rec = self.replayer.process(frame)
                 if frame.index in wanted:
                     rec.packet = describe_frame(frame)
+                    self._hold(rec, frame)
                     got[frame.index] = rec
         finally:
             self.replayer.options.ingress = None
@@ -174,10 +202,9 @@ def _local_answer(record: PacketRecord, spec: FlowSpec) -> Headers | None:
     return None
 
 
-def _reply_packet(spec: FlowSpec, sent: Headers | None, seq: int, ack: int) -> bytes:
+def _reply_spec(spec: FlowSpec, sent: Headers | None, dev: str) -> FlowSpec:
     """The far side's answer to what the host forwarded (reverse of the post-NAT tuple)."""
-    back = spec.reversed()
+    back = replace(spec.reversed(), ttl=64, length=None, df=False, ingress=dev, flags=None, mark=0)
     if sent is not None:
         back = replace(back, src=sent.dst, dst=sent.src, sport=sent.dport, dport=sent.sport)
-    back = replace(back, ttl=64, length=None, df=False)
-    return ip_packet(back, seq=seq, ack=ack, flags="SA", icmp_type=0 if spec.proto == 1 else None)
+    return back

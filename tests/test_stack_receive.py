@@ -175,7 +175,7 @@ def test_broadcast_echo_ignored(rig):
 @pytest.mark.parametrize("src,dst,reason", [
     ("224.0.0.5", ME, "IP_INVALID_SOURCE"),
     ("0.0.0.0", ME, "IP_INVALID_SOURCE"),
-    (PEER, "0.1.2.3", "IP_INVALID_DEST"),
+    (PEER, "0.0.0.0", "IP_INVALID_DEST"),
     (PEER, "127.0.0.1", "IP_LOCALNET"),
     ("127.0.0.1", ME, "IP_LOCALNET"),
     ("198.51.100.1", ME, "IP_LOCAL_SOURCE"),

@@ -61,7 +61,8 @@ def ipv4_is_lbcast(addr: int) -> bool:
 
 
 def ipv4_is_zeronet(addr: int) -> bool:
-    return (addr & 0xFF000000) == 0
+    """Only 0.0.0.0 itself since Linux 5.3 (0.0.0.0/8 became a usable range)."""
+    return addr == 0
 
 
 def ipv4_is_loopback(addr: int) -> bool:

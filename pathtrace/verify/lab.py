@@ -3,8 +3,10 @@
 `host` holds the host's interfaces (veth ends carrying the configured names, MACs,
 MTUs and addresses), sysctls, routes, rules, neighbours, ruleset and sockets; `wire`
 holds the other end of every veth, where frames are injected and captured.  The
-wire ends drop everything they receive with a tc filter after the AF_PACKET taps
-have seen it, so the wire namespace never answers, forwards or logs a drop of its own.
+wire ends are ports of a bridge that stays down: a disabled port drops every frame
+in its rx_handler (reason BRIDGE_INGRESS_STP_STATE) after the AF_PACKET taps saw it,
+so the wire namespace never answers or routes, and its drops are told apart by reason
+(tc matchall/gact would do too, but are often not built).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from pathtrace.verify.netns import LabError, Unavailable, in_netns, ns_exec, run
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
 WIRE_MTU = 65535
+SILENCER = "silence"   # the wire namespace's bridge, never up
 
 
 @dataclass(slots=True)
@@ -72,6 +75,7 @@ class Lab:
                 write_sysctl(ns, f"net.ipv6.conf.{scope}.disable_ipv6", 1, check=False)
             run(["ip", "-n", ns, "link", "set", "lo", "up"])
         self._kernel_defaults()
+        run(["ip", "-n", self.wire_ns, "link", "add", SILENCER, "type", "bridge"])   # stays down
         for index, iface in enumerate(i for i in self.host.interfaces if i.name != "lo"):
             self._add_interface(index, iface)
         for iface in self.host.interfaces:
@@ -115,10 +119,7 @@ class Lab:
         run(["ip", "-n", self.host_ns, "link", "add", iface.name, "address", iface.mac.hex(":"),
              "mtu", str(iface.mtu), "type", "veth", "peer", "name", peer, "netns", self.wire_ns])
         run(["ip", "-n", self.wire_ns, "link", "set", peer, "mtu", str(WIRE_MTU), "up"])
-        if shutil.which("tc") is None:
-            raise Unavailable("verify needs iproute2's `tc` to keep the wire namespace silent")
-        run(["tc", "-n", self.wire_ns, "qdisc", "add", "dev", peer, "clsact"])
-        run(["tc", "-n", self.wire_ns, "filter", "add", "dev", peer, "ingress", "matchall", "action", "drop"])
+        run(["ip", "-n", self.wire_ns, "link", "set", peer, "master", SILENCER])
         for addr, plen in iface.addresses:
             brd = ["broadcast", "+"] if plen < 31 else []
             self._ip("addr", "add", f"{ntoa(addr)}/{plen}", *brd, "dev", iface.name)
@@ -171,9 +172,7 @@ class Lab:
         deadline = time.monotonic() + wait
         by_fd = {s.fileno(): name for name, s in self._taps.items()}
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
+            left = max(0.0, deadline - time.monotonic())
             ready, _, _ = select.select(list(self._taps.values()), [], [], left)
             for s in ready:
                 while True:
@@ -183,6 +182,8 @@ class Lab:
                         break
                     if addr[2] != PACKET_OUTGOING:   # our own injected frames
                         out.append((by_fd[s.fileno()], data))
+            if left == 0.0:
+                break
         return out
 
     def deliveries(self) -> list[Delivery]:

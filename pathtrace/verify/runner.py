@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -24,6 +25,7 @@ from pathtrace.verify.observe import Observation, classify_kernel, from_model
 from pathtrace.verify.tracing import DropTracer
 
 DEFAULT_WAIT = 0.15
+MAX_GAP = 2.0
 WIRE_SRC_MAC = "02:77:69:72:65:00"
 
 
@@ -92,8 +94,11 @@ def _signals_raise() -> Iterator[None]:
 
 
 def run_kernel(host: HostConfig, injections: list[Injection], wait: float = DEFAULT_WAIT,
-               tag: str | None = None) -> list[Observation]:
-    """Build the lab, inject each frame, watch for `wait` seconds; always tears everything down."""
+               tag: str | None = None, max_gap: float = MAX_GAP) -> list[Observation]:
+    """Build the lab, inject each frame, watch for `wait` seconds; always tears everything down.
+
+    Frames are injected at their capture-time offsets (gaps capped at `max_gap`) so the
+    kernel's timers (SYN-ACK and ARP retransmits, rate limits) run on the model's clock."""
     check_available()
     tag = tag or f"ptv{os.getpid()}"
     local = {socket.inet_aton(f"{a >> 24 & 255}.{a >> 16 & 255}.{a >> 8 & 255}.{a & 255}")
@@ -103,8 +108,13 @@ def run_kernel(host: HostConfig, injections: list[Injection], wait: float = DEFA
         tracer = DropTracer(tag)
         try:
             with Lab(host, tag=tag) as lab:
-                for inj in injections:
-                    lab.drain(0.01)
+                start = time.monotonic()
+                offset = 0.0
+                for n, inj in enumerate(injections):
+                    if n:
+                        offset += min(max(inj.frame.ts - injections[n - 1].frame.ts, 0.0), max_gap)
+                    time.sleep(max(0.0, start + offset - time.monotonic()))
+                    lab.drain(0.0)
                     lab.deliveries()
                     tracer.clear()
                     lab.inject(inj.ingress, inj.wire)

@@ -25,6 +25,7 @@ class Scenario:
     note: str = ""
     needs_iptables: bool = False
     tags: list[str] = field(default_factory=list)
+    gap: float = PACKET_GAP                   # capture-time spacing of the packets (the kernel is paced by it)
 
     def host(self) -> HostConfig:
         """Load the YAML through the real loader (it wants a file, for line numbers)."""
@@ -35,6 +36,6 @@ class Scenario:
             return load_host(path)
 
     def injections(self) -> list[Injection]:
-        frames = [frame_from_ether(data, i, 1000.0 + i * PACKET_GAP, ifname=dev)
+        frames = [frame_from_ether(data, i, 1000.0 + i * self.gap, ifname=dev)
                   for i, (dev, data) in enumerate(self.packets)]
         return plan(self.host(), frames)

@@ -15,8 +15,8 @@ from pathtrace.verify.netns import Unavailable, run
 TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 ETH_P_IP = 0x0800
 ETH_P_ARP = 0x0806
-# Frames reaching the wire namespace are dropped by our own tc filter: not the host's doing.
-IGNORED_REASONS = ("TC_INGRESS",)
+# Frames reaching the wire namespace are dropped by its disabled bridge port: not the host's doing.
+IGNORED_REASONS = ("BRIDGE_INGRESS_STP_STATE",)
 _LINE = re.compile(r"kfree_skb:.*?skbaddr=(\S+).*?protocol=(\d+) location=(\S+) reason: (\S+)")
 
 

@@ -185,7 +185,8 @@ def tcp_v4_build_reset(oldskb: SkBuff) -> SkBuff | None:
     if rt.error:
         ctx.step("ip_send_unicast_reply", result=f"no route back ({rt.error})")
         return None
-    return new_local_skb(ctx, rt, iph.daddr, iph.saddr, IPPROTO_TCP, bytes(hdr), tos=iph.tos,
+    # resets leave through a control socket with IP_PMTUDISC_DO: DF set, IP ID 0
+    return new_local_skb(ctx, rt, iph.daddr, iph.saddr, IPPROTO_TCP, bytes(hdr), tos=iph.tos, df=True,
                          generated_by="tcp_v4_send_reset", mark=oldskb.mark)
 
 

@@ -169,7 +169,8 @@ def ipt_do_table(table: Table, skb: "SkBuff", par: XtParam) -> Decision:
         rules = chain.rules
         if idx >= len(rules):
             if chain.builtin or not stack:
-                return _policy(table, par, chain, length, path, misses, ctx)
+                # the underflow is always the hook's built-in chain policy, also at the end of a -g chain
+                return _policy(table, par, table.builtin(par.hook), length, path, misses, ctx)
             chain.pkts += 1
             chain.bytes += length
             chain, idx = stack.pop()

@@ -5,6 +5,7 @@ import textwrap
 from pathlib import Path
 
 from pathtrace.capture.frame import Frame
+from pathtrace.capture.linktypes import frame_from_ethernet
 from pathtrace.host.loader import load_host
 from pathtrace.packet import build
 from pathtrace.replay import Replayer, ReplayOptions, create_namespace
@@ -21,14 +22,7 @@ def make_host(tmp_path: Path, text: str, name: str = "host.yaml"):
 
 def eth_frame(data: bytes, ts: float, index: int = 0) -> Frame:
     """A Frame as the capture reader would produce for an Ethernet record."""
-    dst, src, etype = data[:6], data[6:12], int.from_bytes(data[12:14], "big")
-    vlan: list[int] = []
-    pos = 14
-    while etype in (0x8100, 0x88A8) and len(data) >= pos + 4:
-        vlan.append(int.from_bytes(data[pos:pos + 2], "big"))
-        etype = int.from_bytes(data[pos + 2:pos + 4], "big")
-        pos += 4
-    return Frame(index, ts, None, 1, dst, src, None, tuple(vlan), etype, data[pos:], len(data), len(data), None)
+    return frame_from_ethernet(data, index, ts)
 
 
 class Rig:

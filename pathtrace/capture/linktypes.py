@@ -139,3 +139,10 @@ def parser_for(linktype: int) -> L2Parser:
         return None, None, None, _NO_VLAN, 0, b"", message
 
     return unsupported
+
+
+def frame_from_ethernet(data: bytes, index: int, ts: float, ifname: str | None = None) -> "Frame":
+    """A Frame exactly as the reader makes it for one Ethernet record (tests, verify, explain)."""
+    from pathtrace.capture.frame import Frame
+    dst, src, pkt_type, vlan, etype, payload, err = parse_ethernet(data, 0, len(data))
+    return Frame(index, ts, ifname, 1, dst, src, pkt_type, vlan, etype, payload, len(data), len(data), err)

@@ -6,6 +6,8 @@ the same interface.
 """
 from __future__ import annotations
 
+from pathtrace.capture.linktypes import frame_from_ethernet
+
 import os
 import signal
 import socket
@@ -40,14 +42,7 @@ class Injection:
 
 def frame_from_ether(data: bytes, index: int, ts: float, ifname: str | None = None) -> Frame:
     """A Frame as the capture reader makes it for an Ethernet record (VLAN tags peeled)."""
-    dst, src, etype = data[:6], data[6:12], int.from_bytes(data[12:14], "big")
-    vlan: list[int] = []
-    pos = 14
-    while etype in (0x8100, 0x88A8) and len(data) >= pos + 4:
-        vlan.append(int.from_bytes(data[pos:pos + 2], "big"))
-        etype = int.from_bytes(data[pos + 2:pos + 4], "big")
-        pos += 4
-    return Frame(index, ts, ifname, 1, dst, src, None, tuple(vlan), etype, data[pos:], len(data), len(data), None)
+    return frame_from_ethernet(data, index, ts, ifname)
 
 
 def plan(host: HostConfig, frames: Iterable[Frame], ingress: str | None = None,

@@ -182,8 +182,3 @@ def ip_protocol_deliver_rcu(skb: SkBuff, protocol: int) -> None:
         icmp_send(skb, ICMP_DEST_UNREACH, ICMP_PROT_UNREACH)
         kfree_skb_reason(skb, "IP_NOPROTO", protocol=protocol)
 
-
-def deliver_to_socket(skb: SkBuff, fn: str, sock: object) -> None:
-    """The packet reached a socket's receive queue."""
-    skb.verdict = "LOCAL_DELIVER"
-    skb.ctx.step(fn, socket=getattr(sock, "text", str(sock)))

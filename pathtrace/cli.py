@@ -1,6 +1,7 @@
 """Command line: `pathtrace replay`, `pathtrace show` (and the commands of later issues)."""
 from __future__ import annotations
 
+import gc
 import sys
 import time
 from typing import Iterator
@@ -59,8 +60,10 @@ def main() -> None:
 @click.option("--write-pcap", type=click.Path(dir_okay=False), help="Write every frame that left the host to a pcap.")
 @click.option("--limit", type=int, default=0, help="Stop after N packets.")
 @click.option("--no-progress", is_flag=True, help="No progress line on the terminal.")
+@click.option("--no-cache", is_flag=True, help="Run every packet through the whole model (same output, slower).")
 def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: str | None, summary: bool,
-           verbose: bool, counters: bool, write_pcap: str | None, limit: int, no_progress: bool) -> None:
+           verbose: bool, counters: bool, write_pcap: str | None, limit: int, no_progress: bool,
+           no_cache: bool) -> None:
     """Replay CAPTURE (pcap/pcapng) through the host described in HOST (YAML)."""
     from pathtrace.capture import read_frames
     from pathtrace.host.loader import load_host
@@ -82,9 +85,10 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
     except PathtraceError as exc:
         _fail(exc)
         return
+    gc.freeze()     # the host's objects live for the whole run: keep the cyclic collector off them
     need_frames = fmt != "none" or write_pcap is not None
     replayer = Replayer(net, ReplayOptions(ingress=ingress, strict_mac=strict_mac, record=fmt != "none",
-                                           emit_frames=need_frames))
+                                           emit_frames=need_frames, cache=not no_cache))
     counter = SummaryCounter()
     progress = _Progress(not no_progress)
     writer = PcapWriter(write_pcap) if write_pcap else None
@@ -109,6 +113,7 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
         if writer is not None:
             writer.close()
     progress.done()
+    replayer.flush()
     warnings = []
     if replayer.count and replayer.otherhost_drops * 2 > replayer.count:
         warnings.append(f"{replayer.otherhost_drops} of {replayer.count} frames were dropped as PACKET_OTHERHOST: "

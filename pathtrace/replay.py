@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from pathtrace.capture.frame import Frame
+from pathtrace.flowcache import FlowCache
 from pathtrace.host.model import HostConfig
 from pathtrace.net.core.dev import netif_receive
 from pathtrace.net.core.net_namespace import Net, build_net
@@ -29,6 +30,7 @@ class ReplayOptions:
     strict_mac: bool = False           # --strict-mac: keep foreign destination MACs (then OTHERHOST)
     record: bool = True                # keep path steps (off for --summary only)
     emit_frames: bool = True           # build the bytes of frames that leave
+    cache: bool = True                 # reuse flows' paths (pathtrace/flowcache.py); --no-cache
 
 
 def create_namespace(host: HostConfig) -> Net:
@@ -48,6 +50,7 @@ class Replayer:
         self.otherhost_drops = 0
         self.readdressed = 0
         self.count = 0
+        self.cache = FlowCache(self) if self.options.cache else None
 
     def choose_ingress(self, frame: Frame) -> tuple[NetDevice, str]:
         """--in, then the pcapng interface name, then the destination MAC, then the first interface."""
@@ -63,13 +66,32 @@ class Replayer:
     def run(self, frames: Iterable[Frame]) -> Iterator[PacketRecord]:
         for frame in frames:
             yield self.process(frame)
+        self.flush()
+
+    def flush(self) -> None:
+        """Bring counters up to date (the replay cache applies them in bulk); call before reading
+        rule, device or conntrack counters after `process`."""
+        if self.cache is not None:
+            self.cache.flush()
 
     def process(self, frame: Frame) -> PacketRecord:
         opts = self.options
-        ctx = PacketContext(frame.ts, record=opts.record, emit_frames=opts.emit_frames, net=self.net)
         dev, why = self.choose_ingress(frame)
         self.count += 1
-        self._run_timers(ctx)
+        now = frame.ts
+        cache = self.cache
+        key = None
+        if cache is not None and now < self.net.neigh.clock.earliest:     # no timer is due
+            key = cache.key(frame, dev)
+            if key is not None:
+                cached = cache.replay(key, frame, now, opts.record, opts.emit_frames)
+                if cached is not None:
+                    return cached
+                cache.misses += 1
+        ctx = PacketContext(now, record=opts.record, emit_frames=opts.emit_frames, net=self.net)
+        if self._run_timers(ctx):
+            key = None
+        before = cache.begin(ctx) if key is not None else None
         skb = SkBuff(ctx=ctx, dev=dev, iif=dev, tstamp=frame.ts)
         verdict = self._prepare(frame, skb, dev, why)
         if verdict is None:
@@ -81,10 +103,14 @@ class Replayer:
         verdict = skb.verdict or "DROP"
         if verdict == "TRANSMIT":
             verdict = "FORWARD"
-        return PacketRecord(index=frame.index, time=frame.ts, ingress=dev.name, packet="", verdict=verdict,
-                            reason=(skb.reason or "NOT_SPECIFIED") if verdict == "DROP" else None,
-                            egress=skb.cb.get("egress") if verdict in ("FORWARD", "QUEUED") else None,
-                            path=ctx.steps, emitted=ctx.emitted, warnings=ctx.warnings, rules=ctx.verdicts)
+        record = PacketRecord(index=frame.index, time=frame.ts, ingress=dev.name, packet="", verdict=verdict,
+                              reason=(skb.reason or "NOT_SPECIFIED") if verdict == "DROP" else None,
+                              egress=skb.cb.get("egress") if verdict in ("FORWARD", "QUEUED") else None,
+                              path=ctx.steps, emitted=ctx.emitted, warnings=ctx.warnings, rules=ctx.verdicts)
+        if before is not None:
+            cache.finish(key, frame, ctx, skb, record, before)
+            ctx.learn = ctx.counted = None
+        return record
 
     def _prepare(self, frame: Frame, skb: SkBuff, dev: NetDevice, why: str) -> str | None:
         """Fill the skb from the frame; returns a verdict when the frame never reaches the stack."""
@@ -120,11 +146,14 @@ class Replayer:
             ctx.warnings.append(f"ingress {dev.name} chosen by default (no --in, pcapng name or MAC match)")
         return None
 
-    def _run_timers(self, ctx: PacketContext) -> None:
+    def _run_timers(self, ctx: PacketContext) -> bool:
         """Fire every neighbour timer due by now, in time order, including re-armed ones."""
         net = self.net
+        fired = False
         for _ in range(10000):
             due = net.neigh.pending_timers(ctx.now)
             if not due:
                 break
+            fired = True
             neigh_timer_handler(net, due[0], ctx)
+        return fired

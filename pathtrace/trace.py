@@ -55,7 +55,8 @@ class PacketRecord:
 class PacketContext:
     """The trace of one input event; shared by every skb the event creates."""
 
-    __slots__ = ("record", "steps", "depth", "emitted", "warnings", "now", "verdicts", "emit_frames", "net")
+    __slots__ = ("record", "steps", "depth", "emitted", "warnings", "now", "verdicts", "emit_frames", "net",
+                 "learn", "counted")
 
     def __init__(self, now: float, record: bool = True, emit_frames: bool = True, net: Any = None):
         self.net = net   # the Net namespace the event happens in
@@ -67,10 +68,20 @@ class PacketContext:
         self.warnings: list[str] = []
         self.now = now
         self.verdicts: list[dict] = []   # netfilter decisions, for summaries and checks
+        # Set by the replay decision cache while it learns a flow's path (pathtrace/flowcache.py):
+        # `learn` collects guards and effects, `counted` every x_tables counter (Rule/Chain) bumped.
+        self.learn: Any = None
+        self.counted: list | None = None
 
     def step(self, fn: str, **detail: Any) -> None:
         if self.record:
             self.steps.append(Step(fn, self.depth, detail))
+
+    def uncacheable(self, why: str) -> None:
+        """This event's path depends on more than the flow's headers and state (rate limits,
+        fragments, local sockets...): the replay cache must not reuse it for later packets."""
+        if self.learn is not None:
+            self.learn.nocache = why
 
     def nested(self) -> "_Nest":
         """Context manager: steps of a packet the host builds sit one level deeper."""

@@ -123,6 +123,7 @@ def run_case(host: HostConfig, case: Case, coverage: Coverage | None) -> CaseRes
                 result.steps.append(StepResult(s, spec.describe(), mism,
                                                "; ".join(outcome.warnings) if mism and outcome.warnings else None))
         if coverage is not None:
+            session.replayer.flush()
             coverage.add(session.net.nf)
     except (PathtraceError, FlowSpecError) as exc:
         result.error = str(exc)

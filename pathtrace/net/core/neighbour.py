@@ -46,27 +46,50 @@ class Neighbour:
     arp_queue: list[Any] = field(default_factory=list)   # SkBuffs waiting for resolution
     queue_bytes: int = 0
     probes: int = 0
-    timer: float | None = None          # capture time the entry's timer fires
+    _timer: float | None = None         # capture time the entry's timer fires (see `timer`)
     confirmed: float = 0.0
     updated: float = 0.0
     hh_cached: bool = False             # neigh_hh_init done: later packets use neigh_hh_output
+    clock: "TimerClock | None" = None   # the table's earliest-deadline record
+
+    @property
+    def timer(self) -> float | None:
+        return self._timer
+
+    @timer.setter
+    def timer(self, when: float | None) -> None:
+        self._timer = when
+        if when is not None and self.clock is not None and when < self.clock.earliest:
+            self.clock.earliest = when
+
+
+@dataclass(slots=True)
+class TimerClock:
+    """The earliest neighbour timer, so a replay need not scan every entry before each packet."""
+
+    earliest: float = float("inf")
 
 
 @dataclass(slots=True)
 class NeighTable:
     parms: NeighParms = field(default_factory=NeighParms)
     entries: dict[tuple[int, str], Neighbour] = field(default_factory=dict)
+    clock: TimerClock = field(default_factory=TimerClock)
 
     def lookup(self, addr: int, dev: str) -> Neighbour | None:
         return self.entries.get((addr, dev))
 
     def create(self, addr: int, dev: str) -> Neighbour:
         """__neigh_create: a new NONE entry (arp_constructor)."""
-        n = Neighbour(addr=addr, dev=dev, lladdr=None, state=NUD_NONE)
+        n = Neighbour(addr=addr, dev=dev, lladdr=None, state=NUD_NONE, clock=self.clock)
         self.entries[(addr, dev)] = n
         return n
 
     def pending_timers(self, now: float) -> list[Neighbour]:
+        if now < self.clock.earliest:
+            return []
+        live = [n.timer for n in self.entries.values() if n.timer is not None]
+        self.clock.earliest = min(live, default=float("inf"))
         due = [n for n in self.entries.values() if n.timer is not None and n.timer <= now]
         due.sort(key=lambda n: n.timer)
         return due

@@ -37,6 +37,8 @@ def neigh_output_for(skb: SkBuff, dev: "NetDevice", nexthop: int) -> None:
     net = skb.ctx_net
     n = net.neigh.lookup(nexthop, dev.name)
     ctx = skb.ctx
+    if ctx.learn is not None:
+        ctx.learn.neighbour(n)
     if n is None:
         n = net.neigh.create(nexthop, dev.name)
         _arp_constructor(net, n, dev)

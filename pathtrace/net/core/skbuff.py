@@ -152,6 +152,8 @@ class SkBuff:
     # ---- mangling (NAT, TTL) -------------------------------------------------------
     def set_addr(self, which: str, new: int) -> None:
         """Rewrite saddr/daddr, fixing the IP and the transport pseudo-header checksum."""
+        if self.ctx.learn is not None:
+            self.ctx.learn.mangle.append(("set_addr", which, new))
         iph = self.iph
         old = getattr(iph, which)
         if old == new:
@@ -166,6 +168,8 @@ class SkBuff:
 
     def set_port(self, offset: int, new: int) -> None:
         """Rewrite a 16-bit transport field (port or ICMP id) and its checksum."""
+        if self.ctx.learn is not None:
+            self.ctx.learn.mangle.append(("set_port", offset, new))
         if not self.l4_available(offset + 2):
             return
         old = struct.unpack_from("!H", self.payload, offset)[0]
@@ -180,12 +184,16 @@ class SkBuff:
                 struct.pack_into("!H", self.payload, csum_off, csum_replace(l4, old, new))
 
     def set_ttl(self, ttl: int) -> None:
+        if self.ctx.learn is not None:
+            self.ctx.learn.mangle.append(("set_ttl", ttl))
         iph = self.iph
         old = (iph.ttl << 8) | iph.protocol
         iph.ttl = ttl
         iph.check = csum_replace(iph.check, old, (ttl << 8) | iph.protocol)
 
     def set_tos(self, tos: int) -> None:
+        if self.ctx.learn is not None:
+            self.ctx.learn.mangle.append(("set_tos", tos))
         iph = self.iph
         old = (iph.version << 12) | (iph.ihl << 8) | iph.tos
         iph.tos = tos

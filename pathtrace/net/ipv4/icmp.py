@@ -45,6 +45,7 @@ def icmp_checksum(msg: bytes) -> int:
 
 # ---- receive ---------------------------------------------------------------------------
 def icmp_rcv(skb: SkBuff) -> None:
+    skb.ctx.uncacheable("icmp_rcv")
     ctx = skb.ctx
     net = skb.ctx_net
     data = skb.payload
@@ -176,6 +177,7 @@ def icmpv4_mask_allow(net, itype: int, code: int) -> bool:
 
 def icmp_send(skb_in: SkBuff, itype: int, code: int, info: int = 0) -> None:
     """__icmp_send: the error the kernel sends about skb_in, if it sends one."""
+    skb_in.ctx.uncacheable("icmp_send (rate limits)")
     from pathtrace.net.ipv4.ip_local import new_local_skb
     from pathtrace.net.ipv4.ip_output import ip_local_out
     from pathtrace.net.ipv4.route import ip_route_output
@@ -261,6 +263,7 @@ def ip_error(skb: SkBuff) -> None:
 
 def ip_rt_send_redirect(skb: SkBuff) -> None:
     """Tell the sender a better first hop exists on its own link (rate limited per source)."""
+    skb.ctx.uncacheable("redirect (rate limit)")
     from pathtrace.net.ipv4.ip_local import new_local_skb
     from pathtrace.net.ipv4.ip_output import ip_local_out
     from pathtrace.net.ipv4.route import ip_route_output

@@ -27,6 +27,7 @@ class FragQueue:
 
 
 def ip_defrag(net, skb: SkBuff, user: str) -> SkBuff | None:
+    skb.ctx.uncacheable("reassembly")
     ctx = skb.ctx
     iph = skb.iph
     key = (iph.saddr, iph.daddr, iph.id, iph.protocol, user)

@@ -107,6 +107,7 @@ def ip_rcv_finish_core(skb: SkBuff) -> bool:
 
 def ip_rcv_options(skb: SkBuff, dev: "NetDevice") -> bool:
     """ip_options_compile + source-route policy: malformed options or refused SRR drop the packet."""
+    skb.ctx.uncacheable("IP options")
     ctx = skb.ctx
     opts = skb.iph.options
     i = 0
@@ -148,6 +149,7 @@ def dst_input(skb: SkBuff) -> None:
 
 
 def ip_local_deliver(skb: SkBuff) -> None:
+    skb.ctx.uncacheable("local delivery")
     ctx = skb.ctx
     ctx.step("ip_local_deliver")
     if skb.iph.frag_off & (IP_MF | IP_OFFSET):

@@ -62,6 +62,7 @@ def ip_fragment(skb: SkBuff, mtu: int) -> None:
 
 def ip_do_fragment(skb: SkBuff, mtu: int) -> None:
     """Slow-path fragmentation: 8-byte aligned pieces, options copied only where the kernel copies them."""
+    skb.ctx.uncacheable("fragmentation")
     ctx = skb.ctx
     iph = skb.iph
     hlen = 20 + len(iph.options)

@@ -46,6 +46,18 @@ class HookEntry:
     fn: HookFn
 
 
+VOLATILE_MATCHES = frozenset({"limit", "hashlimit", "recent"})
+VOLATILE_TARGETS = frozenset({"SET", "NFQUEUE"})
+
+
+def _volatile(fn: Callable, what: str) -> Callable:
+    def check(skb, par):
+        skb.ctx.uncacheable(what)
+        return fn(skb, par)
+    check.volatile = True
+    return check
+
+
 @dataclass(eq=False)
 class Netfilter:
     """All netfilter state of one namespace (tables, counters, conntrack, match state)."""
@@ -103,6 +115,7 @@ class Netfilter:
         return False
 
     def _register(self, conntrack: bool) -> None:
+        self._mark_volatile()
         reg: dict[int, list[HookEntry]] = {h: [] for h in range(5)}
         for name in TABLE_ORDER:
             if name not in self.tables or name == "nat":
@@ -120,6 +133,20 @@ class Netfilter:
         for hook in reg:
             reg[hook].sort(key=lambda e: e.priority)
         self.entries = {h: e for h, e in reg.items() if e}
+
+    def _mark_volatile(self) -> None:
+        """Matches and targets whose outcome depends on earlier packets or on time (rate limits,
+        recent lists, ipsets a SET target fills) tell the replay cache not to reuse a path
+        that evaluated them (see pathtrace/flowcache.py)."""
+        for table in self.tables.values():
+            for chain in table.chains.values():
+                for rule in chain.rules:
+                    for m in rule.checks:
+                        if m.name in VOLATILE_MATCHES and not getattr(m.check, "volatile", False):
+                            m.check = _volatile(m.check, f"match {m.name}")
+                    t = rule.target
+                    if t.name in VOLATILE_TARGETS and t.fn is not None and not getattr(t.fn, "volatile", False):
+                        t.fn = _volatile(t.fn, f"target {t.name}")
 
     def _register_conntrack(self, reg: dict[int, list[HookEntry]]) -> None:
         from pathtrace.net.netfilter import nf_conntrack_core as ct

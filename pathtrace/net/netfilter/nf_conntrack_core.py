@@ -319,12 +319,16 @@ def nf_conntrack_in(nf, skb, hook: int, entry: str = "ipv4_conntrack_in") -> int
             else:
                 ctinfo = IP_CT_NEW
         skb.ct, skb.ctinfo = ct, ctinfo
+        learn = ctx.learn
+        if learn is not None:
+            learn.conntrack(ct, direction, ctinfo, hit is not None)
         ret = nf_conntrack_handle_packet(table, ct, skb, ctinfo, hook)
         if ret <= 0:
             skb.ct, skb.ctinfo = None, IP_CT_ESTABLISHED
             if ret == -NF_REPEAT:
                 continue
             table.stats["invalid"] += 1
+            ctx.uncacheable("conntrack: invalid")
             if ret == NF_DROP:
                 table.stats["drop"] += 1
             if ctx.record:
@@ -340,6 +344,7 @@ def nf_conntrack_in(nf, skb, hook: int, entry: str = "ipv4_conntrack_in") -> int
 
 
 def _invalid(table: ConntrackTable, skb, why: str) -> int:
+    skb.ctx.uncacheable("conntrack: invalid")
     table.stats["invalid"] += 1
     skb.ct, skb.ctinfo = None, IP_CT_ESTABLISHED
     if skb.ctx.record:

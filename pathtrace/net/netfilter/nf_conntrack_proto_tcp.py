@@ -26,6 +26,7 @@ _TIMEOUT_KEYS = {SYN_SENT: "syn_sent", SYN_RECV: "syn_recv", ESTABLISHED: "estab
                  FIN_WAIT: "fin_wait", CLOSE_WAIT: "close_wait", LAST_ACK: "last_ack",
                  TIME_WAIT: "time_wait", CLOSE: "close", SYN_SENT2: "syn_sent",
                  RETRANS: "max_retrans", UNACK: "unacknowledged"}
+_TIMEOUT_SYSCTLS = {state: "nf_conntrack_tcp_timeout_" + key for state, key in _TIMEOUT_KEYS.items()}
 
 # enum tcp_bit_set
 SYN_SET, SYNACK_SET, FIN_SET, ACK_SET, RST_SET, NONE_SET = range(6)
@@ -275,61 +276,98 @@ def tcp_in_window(table: ConntrackTable, ct: NfConn, direction: int, index: int,
     if th.flags & TH_RST and seq == 0 and state.state == SYN_SENT:
         seq = end = sender.td_end
     liberal = sender.flags & FLAG_BE_LIBERAL or table.sysctl["nf_conntrack_tcp_be_liberal"]
-    maxackwin = max(sender.td_maxwin, 66000)
-
-    def bad(res: str, why: str) -> tuple[str, str]:
+    res, why = _window_verdict(sender, receiver, seq, end, sack)
+    if res == "overshot":
+        sender.td_end = end
+        sender.flags |= FLAG_DATA_UNACKNOWLEDGED
+        res = "ignore"
+    if res:
         return ("accept", "") if liberal else (res, why)
+    tcp_window_commit(state, sender, receiver, direction, index, th.flags, seq, ack, sack, end, win_raw)
+    return "accept", ""
 
+
+def _window_verdict(sender: TcpSeen, receiver: TcpSeen, seq: int, end: int, sack: int) -> tuple[str, str]:
+    """The in-window tests of tcp_in_window, without side effects: ('', '') when in window.
+
+    before(a, b) is ((a - b) & M) >= 2**31 and after(a, b) is ((b - a) & M) >= 2**31,
+    written out inline: this runs for every tracked TCP segment of a replay.
+    """
     m = 0xFFFFFFFF
-    if not _before(seq, (sender.td_maxend + 1) & m):
-        overshot = (end - sender.td_maxend + 1) & m
-        ack_ok = _after(sack, (receiver.td_end - maxackwin - 1) & m)
-        in_recv_win = receiver.td_maxwin and _after(end, (sender.td_end - receiver.td_maxwin - 1) & m)
-        if in_recv_win and ack_ok and overshot <= receiver.td_maxwin and _before(sack, (receiver.td_end + 1) & m):
-            sender.td_end = end
-            sender.flags |= FLAG_DATA_UNACKNOWLEDGED
-            return bad("ignore", f"{overshot} bytes more than expected")
-        return bad("invalid", f"SEQ is over upper bound {(sender.td_maxend + 1) & m} (over the window of the receiver)")
-    if not _before(sack, (receiver.td_end + 1) & m):
-        return bad("invalid", f"ACK is over upper bound {(receiver.td_end + 1) & m} (ACKed data not seen yet)")
-    if receiver.td_maxwin and not _after(end, (sender.td_end - receiver.td_maxwin - 1) & m):
-        return bad("ignore", "SEQ is under lower bound (already ACKed data retransmitted)")
-    if not _after(sack, (receiver.td_end - maxackwin - 1) & m):
-        return bad("ignore", "ignored ACK under lower bound (possible overly delayed)")
-    if not th.flags & TH_SYN:
-        win = (win << sender.td_scale) & m
+    s_end, s_maxend, r_end, r_maxwin = sender.td_end, sender.td_maxend, receiver.td_end, receiver.td_maxwin
+    maxackwin = sender.td_maxwin if sender.td_maxwin > 66000 else 66000
+    if ((seq - s_maxend - 1) & m) < 0x80000000:                       # !before(seq, maxend + 1)
+        overshot = (end - s_maxend + 1) & m
+        ack_ok = _after(sack, (r_end - maxackwin - 1) & m)
+        in_recv_win = r_maxwin and _after(end, (s_end - r_maxwin - 1) & m)
+        if in_recv_win and ack_ok and overshot <= r_maxwin and _before(sack, (r_end + 1) & m):
+            return "overshot", f"{overshot} bytes more than expected"
+        return "invalid", f"SEQ is over upper bound {(s_maxend + 1) & m} (over the window of the receiver)"
+    if ((sack - r_end - 1) & m) < 0x80000000:                         # !before(sack, r_end + 1)
+        return "invalid", f"ACK is over upper bound {(r_end + 1) & m} (ACKed data not seen yet)"
+    if r_maxwin and ((s_end - r_maxwin - 1 - end) & m) < 0x80000000:  # !after(end, s_end - r_maxwin - 1)
+        return "ignore", "SEQ is under lower bound (already ACKed data retransmitted)"
+    if ((r_end - maxackwin - 1 - sack) & m) < 0x80000000:             # !after(sack, r_end - maxackwin - 1)
+        return "ignore", "ignored ACK under lower bound (possible overly delayed)"
+    return "", ""
+
+
+def tcp_window_commit(state: TcpState, sender: TcpSeen, receiver: TcpSeen, direction: int, index: int,
+                      flags: int, seq: int, ack: int, sack: int, end: int, win_raw: int) -> None:
+    """The in-window branch of tcp_in_window: advance both directions' window data."""
+    m = 0xFFFFFFFF
+    win = win_raw if flags & TH_SYN else (win_raw << sender.td_scale) & m
     swin = (win + (sack - ack)) & m
     if sender.td_maxwin < swin:
         sender.td_maxwin = swin
-    if _after(end, sender.td_end):
+    if ((sender.td_end - end) & m) >= 0x80000000:                     # after(end, td_end)
         sender.td_end = end
         sender.flags |= FLAG_DATA_UNACKNOWLEDGED
-    if th.flags & TH_ACK:
+    if flags & TH_ACK:
         if not sender.flags & FLAG_MAXACK_SET:
             sender.td_maxack = ack
             sender.flags |= FLAG_MAXACK_SET
-        elif _after(ack, sender.td_maxack):
+        elif ((sender.td_maxack - ack) & m) >= 0x80000000:           # after(ack, td_maxack)
             sender.td_maxack = ack
-    if receiver.td_maxwin != 0 and _after(end, sender.td_maxend):
+    if receiver.td_maxwin != 0 and ((sender.td_maxend - end) & m) >= 0x80000000:
         receiver.td_maxwin = (receiver.td_maxwin + end - sender.td_maxend) & m
-    if _after((sack + win) & m, (receiver.td_maxend - 1) & m):
+    if ((receiver.td_maxend - 1 - sack - win) & m) >= 0x80000000:     # after(sack + win, r_maxend - 1)
         receiver.td_maxend = (sack + win) & m
         if win == 0:
             receiver.td_maxend = (receiver.td_maxend + 1) & m
     if ack == receiver.td_end:
         receiver.flags &= ~FLAG_DATA_UNACKNOWLEDGED
     if index == ACK_SET:
-        if (state.last_dir, state.last_seq, state.last_ack, state.last_end, state.last_win) == \
-                (direction, seq, ack, end, win_raw):
+        if state.last_dir == direction and state.last_seq == seq and state.last_ack == ack \
+                and state.last_end == end and state.last_win == win_raw:
             state.retrans += 1
         else:
             state.last_dir, state.last_seq, state.last_ack = direction, seq, ack
             state.last_end, state.last_win, state.retrans = end, win_raw, 0
-    return "accept", ""
 
 
 def _timeout(table: ConntrackTable, state: int) -> int:
-    return table.sysctl["nf_conntrack_tcp_timeout_" + _TIMEOUT_KEYS[state]]
+    return table.sysctl[_TIMEOUT_SYSCTLS[state]]
+
+
+def tcp_timeout(table: ConntrackTable, st: TcpState, index: int, new_state: int) -> int:
+    """The timeout nf_conntrack_tcp_packet refreshes with: the state's, shortened by retransmissions,
+    RST, unacknowledged data or a zero window."""
+    sysctl = table.sysctl
+    timeout = sysctl[_TIMEOUT_SYSCTLS[new_state]]
+    retrans = sysctl["nf_conntrack_tcp_timeout_max_retrans"]
+    if st.retrans >= sysctl["nf_conntrack_tcp_max_retrans"] and timeout > retrans:
+        return retrans
+    if index == RST_SET:
+        return sysctl["nf_conntrack_tcp_timeout_close"]
+    seen = st.seen
+    if (seen[0].flags | seen[1].flags) & FLAG_DATA_UNACKNOWLEDGED:
+        unack = sysctl["nf_conntrack_tcp_timeout_unacknowledged"]
+        if timeout > unack:
+            return unack
+    if st.last_win == 0 and timeout > retrans:
+        return retrans
+    return timeout
 
 
 def nf_conntrack_tcp_packet(table: ConntrackTable, ct: NfConn, skb, ctinfo: int, hook: int) -> int:
@@ -425,16 +463,7 @@ def nf_conntrack_tcp_packet(table: ConntrackTable, ct: NfConn, skb, ctinfo: int,
     st.state = new_state
     if old_state != new_state and new_state == FIN_WAIT:
         st.seen[direction].flags |= FLAG_CLOSE_INIT
-    flags_any = st.seen[0].flags | st.seen[1].flags
-    timeout = _timeout(table, new_state)
-    if st.retrans >= table.sysctl["nf_conntrack_tcp_max_retrans"] and timeout > _timeout(table, RETRANS):
-        timeout = _timeout(table, RETRANS)
-    elif index == RST_SET:
-        timeout = _timeout(table, CLOSE)
-    elif flags_any & FLAG_DATA_UNACKNOWLEDGED and timeout > _timeout(table, UNACK):
-        timeout = _timeout(table, UNACK)
-    elif st.last_win == 0 and timeout > _timeout(table, RETRANS):
-        timeout = _timeout(table, RETRANS)
+    timeout = tcp_timeout(table, st, index, new_state)
     now = ctx.now
     if ctx.record:
         ctx.step("nf_conntrack_tcp_packet", state=STATE_NAMES[old_state], new_state=STATE_NAMES[new_state],
@@ -452,6 +481,8 @@ def nf_conntrack_tcp_packet(table: ConntrackTable, ct: NfConn, skb, ctinfo: int,
             timeout = _timeout(table, UNACK)
     elif not ct.status & IPS_ASSURED and old_state in (SYN_RECV, ESTABLISHED) and new_state == ESTABLISHED:
         ct.status |= IPS_ASSURED
+    elif old_state == new_state == ESTABLISHED and index == ACK_SET and ctx.learn is not None:
+        ctx.learn.tracker = "tcp"     # the steady state the replay cache re-runs (pathtrace/flowcache.py)
     table.refresh(ct, now, timeout)
     return NF_ACCEPT
 

@@ -62,4 +62,6 @@ def nf_conntrack_udp_packet(table: ConntrackTable, ct: NfConn, skb, ctinfo: int,
         table.refresh(ct, now, extra)
     if ctx.record:
         ctx.step("nf_conntrack_udp_packet", timeout=extra, assured=bool(ct.status & IPS_ASSURED))
+    if ctx.learn is not None and status & IPS_CONFIRMED:
+        ctx.learn.tracker = "udp"
     return NF_ACCEPT

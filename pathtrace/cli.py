@@ -4,12 +4,10 @@ from __future__ import annotations
 import gc
 import sys
 import time
-from typing import Iterator
 
 import click
 
 from pathtrace.errors import PathtraceError
-from pathtrace.trace import PacketRecord
 
 
 def _fail(exc: PathtraceError) -> None:
@@ -61,17 +59,15 @@ def main() -> None:
 @click.option("--limit", type=int, default=0, help="Stop after N packets.")
 @click.option("--no-progress", is_flag=True, help="No progress line on the terminal.")
 @click.option("--no-cache", is_flag=True, help="Run every packet through the whole model (same output, slower).")
+@click.option("--jobs", "-j", type=click.IntRange(1, 256), default=1,
+              help="Split the capture by flow over N processes (same output; see pathtrace(1)).")
 def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: str | None, summary: bool,
            verbose: bool, counters: bool, write_pcap: str | None, limit: int, no_progress: bool,
-           no_cache: bool) -> None:
+           no_cache: bool, jobs: int) -> None:
     """Replay CAPTURE (pcap/pcapng) through the host described in HOST (YAML)."""
     from pathtrace.capture import read_frames
     from pathtrace.host.loader import load_host
-    from pathtrace.packet.decode import describe_frame
-    from pathtrace.packet.pcapwriter import PcapWriter
-    from pathtrace.render.jsonl import write_jsonl
     from pathtrace.render.summary import SummaryCounter
-    from pathtrace.render.text import write_text
     from pathtrace.replay import Replayer, ReplayOptions, create_namespace
 
     if fmt is None:
@@ -90,29 +86,12 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
     replayer = Replayer(net, ReplayOptions(ingress=ingress, strict_mac=strict_mac, record=fmt != "none",
                                            emit_frames=need_frames, cache=not no_cache))
     counter = SummaryCounter()
-    progress = _Progress(not no_progress)
-    writer = PcapWriter(write_pcap) if write_pcap else None
     out = sys.stdout
-    try:
-        for record, frame in _records(replayer, frames, limit):
-            if fmt != "none":
-                record.packet = describe_frame(frame)
-                if fmt == "jsonl":
-                    write_jsonl(record, out)
-                else:
-                    write_text(record, out, verbose)
-            if writer is not None:
-                for e in record.emitted:
-                    writer.write(e.frame, record.time)
-            counter.add(record)
-            progress.tick(counter.packets)
-    except PathtraceError as exc:
-        progress.done()
-        _fail(exc)
-    finally:
-        if writer is not None:
-            writer.close()
-    progress.done()
+    if jobs > 1 and not _replay_jobs(host, capture, jobs, ingress, strict_mac, fmt, verbose, limit, no_cache,
+                                     write_pcap, net, counter, replayer, out):
+        jobs = 1
+    if jobs <= 1:
+        _replay_one(replayer, frames, fmt, verbose, limit, write_pcap, counter, out, not no_progress)
     replayer.flush()
     warnings = []
     if replayer.count and replayer.otherhost_drops * 2 > replayer.count:
@@ -131,18 +110,49 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
             out.write(f"  {c['table']}/{c['chain']} rule {c['rule']}: {c['text']}\n")
 
 
-def _records(replayer, frames, limit: int) -> Iterator[tuple[PacketRecord, object]]:
-    for n, frame in enumerate(frames):
-        if limit and n >= limit:
-            break
-        try:
-            record = replayer.process(frame)
-        except PathtraceError:
-            raise
-        except Exception as exc:  # a model bug must not hide the packet: report it in its record
-            record = PacketRecord(frame.index, frame.ts, None, "", "MODEL_ERROR", None, None, [], [],
-                                  [f"model error: {type(exc).__name__}: {exc}"])
-        yield record, frame
+def _replay_one(replayer, frames, fmt: str, verbose: bool, limit: int, write_pcap: str | None, counter,
+                out, progress_on: bool) -> None:
+    """The single-process replay loop: render each record as it comes."""
+    from pathtrace.packet.pcapwriter import PcapWriter
+    from pathtrace.parallel import render_record
+    from pathtrace.replay import replay_frame
+    progress = _Progress(progress_on)
+    writer = PcapWriter(write_pcap) if write_pcap else None
+    try:
+        for n, frame in enumerate(frames):
+            if limit and n >= limit:
+                break
+            record = replay_frame(replayer, frame)
+            if fmt != "none":
+                out.write(render_record(record, frame, fmt, verbose))
+            if writer is not None:
+                for e in record.emitted:
+                    writer.write(e.frame, record.time)
+            counter.add(record)
+            progress.tick(counter.packets)
+    except PathtraceError as exc:
+        progress.done()
+        _fail(exc)
+    finally:
+        if writer is not None:
+            writer.close()
+    progress.done()
+
+
+def _replay_jobs(host: str, capture: str, jobs: int, ingress, strict_mac: bool, fmt: str, verbose: bool, limit: int,
+                 no_cache: bool, write_pcap: str | None, net, counter, replayer, out) -> bool:
+    """--jobs N; False (with a note on stderr) when the replay has to run in one process."""
+    from pathtrace.parallel import Job, replay_parallel, single_process_reasons
+    reasons = single_process_reasons(net, write_pcap)
+    if reasons:
+        click.echo(f"pathtrace: --jobs {jobs}: one process ({'; '.join(reasons[:3])})", err=True)
+        return False
+    job = Job(host, capture, jobs, ingress, strict_mac, fmt, verbose, limit, not no_cache, "")
+    if replay_parallel(job, net, counter, replayer, out):
+        return True
+    click.echo(f"pathtrace: --jobs {jobs}: flows shared state (neighbours, ICMP rate limits, IP IDs or "
+               "NAT port search); replayed again in one process", err=True)
+    return False
 
 
 @main.command()

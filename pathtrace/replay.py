@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from pathtrace.capture.frame import Frame
+from pathtrace.errors import PathtraceError
 from pathtrace.flowcache import FlowCache
 from pathtrace.host.model import HostConfig
 from pathtrace.net.core.dev import netif_receive
@@ -157,3 +158,15 @@ class Replayer:
             fired = True
             neigh_timer_handler(net, due[0], ctx)
         return fired
+
+
+def replay_frame(replayer: Replayer, frame: Frame) -> PacketRecord:
+    """replayer.process, except that a model bug is reported in the packet's record (MODEL_ERROR)
+    instead of ending the run: every frame of a capture gets a record."""
+    try:
+        return replayer.process(frame)
+    except PathtraceError:
+        raise
+    except Exception as exc:
+        return PacketRecord(frame.index, frame.ts, None, "", "MODEL_ERROR", None, None, [], [],
+                            [f"model error: {type(exc).__name__}: {exc}"])

@@ -75,6 +75,8 @@ class NeighTable:
     parms: NeighParms = field(default_factory=NeighParms)
     entries: dict[tuple[int, str], Neighbour] = field(default_factory=dict)
     clock: TimerClock = field(default_factory=TimerClock)
+    hh_inits: list[tuple[int, str]] = field(default_factory=list)   # entries whose header cache was filled,
+    # in order: the one piece of neighbour state `replay --jobs` reconciles between workers (parallel.py)
 
     def lookup(self, addr: int, dev: str) -> Neighbour | None:
         return self.entries.get((addr, dev))

@@ -51,6 +51,8 @@ def neigh_output_for(skb: SkBuff, dev: "NetDevice", nexthop: int) -> None:
     if n.state == NUD_NOARP:
         ctx.step("neigh_direct_output" if dev.loopback else "neigh_resolve_output", neighbour=ntoa(nexthop),
                  state=n.state)
+        if not n.hh_cached and not dev.loopback:
+            net.neigh.hh_inits.append((n.addr, n.dev))
         n.hh_cached = not dev.loopback
         dev_queue_xmit(skb, dev, n.lladdr)
         return
@@ -62,6 +64,8 @@ def neigh_resolve_output(skb: SkBuff, n: Neighbour, dev: "NetDevice") -> None:
     ctx.step("neigh_resolve_output", neighbour=ntoa(n.addr), state=n.state)
     if __neigh_event_send(skb.ctx_net, n, skb, dev):
         return
+    if not n.hh_cached:
+        skb.ctx_net.neigh.hh_inits.append((n.addr, n.dev))
     n.hh_cached = True
     dev_queue_xmit(skb, dev, n.lladdr)
 

@@ -59,6 +59,15 @@ class Net:
         return self.devices["lo"]
 
     # ---- devinet helpers -----------------------------------------------------------
+    def shared_state(self) -> tuple:
+        """State every flow of a replay shares (neighbours and their timers, ICMP rate limits,
+        IP IDs, fragment queues, NAT's port search RNG): `replay --jobs` compares it before and
+        after a worker's run and replays in one process when a worker changed it."""
+        neigh = tuple(sorted((k, n.state, n.lladdr, n.timer) for k, n in self.neigh.entries.items()))
+        ct = getattr(self.nf, "conntrack", None) if self.nf is not None else None
+        return (neigh, sorted(self.icmp_peers.items()), tuple(self.icmp_global), sorted(self.rt_error_peers.items()),
+                len(self.ip_frags), self.ip_id, ct.rng.getstate() if ct is not None else None)
+
     def inet_select_addr(self, dev: NetDevice | None, dst: int, scope: str = "global") -> int:
         """inet_select_addr: the device's address on dst's subnet, else its primary, else any global one."""
         if dev is not None:

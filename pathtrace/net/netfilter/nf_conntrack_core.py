@@ -404,7 +404,7 @@ def __nf_conntrack_confirm(table: ConntrackTable, skb) -> int:
         table.bysource.setdefault((ct.orig.proto, ct.orig.src, ct.orig.sport), []).append(ct)
     if ctx.record:
         ctx.step("__nf_conntrack_confirm", tuple=fmt_tuple(ct.orig), reply=fmt_tuple(ct.reply),
-                 timeout=round(ct.timeout - now, 3), entries=len(table.hash) // 2)
+                 timeout=round(ct.timeout - now, 3))
     return NF_ACCEPT
 
 

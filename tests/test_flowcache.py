@@ -1,0 +1,219 @@
+"""The replay decision cache changes nothing but speed: every record, counter and
+conntrack entry is the same with the cache on and off (issue 6's acceptance test)."""
+from __future__ import annotations
+
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pathtrace.capture import read_frames
+from pathtrace.capture.linktypes import frame_from_ethernet
+from pathtrace.host.loader import load_host
+from pathtrace.packet import build
+from pathtrace.render.jsonl import record_to_dict
+from pathtrace.replay import Replayer, ReplayOptions, create_namespace, replay_frame
+
+from helpers import CORPUS
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import workload  # noqa: E402
+
+
+def replay_all(host_path: Path, frames, cache: bool, record: bool = True):
+    net = create_namespace(load_host(str(host_path)))
+    r = Replayer(net, ReplayOptions(record=record, emit_frames=record, cache=cache))
+    records = [record_to_dict(replay_frame(r, f)) for f in frames]
+    r.flush()
+    state = {
+        "counters": net.nf.format_listing(counters=True) if net.nf is not None else "",
+        "devices": [(d.name, d.rx_packets, d.rx_dropped, d.tx_packets, d.tx_bytes) for d in net.devices.values()],
+        "conntrack": _conntrack(net),
+        "neigh": sorted((k, n.state, n.lladdr, n.updated, n.hh_cached) for k, n in net.neigh.entries.items()),
+        "replayer": (r.count, r.otherhost_drops, r.readdressed),
+    }
+    return records, state, r
+
+
+def _conntrack(net) -> list:
+    table = getattr(net.nf, "conntrack", None) if net.nf is not None else None
+    if table is None:
+        return []
+    out = []
+    for ct in table.entries():
+        st_ = ct.proto
+        seen = [(s.td_end, s.td_maxend, s.td_maxwin, s.td_maxack, s.flags) for s in getattr(st_, "seen", [])]
+        out.append((str(ct.orig), str(ct.reply), ct.status, round(ct.timeout, 6), getattr(st_, "state", None),
+                    getattr(st_, "retrans", None), seen))
+    return out + [sorted(table.stats.items())]
+
+
+def assert_same(host_path: Path, frames, record: bool = True, min_hits: float = 0.0):
+    on, state_on, r = replay_all(host_path, frames, cache=True, record=record)
+    off, state_off, _ = replay_all(host_path, frames, cache=False, record=record)
+    assert len(on) == len(off) == len(frames)
+    for a, b in zip(on, off):
+        assert a == b, f"record {a['index']} differs with the cache"
+    assert state_on == state_off
+    assert r.cache.hits >= min_hits * len(frames)
+    return r
+
+
+@pytest.fixture(scope="module")
+def bench_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bench")
+    host = d / "router.yaml"
+    host.write_text(workload.host_yaml(300))
+    cap = d / "flows.pcap"
+    workload.write_capture(cap, 3000, 40)
+    return host, cap
+
+
+@pytest.mark.parametrize("record", [True, False])
+def test_bench_workload_same_with_cache(bench_files, record):
+    host, cap = bench_files
+    r = assert_same(host, list(read_frames(str(cap))), record=record, min_hits=0.9)
+    assert "new conntrack entry" in r.cache.refused     # the first packets of each flow did run the model
+
+
+@pytest.mark.parametrize("name,capture", [("web-server", "web-server.pcap"), ("home-router", "home-router.pcapng"),
+                                          ("two-uplink", "two-uplink.pcapng")])
+def test_samples_same_with_cache(name, capture):
+    assert_same(ROOT / "rulesets" / f"{name}.yaml", list(read_frames(str(ROOT / "samples" / capture))))
+
+
+CAPTURES = sorted(p for p in (CORPUS / "pcaps").glob("*") if p.suffix in (".pcap", ".pcapng", ".cap")) \
+    if (CORPUS / "pcaps").is_dir() else []
+
+
+@pytest.mark.skipif(not CAPTURES, reason="shared corpus not present")
+def test_corpus_captures_same_with_cache():
+    for cap in CAPTURES:
+        try:
+            frames = list(read_frames(str(cap)))[:3000]
+        except Exception:
+            continue
+        assert_same(ROOT / "rulesets" / "home-router.yaml", frames)
+
+
+# ---- guards: whatever could change the path sends the packet through the model -----------------------
+
+def _conversation(events, t0=1000.0):
+    """Frames of one masqueraded TCP connection through bench/workload's router; `events`
+    is a list of (direction, flags, seq_delta, ack_delta, payload_len, gap, corrupt)."""
+    c_isn, s_isn = 1000, 5000
+    lan = build.mac_bytes(workload.ROUTER_LAN_MAC) + build.mac_bytes(workload.CLIENT_MAC) + b"\x08\x00"
+    wan = build.mac_bytes(workload.ROUTER_WAN_MAC) + build.mac_bytes(workload.GATEWAY_MAC) + b"\x08\x00"
+    client, server, sport = "192.168.1.7", "203.0.113.9", 40000
+    frames = [lan + build.tcp_packet(client, server, sport, 443, "S", seq=c_isn, window=65535),
+              wan + build.tcp_packet(server, workload.PUBLIC, 443, sport, "SA", seq=s_isn, ack=c_isn + 1,
+                                     window=65535),
+              lan + build.tcp_packet(client, server, sport, 443, "A", seq=c_isn + 1, ack=s_isn + 1, window=65535)]
+    times = [t0, t0 + 0.001, t0 + 0.002]
+    cs, ss = c_isn + 1, s_isn + 1
+    t = t0 + 0.002
+    for direction, flags, dseq, dack, plen, gap, corrupt in events:
+        t += gap
+        if direction == 0:
+            pkt = bytearray(build.tcp_packet(client, server, sport, 443, flags, seq=(cs + dseq) & 0xFFFFFFFF,
+                                             ack=(ss + dack) & 0xFFFFFFFF, window=65535, payload=b"c" * plen))
+            frame = lan
+            if dseq == 0:
+                cs += plen
+        else:
+            pkt = bytearray(build.tcp_packet(server, workload.PUBLIC, 443, sport, flags, seq=(ss + dseq) & 0xFFFFFFFF,
+                                             ack=(cs + dack) & 0xFFFFFFFF, window=65535, payload=b"s" * plen))
+            frame = wan
+            if dseq == 0:
+                ss += plen
+        if corrupt == 1:
+            pkt[10] ^= 0xFF                      # IP header checksum
+        elif corrupt == 2:
+            pkt[-1 if plen else 36] ^= 0x01      # TCP checksum / payload
+        frames.append(frame + bytes(pkt))
+        times.append(t)
+    return [frame_from_ethernet(f, i, ts) for i, (f, ts) in enumerate(zip(frames, times))]
+
+
+EVENT = st.tuples(st.integers(0, 1), st.sampled_from(["A", "PA", "PA", "PA", "FA", "RA", "R", "SA", "PAU"]),
+                  st.sampled_from([0, 0, 0, 0, -100, 70000, 1 << 31]), st.sampled_from([0, 0, 0, -50, 90000]),
+                  st.sampled_from([0, 10, 100]), st.sampled_from([0.001, 0.001, 0.5, 400.0, 500000.0]),
+                  st.sampled_from([0, 0, 0, 0, 0, 1, 2]))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(EVENT, min_size=1, max_size=40))
+def test_random_conversations_same_with_cache(tmp_path_factory, events):
+    host = tmp_path_factory.getbasetemp() / "conv-router.yaml"
+    if not host.exists():
+        host.write_text(workload.host_yaml(20))
+    assert_same(host, _conversation(events))
+
+
+def test_steady_conversation_is_served_from_the_cache(tmp_path):
+    host = tmp_path / "r.yaml"
+    host.write_text(workload.host_yaml(20))
+    events = [(i & 1, "PA", 0, 0, 100, 0.001, 0) for i in range(200)]
+    r = assert_same(host, _conversation(events))
+    assert r.cache.hits >= 190
+
+
+def test_neighbour_change_and_expiry_are_seen(tmp_path):
+    """An ARP reply changing the gateway's address and a conntrack timeout mid-flow."""
+    host = tmp_path / "r.yaml"
+    host.write_text(workload.host_yaml(20).replace(f"lladdr {workload.GATEWAY_MAC} permanent",
+                                                   f"lladdr {workload.GATEWAY_MAC} reachable"))
+    frames = _conversation([(i & 1, "PA", 0, 0, 10, 0.001 if i != 30 else 500000.0, 0) for i in range(60)])
+    arp = build.ether(workload.ROUTER_WAN_MAC, "02:00:00:00:00:aa", 0x0806,
+                      build.arp("reply", "02:00:00:00:00:aa", "198.51.100.254", workload.ROUTER_WAN_MAC,
+                                workload.PUBLIC))
+    frames.insert(20, frame_from_ethernet(arp, 20, frames[19].ts + 0.0005))
+    for i, f in enumerate(frames):
+        f.index = i
+    assert_same(host, frames)
+
+
+def test_parallel_flow_key_is_the_same_both_ways_through_nat(tmp_path):
+    from pathtrace.parallel import ShardPlan, flow_key
+    host = tmp_path / "r.yaml"
+    host.write_text(workload.host_yaml(20))
+    plan = ShardPlan.for_net(create_namespace(load_host(str(host))))
+    out = build.tcp_packet("192.168.1.7", "203.0.113.9", 40000, 443, "S")
+    back = build.tcp_packet("203.0.113.9", workload.PUBLIC, 443, 61000, "SA")
+    quoted = build.icmp_error_packet("203.0.113.1", workload.PUBLIC, 11, 0,
+                                     build.tcp_packet(workload.PUBLIC, "203.0.113.9", 61000, 443, "A"))
+    other = build.tcp_packet("192.168.1.7", "203.0.113.10", 40000, 443, "S")
+    assert flow_key(out, plan) == flow_key(back, plan) == flow_key(quoted, plan) != flow_key(other, plan)
+    assert struct.unpack("!IH", flow_key(out, plan)[1:7])[1] == 443
+
+
+# ---- replay --jobs ------------------------------------------------------------------------------------
+
+def _cli(*args: str) -> tuple[int, str, str]:
+    from click.testing import CliRunner
+
+    from pathtrace.cli import main
+    res = CliRunner().invoke(main, ["replay", *args, "--no-progress"])
+    return res.exit_code, res.stdout, res.stderr
+
+
+@pytest.mark.parametrize("fmt", [["--format", "jsonl"], ["--format", "text"], ["--summary", "--counters"]])
+def test_jobs_output_identical(bench_files, fmt):
+    host, cap = bench_files
+    one = _cli(str(host), str(cap), *fmt)
+    two = _cli(str(host), str(cap), *fmt, "--jobs", "2")
+    assert one[0] == two[0] == 0
+    assert one[1] == two[1]
+    assert "one process" not in two[2]          # the split was used, not the fallback
+
+
+def test_jobs_fall_back_when_flows_share_state():
+    host, cap = ROOT / "rulesets" / "home-router.yaml", ROOT / "samples" / "home-router.pcapng"
+    one = _cli(str(host), str(cap), "--format", "jsonl")
+    three = _cli(str(host), str(cap), "--format", "jsonl", "--jobs", "3")
+    assert one[1] == three[1]
+    assert "one process" in three[2]

@@ -1,84 +1,56 @@
-"""Benchmark: generate a capture of N packets over F flows and time `pathtrace replay --summary`.
+"""Benchmark: every speed and memory figure of issue 6 from one command.
 
-    python bench/bench_replay.py [--packets 1000000] [--flows 2000] [--host rulesets/home-router.yaml]
+    python bench/bench_replay.py            # all figures (10M-packet memory run included: ~1 hour)
+    python bench/bench_replay.py --quick    # smaller captures, same figures, a few minutes
 
-Reports packets/s and peak RSS of the replay (in a child process, so the generator's
-memory does not count), and dpkt's bare pcap read loop on the same file for the ratio.
+Workload (bench/workload.py): a NAT router (conntrack, MASQUERADE, stateful FORWARD) with
+about 1,000 rules, and a capture of 2,000 interleaved TCP conversations with handshakes and
+in-window data both ways.  Each replay runs in a child process (`pathtrace replay`), timed
+from the parent's side without Python start-up, with its peak RSS; dpkt's bare pcap read
+loop on the same file gives the reference ratio.  Figures:
+
+  summary   replay --summary, 1M packets: packets/s and ratio to dpkt's read loop
+  jsonl     replay --format jsonl (full paths) to /dev/null
+  rules     the same capture through 10 and 10,000 rules (--summary): slowdown factor
+  memory    peak RSS at 1M and 10M packets
+  jobs      --jobs 2 against --jobs 1 (--summary)
+  cache     --no-cache against the cache (--summary)
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+import workload  # noqa: E402
 
-DEFAULT_HOST = """
-name: bench-router
-interfaces:
-  - name: eth0
-    driver: ixgbe
-    mac: 02:00:00:00:00:01
-    addresses: [198.51.100.1/24]
-  - name: eth1
-    driver: ixgbe
-    mac: 02:00:00:00:01:01
-    addresses: [192.168.1.1/24]
-sysctl:
-  net.ipv4.ip_forward: 1
-routes:
-  - default via 198.51.100.254 dev eth0
-neighbours:
-  - 198.51.100.254 dev eth0 lladdr 02:00:00:00:00:fe permanent
-"""
-
-
-def generate(path: Path, packets: int, flows: int) -> None:
-    """LAN clients talking to WAN servers: each flow a TCP SYN, then data segments."""
-    sys.path.insert(0, str(ROOT))
-    from pathtrace.packet import build
-    from pathtrace.packet.pcapwriter import PcapWriter
-    lan_mac, router_lan = "02:11:11:11:11:11", "02:00:00:00:01:01"
-    templates = []
-    for f in range(flows):
-        src = f"192.168.1.{2 + f % 250}"
-        dst = f"203.0.113.{1 + (f // 250) % 250}"
-        sport = 20000 + f
-        syn = build.ether(router_lan, lan_mac, 0x0800, build.tcp_packet(src, dst, sport, 443, "S", seq=1))
-        data = build.ether(router_lan, lan_mac, 0x0800,
-                           build.tcp_packet(src, dst, sport, 443, "PA", seq=2, ack=1, payload=b"x" * 200))
-        templates.append((syn, data))
-    t = 1_700_000_000.0
-    with PcapWriter(str(path)) as w:
-        for i in range(packets):
-            syn, data = templates[i % flows]
-            w.write(syn if i < flows else data, t)
-            t += 0.00001
-
-
-def run_child(host: Path, capture: Path) -> dict:
-    code = f"""
-import resource, time, sys, json
-sys.argv = ['pathtrace', 'replay', {str(host)!r}, {str(capture)!r}, '--summary', '--no-progress']
+CHILD = """
+import resource, sys, time, json
+sys.argv = ['pathtrace', 'replay'] + {args!r}
 from pathtrace.cli import main
 start = time.perf_counter()
 try:
     main(standalone_mode=False)
 except SystemExit:
     pass
+sys.stdout.flush()
 elapsed = time.perf_counter() - start
-print(json.dumps({{'elapsed': elapsed, 'maxrss_kb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}), file=sys.stderr)
+usage = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+print(json.dumps({{'elapsed': elapsed, 'maxrss_kb': usage}}), file=sys.stderr)
 """
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+
+
+def replay(args: list[str], stdout=subprocess.PIPE) -> dict:
+    proc = subprocess.run([sys.executable, "-c", CHILD.format(args=args)], stdout=stdout, stderr=subprocess.PIPE,
+                          text=True, cwd=HERE.parent)
     if proc.returncode:
         raise SystemExit(proc.stderr)
-    return json.loads(proc.stderr.strip().splitlines()[-1]) | {"summary": proc.stdout}
+    return json.loads(proc.stderr.strip().splitlines()[-1]) | {"stdout": proc.stdout or ""}
 
 
 def dpkt_read_loop(capture: Path) -> float:
@@ -91,30 +63,88 @@ def dpkt_read_loop(capture: Path) -> float:
     return n / (time.perf_counter() - start)
 
 
+def capture(out: Path, packets: int, flows: int) -> Path:
+    path = out / f"nat-{packets}-{flows}.pcap"
+    if not path.exists():
+        t0 = time.perf_counter()
+        workload.write_capture(path, packets, flows)
+        print(f"  generated {path.name} in {time.perf_counter() - t0:.0f}s", flush=True)
+    return path
+
+
+def host(out: Path, rules: int) -> Path:
+    path = out / f"nat-router-{rules}.yaml"
+    path.write_text(workload.host_yaml(rules))
+    return path
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--packets", type=int, default=1_000_000)
-    ap.add_argument("--flows", type=int, default=2000)
-    ap.add_argument("--host", type=Path, default=None)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="100k/300k packets instead of 1M/10M")
     ap.add_argument("--out", type=Path, default=HERE / "out")
+    ap.add_argument("--only", default="summary,jsonl,rules,memory,jobs,cache")
     args = ap.parse_args()
     args.out.mkdir(exist_ok=True)
-    capture = args.out / f"bench-{args.packets}-{args.flows}.pcap"
-    if not capture.exists():
-        t0 = time.perf_counter()
-        generate(capture, args.packets, args.flows)
-        print(f"generated {capture} in {time.perf_counter() - t0:.1f}s")
-    host = args.host
-    if host is None:
-        host = args.out / "bench-router.yaml"
-        host.write_text(DEFAULT_HOST)
-    result = run_child(host, capture)
-    pps = args.packets / result["elapsed"]
-    bare = dpkt_read_loop(capture)
-    print(result["summary"])
-    print(f"replay --summary: {args.packets} packets in {result['elapsed']:.2f}s = {pps:,.0f} packets/s")
-    print(f"peak RSS: {result['maxrss_kb'] / 1024:.1f} MiB")
-    print(f"dpkt bare read loop: {bare:,.0f} packets/s; replay/dpkt ratio {pps / bare:.3f}")
+    only = set(args.only.split(","))
+    main_n, big_n, jsonl_n = (100_000, 300_000, 50_000) if args.quick else (1_000_000, 10_000_000, 200_000)
+    flows = 2000
+    cap = capture(args.out, main_n, flows)
+    h1000 = host(args.out, 1000)
+    results: dict[str, object] = {}
+
+    if "summary" in only:
+        r = replay([str(h1000), str(cap), "--summary", "--no-progress"])
+        bare = dpkt_read_loop(cap)
+        pps = main_n / r["elapsed"]
+        results["summary"] = {"packets": main_n, "pps": round(pps), "dpkt_read_pps": round(bare),
+                              "ratio": round(pps / bare, 3), "peak_rss_mib": round(r["maxrss_kb"] / 1024, 1)}
+        print(r["stdout"])
+        print(f"summary: {main_n:,} packets through ~1000 rules in {r['elapsed']:.1f}s = {pps:,.0f} packets/s; "
+              f"dpkt read loop {bare:,.0f}/s; ratio {pps / bare:.3f} (target >= 0.5 and >= 200,000/s)", flush=True)
+    if "jsonl" in only:
+        jcap = capture(args.out, jsonl_n, flows)
+        with open("/dev/null", "w") as null:
+            r = replay([str(h1000), str(jcap), "--format", "jsonl", "--no-progress"], stdout=null)
+        pps = jsonl_n / r["elapsed"]
+        results["jsonl"] = {"packets": jsonl_n, "pps": round(pps)}
+        print(f"jsonl: {jsonl_n:,} packets with full paths in {r['elapsed']:.1f}s = {pps:,.0f} packets/s "
+              "(target >= 50,000)", flush=True)
+    if "rules" in only:
+        times = {}
+        for n in (10, 10_000):
+            r = replay([str(host(args.out, n)), str(cap), "--summary", "--no-progress"])
+            times[n] = r["elapsed"]
+        factor = times[10_000] / times[10]
+        results["rules"] = {"seconds_10": round(times[10], 2), "seconds_10000": round(times[10_000], 2),
+                            "factor": round(factor, 2)}
+        print(f"rules: 10 rules {times[10]:.1f}s, 10,000 rules {times[10_000]:.1f}s: {factor:.2f}x (target <= 2x)",
+              flush=True)
+    if "memory" in only:
+        rss = {}
+        for n in (main_n, big_n):
+            r = replay([str(h1000), str(capture(args.out, n, flows)), "--summary", "--no-progress"])
+            rss[n] = r["maxrss_kb"] / 1024
+        growth = rss[big_n] / rss[main_n] - 1
+        results["memory"] = {f"peak_rss_mib_{n}": round(v, 1) for n, v in rss.items()} | {"growth": round(growth, 3)}
+        print(f"memory: peak RSS {rss[main_n]:.1f} MiB at {main_n:,}, {rss[big_n]:.1f} MiB at {big_n:,} packets "
+              f"(+{100 * growth:.1f}%, target within 10%)", flush=True)
+    if "jobs" in only:
+        one = replay([str(h1000), str(cap), "--summary", "--no-progress"])
+        two = replay([str(h1000), str(cap), "--summary", "--no-progress", "--jobs", "2"])
+        same = one["stdout"] == two["stdout"]
+        results["jobs"] = {"seconds_1": round(one["elapsed"], 2), "seconds_2": round(two["elapsed"], 2),
+                           "speedup": round(one["elapsed"] / two["elapsed"], 2), "identical": same}
+        print(f"jobs: --jobs 1 {one['elapsed']:.1f}s, --jobs 2 {two['elapsed']:.1f}s: "
+              f"{one['elapsed'] / two['elapsed']:.2f}x, output identical: {same}", flush=True)
+    if "cache" in only:
+        on = replay([str(h1000), str(cap), "--summary", "--counters", "--no-progress"])
+        off = replay([str(h1000), str(cap), "--summary", "--counters", "--no-progress", "--no-cache"])
+        results["cache"] = {"seconds_cache": round(on["elapsed"], 2), "seconds_no_cache": round(off["elapsed"], 2),
+                            "identical": on["stdout"] == off["stdout"]}
+        print(f"cache: on {on['elapsed']:.1f}s, off {off['elapsed']:.1f}s "
+              f"({off['elapsed'] / on['elapsed']:.1f}x), output identical: {on['stdout'] == off['stdout']}", flush=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

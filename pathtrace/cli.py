@@ -118,6 +118,14 @@ def _replay_one(replayer, frames, fmt: str, verbose: bool, limit: int, write_pca
     from pathtrace.replay import replay_frame
     progress = _Progress(progress_on)
     writer = PcapWriter(write_pcap) if write_pcap else None
+    if fmt == "none" and writer is None:
+        try:
+            replayer.tally(frames, counter, limit, progress.tick)
+        except PathtraceError as exc:
+            progress.done()
+            _fail(exc)
+        progress.done()
+        return
     try:
         for n, frame in enumerate(frames):
             if limit and n >= limit:

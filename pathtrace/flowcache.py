@@ -28,7 +28,7 @@ from pathtrace.net.core.neighbour import NUD_CONNECTED
 from pathtrace.net.core.skbuff import Iphdr, SkBuff
 from pathtrace.net.netfilter.nf_conntrack_core import GC_INTERVAL
 from pathtrace.net.netfilter.nf_conntrack_proto_tcp import (
-    ACK_SET, FLAG_SACK_PERM, STATE_NAMES, _sack, _Th, _window_verdict, tcp_timeout, tcp_window_commit,
+    ACK_SET, FLAG_SACK_PERM, _sack, _Th, tcp_timeout, tcp_window_update,
 )
 from pathtrace.trace import Emitted, PacketContext, PacketRecord, Step
 
@@ -134,6 +134,7 @@ class FlowEntry:
     emit_kind: str = "forwarded"
     emit_dev: str = ""
     hits: int = 0                       # cached replays whose counters are not yet applied (flush)
+    tallied: int = 0                    # of those, replays counted here instead of by a record (tally)
     fast: Any = None                    # the compiled guards + per-packet work (_compile)
 
 
@@ -147,6 +148,7 @@ class FlowCache:
         self.hits = 0
         self.misses = 0
         self.refused: dict[str, int] = {}
+        self.tallied: dict[tuple, int] = {}     # (verdict, reason, emitted kinds) -> packets, for summaries
         nf = self.net.nf
         self.table = getattr(nf, "conntrack", None) if nf is not None else None
 
@@ -194,6 +196,10 @@ class FlowCache:
         if not hits:
             return
         e.hits = 0
+        if e.tallied:
+            what = (e.verdict, e.reason, tuple((x.dev, x.kind) for x in e.emitted))
+            self.tallied[what] = self.tallied.get(what, 0) + e.tallied
+            e.tallied = 0
         self.hits += hits
         length = e.tot_len
         for c in e.counted:
@@ -398,20 +404,38 @@ def _compile(e: FlowEntry, neigh_entries: dict) -> Any:
     fixed = status & _IPS_FIXED_TIMEOUT
     l4 = hlen + 4
     detail = e.steps is not None
+    from_bytes = int.from_bytes
 
     def fast(p: bytes, now: float) -> dict | None:
-        """nf_conntrack_tcp_packet for an in-window ACK of an ESTABLISHED connection."""
-        if not ct_guards(p, now) or sender.td_maxwin == 0:
+        """nf_conntrack_tcp_packet for an in-window ACK of an ESTABLISHED connection.
+        (The guards of `guards`/`ct_guards`, written out: this is the hottest code of a replay.)"""
+        if ct.timeout <= now or ct.status != status or ct.mark != mark or ct.labels != labels \
+                or st.state != pstate or sender.td_maxwin == 0:
             return None
+        if from_bytes(p[:hlen], "big") % 0xFFFF:
+            return None
+        if check_l4:
+            body = from_bytes(p[hlen:tot_len], "big")
+            if odd:
+                body <<= 8
+            if (body + from_bytes(p[12:20], "big") + pseudo_const) % 0xFFFF:
+                return None
+        if n is not None and (n.state != nstate or n.hh_cached != nhh or n.lladdr != nlladdr
+                              or n.timer != ntimer or neigh_entries.get(nkey) is not n):
+            return None
+        table.now = now
+        if now - table.last_gc >= GC_INTERVAL:
+            table.gc(now)
+            if ct.timeout <= now:
+                return None
         seq, ack, doff, flags, win = _TCP_FIELDS(p, l4)
         doff = (doff >> 4) * 4
         end = (seq + seglen - doff) & 0xFFFFFFFF
         sack = ack
         if doff > 20 and receiver.flags & FLAG_SACK_PERM:
             sack = _sack(_Th(p[hlen:tot_len]), ack)
-        if _window_verdict(sender, receiver, seq, end, sack)[0]:
-            return None                      # out of window: the model says what happens
-        tcp_window_commit(st, sender, receiver, d, ACK_SET, flags, seq, ack, sack, end, win)
+        if tcp_window_update(st, sender, receiver, d, ACK_SET, flags, seq, ack, sack, end, win):
+            return None                      # out of window: nothing changed, the model says what happens
         st.last_index = ACK_SET
         st.last_dir = d
         timeout = tcp_timeout(table, st, ACK_SET, _ESTABLISHED)

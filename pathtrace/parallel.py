@@ -18,6 +18,7 @@ spool files; counters are summed into the parent's copy of the host.
 from __future__ import annotations
 
 import heapq
+import itertools
 import multiprocessing
 import os
 import struct
@@ -67,11 +68,23 @@ def flow_key(payload: bytes, plan: ShardPlan) -> bytes:
     return bytes([proto]) + b"".join(struct.pack("!IH", a, p) for a, p in sorted(ends))
 
 
-def shard(frame: Frame, plan: ShardPlan, jobs: int) -> int:
+def shard(frame: Frame, plan: ShardPlan, jobs: int, memo: dict | None = None) -> int:
+    """The worker of a frame; `memo` remembers it per address/port/protocol header bytes."""
     if frame.ethertype != 0x0800 or frame.error is not None:
         return 0
-    key = flow_key(frame.payload, plan)
-    return zlib.crc32(key) % jobs if key else 0
+    p = frame.payload
+    memo_key = p[9:10] + p[12:24] if memo is not None and len(p) >= 24 and p[0] == 0x45 and p[9] in (6, 17) else None
+    if memo_key is not None:
+        hit = memo.get(memo_key)
+        if hit is not None:
+            return hit
+    key = flow_key(p, plan)
+    w = zlib.crc32(key) % jobs if key else 0
+    if memo_key is not None:
+        if len(memo) > 1 << 18:
+            memo.clear()
+        memo[memo_key] = w
+    return w
 
 
 def single_process_reasons(net: Any, write_pcap: str | None) -> list[str]:
@@ -132,27 +145,24 @@ def run_worker(job: Job, wid: int) -> dict:
     counter = SummaryCounter()
     hh_inits = net.neigh.hh_inits
     hh_first: dict[tuple[int, str], int] = {}
-    spool = open(os.path.join(job.spool_dir, f"{wid}"), "w") if job.fmt != "none" else None
-    try:
-        for n, frame in enumerate(read_frames(job.capture)):
-            if job.limit and n >= job.limit:
-                break
-            if shard(frame, plan, job.jobs) != wid:
-                continue
-            inits = len(hh_inits)
-            record = replay_frame(replayer, frame)
-            filled = hh_inits[inits:]
-            for key in filled:
-                hh_first.setdefault(key, record.index)
-            if spool is not None:
+    memo: dict[bytes, int] = {}
+    frames = (f for f in itertools.islice(read_frames(job.capture), job.limit or None)
+              if shard(f, plan, job.jobs, memo) == wid)
+    if job.fmt == "none":
+        replayer.tally(frames, counter)
+    else:
+        with open(os.path.join(job.spool_dir, f"{wid}"), "w") as spool:
+            for frame in frames:
+                inits = len(hh_inits)
+                record = replay_frame(replayer, frame)
+                filled = hh_inits[inits:]
+                for key in filled:
+                    hh_first.setdefault(key, record.index)
                 text = render_record(record, frame, job.fmt, job.verbose)
                 alt = render_record(_with_hh_cached(record, filled[0], net), frame, job.fmt, job.verbose) \
                     if len(filled) == 1 else ""
                 spool.write(f"{record.index} {len(text)} {len(alt)}\n{text}{alt}")
-            counter.add(record)
-    finally:
-        if spool is not None:
-            spool.close()
+                counter.add(record)
     replayer.flush()
     return {"verdicts": counter.verdicts, "emitted": counter.emitted, "packets": counter.packets,
             "devices": {d.name: (d.rx_packets, d.rx_dropped, d.tx_packets, d.tx_bytes) for d in net.devices.values()},

@@ -7,7 +7,10 @@ prints; renderers turn records into text, JSON lines, tables or pcap.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pathtrace.render.summary import SummaryCounter
 
 from pathtrace.capture.frame import Frame
 from pathtrace.errors import PathtraceError
@@ -68,6 +71,39 @@ class Replayer:
         for frame in frames:
             yield self.process(frame)
         self.flush()
+
+    def tally(self, frames: Iterable[Frame], counter: "SummaryCounter", limit: int = 0,
+              tick: "Callable[[int], None] | None" = None) -> None:
+        """Replay for counts only (--summary, --counters without per-packet output): a packet the
+        cache serves is counted on its flow entry instead of getting a record of its own."""
+        cache = self.cache
+        clock = self.net.neigh.clock
+        entries = cache.entries if cache is not None else {}
+        for n, frame in enumerate(frames):
+            if limit and n >= limit:
+                break
+            now = frame.ts
+            if cache is not None and now < clock.earliest:
+                dev = self.choose_ingress(frame)[0]
+                key = cache.key(frame, dev)
+                e = entries.get(key) if key is not None else None
+                if e is not None and e.fast(frame.payload, now) is not None:
+                    self.count += 1
+                    e.hits += 1
+                    e.tallied += 1
+                    if e.neigh_touch:
+                        e.neigh.updated = now
+                    if tick is not None and not n & 1023:
+                        tick(n)
+                    continue
+            counter.add(replay_frame(self, frame))
+            if tick is not None and not n & 1023:
+                tick(n)
+        self.flush()
+        if cache is not None:
+            for (verdict, reason, emitted), count in cache.tallied.items():
+                counter.add_many(verdict, reason, emitted, count)
+            cache.tallied.clear()
 
     def flush(self) -> None:
         """Bring counters up to date (the replay cache applies them in bulk); call before reading

@@ -217,3 +217,14 @@ def test_jobs_fall_back_when_flows_share_state():
     three = _cli(str(host), str(cap), "--format", "jsonl", "--jobs", "3")
     assert one[1] == three[1]
     assert "one process" in three[2]
+
+
+def test_summary_tally_same_as_records(bench_files):
+    """--summary counts cached packets per flow entry; the tables equal those of the uncached run."""
+    host, cap = bench_files
+    cached = _cli(str(host), str(cap), "--summary", "--counters")
+    uncached = _cli(str(host), str(cap), "--summary", "--counters", "--no-cache")
+    limited = _cli(str(host), str(cap), "--summary", "--limit", "1234")
+    assert cached[0] == uncached[0] == 0
+    assert cached[1] == uncached[1]
+    assert limited[1].startswith("1234 packets")

@@ -21,6 +21,13 @@ class SummaryCounter:
         for e in record.emitted:
             self.emitted[(e.dev, e.kind)] += 1
 
+    def add_many(self, verdict: str, reason: str | None, emitted: tuple[tuple[str, str], ...], count: int) -> None:
+        """`count` packets with the same outcome (flows the replay cache counted in bulk)."""
+        self.packets += count
+        self.verdicts[(verdict, reason or "")] += count
+        for dev, kind in emitted:
+            self.emitted[(dev, kind)] += count
+
     def render(self, net, warnings: list[str]) -> str:
         rows = [(v, r or "-", n, f"{100.0 * n / max(self.packets, 1):.1f}%")
                 for (v, r), n in sorted(self.verdicts.items(), key=lambda kv: (-kv[1], kv[0]))]

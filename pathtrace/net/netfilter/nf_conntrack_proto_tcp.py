@@ -276,15 +276,15 @@ def tcp_in_window(table: ConntrackTable, ct: NfConn, direction: int, index: int,
     if th.flags & TH_RST and seq == 0 and state.state == SYN_SENT:
         seq = end = sender.td_end
     liberal = sender.flags & FLAG_BE_LIBERAL or table.sysctl["nf_conntrack_tcp_be_liberal"]
+    res = tcp_window_update(state, sender, receiver, direction, index, th.flags, seq, ack, sack, end, win_raw)
+    if not res:
+        return "accept", ""
     res, why = _window_verdict(sender, receiver, seq, end, sack)
     if res == "overshot":
         sender.td_end = end
         sender.flags |= FLAG_DATA_UNACKNOWLEDGED
         res = "ignore"
-    if res:
-        return ("accept", "") if liberal else (res, why)
-    tcp_window_commit(state, sender, receiver, direction, index, th.flags, seq, ack, sack, end, win_raw)
-    return "accept", ""
+    return ("accept", "") if liberal else (res, why)
 
 
 def _window_verdict(sender: TcpSeen, receiver: TcpSeen, seq: int, end: int, sack: int) -> tuple[str, str]:
@@ -312,38 +312,50 @@ def _window_verdict(sender: TcpSeen, receiver: TcpSeen, seq: int, end: int, sack
     return "", ""
 
 
-def tcp_window_commit(state: TcpState, sender: TcpSeen, receiver: TcpSeen, direction: int, index: int,
-                      flags: int, seq: int, ack: int, sack: int, end: int, win_raw: int) -> None:
-    """The in-window branch of tcp_in_window: advance both directions' window data."""
+def tcp_window_update(state: TcpState, sender: TcpSeen, receiver: TcpSeen, direction: int, index: int,
+                      flags: int, seq: int, ack: int, sack: int, end: int, win_raw: int) -> bool:
+    """The in-window tests of tcp_in_window and, when they pass, its in-window branch that
+    advances both directions' window data.  True (nothing changed) when the segment is not
+    in window: _window_verdict then says why.  Runs for every tracked segment of a replay,
+    so before/after are written out inline on local copies."""
     m = 0xFFFFFFFF
+    s_end, s_maxend, s_maxwin = sender.td_end, sender.td_maxend, sender.td_maxwin
+    r_end, r_maxend, r_maxwin = receiver.td_end, receiver.td_maxend, receiver.td_maxwin
+    maxackwin = s_maxwin if s_maxwin > 66000 else 66000
+    if ((seq - s_maxend - 1) & m) < 0x80000000 \
+            or ((sack - r_end - 1) & m) < 0x80000000 \
+            or (r_maxwin and ((s_end - r_maxwin - 1 - end) & m) < 0x80000000) \
+            or ((r_end - maxackwin - 1 - sack) & m) < 0x80000000:
+        return True
     win = win_raw if flags & TH_SYN else (win_raw << sender.td_scale) & m
     swin = (win + (sack - ack)) & m
-    if sender.td_maxwin < swin:
+    if s_maxwin < swin:
         sender.td_maxwin = swin
-    if ((sender.td_end - end) & m) >= 0x80000000:                     # after(end, td_end)
+    s_flags = sender.flags
+    if ((s_end - end) & m) >= 0x80000000:                             # after(end, td_end)
         sender.td_end = end
-        sender.flags |= FLAG_DATA_UNACKNOWLEDGED
+        s_flags |= FLAG_DATA_UNACKNOWLEDGED
     if flags & TH_ACK:
-        if not sender.flags & FLAG_MAXACK_SET:
+        if not s_flags & FLAG_MAXACK_SET:
             sender.td_maxack = ack
-            sender.flags |= FLAG_MAXACK_SET
+            s_flags |= FLAG_MAXACK_SET
         elif ((sender.td_maxack - ack) & m) >= 0x80000000:           # after(ack, td_maxack)
             sender.td_maxack = ack
-    if receiver.td_maxwin != 0 and ((sender.td_maxend - end) & m) >= 0x80000000:
-        receiver.td_maxwin = (receiver.td_maxwin + end - sender.td_maxend) & m
-    if ((receiver.td_maxend - 1 - sack - win) & m) >= 0x80000000:     # after(sack + win, r_maxend - 1)
-        receiver.td_maxend = (sack + win) & m
-        if win == 0:
-            receiver.td_maxend = (receiver.td_maxend + 1) & m
-    if ack == receiver.td_end:
+    sender.flags = s_flags
+    if r_maxwin != 0 and ((s_maxend - end) & m) >= 0x80000000:
+        receiver.td_maxwin = (r_maxwin + end - s_maxend) & m
+    if ((r_maxend - 1 - sack - win) & m) >= 0x80000000:               # after(sack + win, r_maxend - 1)
+        receiver.td_maxend = (sack + win + (win == 0)) & m
+    if ack == r_end:
         receiver.flags &= ~FLAG_DATA_UNACKNOWLEDGED
     if index == ACK_SET:
-        if state.last_dir == direction and state.last_seq == seq and state.last_ack == ack \
+        if state.last_seq == seq and state.last_dir == direction and state.last_ack == ack \
                 and state.last_end == end and state.last_win == win_raw:
             state.retrans += 1
         else:
             state.last_dir, state.last_seq, state.last_ack = direction, seq, ack
             state.last_end, state.last_win, state.retrans = end, win_raw, 0
+    return False
 
 
 def _timeout(table: ConntrackTable, state: int) -> int:

@@ -82,6 +82,7 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
         _fail(exc)
         return
     gc.freeze()     # the host's objects live for the whole run: keep the cyclic collector off them
+    gc.set_threshold(100_000, 50, 100)   # per-packet garbage is freed by reference counting
     need_frames = fmt != "none" or write_pcap is not None
     replayer = Replayer(net, ReplayOptions(ingress=ingress, strict_mac=strict_mac, record=fmt != "none",
                                            emit_frames=need_frames, cache=not no_cache))

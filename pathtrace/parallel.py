@@ -138,6 +138,7 @@ def run_worker(job: Job, wid: int) -> dict:
     import gc
     net = create_namespace(load_host(job.host))
     gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
     plan = ShardPlan.for_net(net)
     start = net.shared_state()
     replayer = Replayer(net, ReplayOptions(ingress=job.ingress, strict_mac=job.strict_mac, record=job.fmt != "none",

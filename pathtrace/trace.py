@@ -25,6 +25,7 @@ class Step:
     fn: str
     depth: int
     detail: dict[str, Any]
+    json: str | None = None     # its JSON text once rendered (steps are never changed after creation)
 
 
 @dataclass(slots=True)

@@ -454,7 +454,8 @@ def _addr_check(attr: str, addr: int, mask: int, inv: bool, flag: str) -> XtMatc
 
     def why(skb, par):
         return f"{flag} {'! ' if inv else ''}{want}: {ntoa(getattr(skb.iph, attr))}"
-    return XtMatch(flag, check, why)
+    # info: the constraint, for the per-chain rule index (xt_chain_index)
+    return XtMatch(flag, check, why, info={"field": attr, "addr": addr, "mask": mask, "inv": inv})
 
 
 def _iface_check(which: str, name: str, inv: bool, flag: str) -> XtMatch:
@@ -473,7 +474,7 @@ def _iface_check(which: str, name: str, inv: bool, flag: str) -> XtMatch:
 
     def why(skb, par):
         return f"{flag} {'! ' if inv else ''}{name}: {devname(par) or '(none)'}"
-    return XtMatch(flag, check, why)
+    return XtMatch(flag, check, why, info={"field": which, "name": name, "wildcard": wildcard, "inv": inv})
 
 
 def _proto_check(proto: int, inv: bool) -> XtMatch:
@@ -482,7 +483,7 @@ def _proto_check(proto: int, inv: bool) -> XtMatch:
 
     def why(skb, par):
         return f"-p {'! ' if inv else ''}{PROTO_BY_NUM.get(proto, proto)}: {PROTO_BY_NUM.get(skb.iph.protocol, skb.iph.protocol)}"
-    return XtMatch("-p", check, why)
+    return XtMatch("-p", check, why, info={"field": "proto", "proto": proto, "inv": inv})
 
 
 # ---- translate_table checks ------------------------------------------------------------

@@ -3,12 +3,17 @@
 A rule is precompiled at load time into a tuple of small check closures (the
 ip_packet_match part first, then each -m match in order) and a target, so the
 per-packet path is a plain loop with no string work.  Miss reasons and rule texts
-are only produced when `skb.ctx.record` is set (the --verbose path).
+are only produced when `skb.ctx.record` is set (the --verbose path).  Off that
+path, a per-chain rule index (xt_chain_index) limits the loop to the rules that
+could match the packet, with the linear walk's outcome, counters and hotdrops.
 """
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
+
+from pathtrace.net.netfilter.xt_chain_index import candidates
 
 if TYPE_CHECKING:  # pragma: no cover
     from pathtrace.net.core.netdevice import NetDevice
@@ -120,6 +125,7 @@ class Chain:
     pkts: int = 0                   # policy (underflow) counter / implicit RETURN
     bytes: int = 0
     line: int = 0
+    xt_index: Any = None            # xt_chain_index.ChainIndex, built on the first indexed traversal
 
 
 @dataclass(slots=True, eq=False)
@@ -146,53 +152,61 @@ class Decision:
     note: str = ""
 
 
-def ipt_do_table(table: Table, skb: "SkBuff", par: XtParam) -> Decision:
+def ipt_do_table(table: Table, skb: "SkBuff", par: XtParam, linear: bool = False) -> Decision:
     """Traverse `table` from the hook's built-in chain exactly as ipt_do_table does.
 
     Counters are bumped when every match of a rule matched, before its target runs;
     the built-in chain's policy is the underflow rule (counted too).  RETURN (or the
     end of a user chain) pops the jump stack; -g does not push.  A hotdrop from a
     match ends the traversal with NF_DROP.
+
+    Unless recording (or `linear` is set), each chain's rule index (xt_chain_index)
+    gives the rules that could match this packet and only those are evaluated; the
+    rules left out would have failed without any effect, so the outcome, counters and
+    hotdrops are those of the linear walk.  A chain whose index does not apply to the
+    packet (none built, or a truncated/fragmented header for a port index) is walked
+    rule by rule.
     """
     ctx = skb.ctx
     record = ctx.record
+    iph = skb.iph
+    use_index = not (record or linear) and iph is not None
     chain = table.builtin(par.hook)
     stack: list[tuple[Chain, int]] = []
     path = [chain.name]
     misses: list[str] | None = [] if record else None
     length = skb.len
-    iph = skb.iph
     par.fragoff = (iph.frag_off & 0x1FFF) if iph is not None else 0
     par.thoff = iph.ihl * 4 if iph is not None else 0
     idx = 0
+    ci = 0                                  # position in `cands` (indexed chains)
+    cands = candidates(chain, skb, par) if use_index else None
     while True:
         rules = chain.rules
-        if idx >= len(rules):
+        # find the next rule whose matches all match: every rule (linear) or the candidates
+        if cands is None:
+            idx, rule, hot = _first_match(rules, None, idx, skb, par, misses, chain.name)
+        else:
+            ci, rule, hot = _first_match(rules, cands, ci, skb, par, None, chain.name)
+            if rule is not None:
+                idx = cands[ci]
+        if hot:
+            return _finish(Decision(NF_DROP, chain.name, rule.num, rule.text, False, path), misses, ctx, "hotdrop")
+        if rule is None:
+            # end of the chain
             if chain.builtin or not stack:
                 # the underflow is always the hook's built-in chain policy, also at the end of a -g chain
                 return _policy(table, par, table.builtin(par.hook), length, path, misses, ctx)
-            chain.pkts += 1
-            chain.bytes += length
+            _count(ctx, chain, length)
             chain, idx = stack.pop()
             if record:
                 path.append(chain.name)
+            if use_index:
+                cands = candidates(chain, skb, par)
+                if cands is not None:
+                    ci = bisect_left(cands, idx)
             continue
-        rule = rules[idx]
-        for m in rule.checks:
-            if not m.check(skb, par):
-                break
-        else:
-            m = None
-        if m is not None:
-            if par.hotdrop:
-                return _finish(Decision(NF_DROP, chain.name, rule.num, rule.text, False, path), misses, ctx,
-                               "hotdrop")
-            if record:
-                misses.append(f"{chain.name}#{rule.num}: {m.why(skb, par)}")
-            idx += 1
-            continue
-        rule.pkts += 1
-        rule.bytes += length
+        _count(ctx, rule, length)
         t = rule.target
         kind = t.kind
         if kind == "standard":
@@ -203,9 +217,14 @@ def ipt_do_table(table: Table, skb: "SkBuff", par: XtParam) -> Decision:
                 chain, idx = stack.pop()
                 if record:
                     path.append(chain.name)
+                if use_index:
+                    cands = candidates(chain, skb, par)
+                    if cands is not None:
+                        ci = bisect_left(cands, idx)
                 continue
             if v == XT_CONTINUE:
                 idx += 1
+                ci += 1
                 continue
             return _finish(Decision(v, chain.name, rule.num, rule.text, False, path), misses, ctx)
         if kind == "jump" or kind == "goto":
@@ -215,20 +234,57 @@ def ipt_do_table(table: Table, skb: "SkBuff", par: XtParam) -> Decision:
             idx = 0
             if record:
                 path.append(("" if kind == "jump" else "goto ") + chain.name)
+            if use_index:
+                cands = candidates(chain, skb, par)
+                ci = 0
             continue
         v = t.fn(skb, par)
         if par.hotdrop:
             return _finish(Decision(NF_DROP, chain.name, rule.num, rule.text, False, path), misses, ctx, "hotdrop")
         if v == XT_CONTINUE:
             idx += 1
+            if use_index:
+                # the target may have changed the packet: look its candidates up again
+                cands = candidates(chain, skb, par)
+                if cands is not None:
+                    ci = bisect_left(cands, idx)
             continue
         return _finish(Decision(v, chain.name, rule.num, rule.text, False, path), misses, ctx)
 
 
+def _count(ctx: Any, obj: "Rule | Chain", length: int) -> None:
+    """Bump a rule's or a chain's (policy / implicit RETURN) counters; every bump goes through here
+    so the replay decision cache can see which counters a traversal touched (ctx.counted)."""
+    obj.pkts += 1
+    obj.bytes += length
+    counted = ctx.counted
+    if counted is not None:
+        counted.append(obj)
+
+
+def _first_match(rules: list[Rule], order: list[int] | None, k: int, skb: "SkBuff", par: XtParam,
+                 misses: list[str] | None, chain: str) -> tuple[int, Rule | None, bool]:
+    """Scan rules[order[k]], rules[order[k + 1]]... (order None: rules[k], rules[k + 1]...) for the
+    first rule whose matches all match.  Returns (k, rule, hotdrop); rule None at the chain's end."""
+    n = len(order) if order is not None else len(rules)
+    while k < n:
+        rule = rules[order[k]] if order is not None else rules[k]
+        for m in rule.checks:
+            if not m.check(skb, par):
+                break
+        else:
+            return k, rule, False
+        if par.hotdrop:
+            return k, rule, True
+        if misses is not None:
+            misses.append(f"{chain}#{rule.num}: {m.why(skb, par)}")
+        k += 1
+    return k, None, False
+
+
 def _policy(table: Table, par: XtParam, chain: Chain, length: int, path: list[str],
             misses: list[str] | None, ctx: Any) -> Decision:
-    chain.pkts += 1
-    chain.bytes += length
+    _count(ctx, chain, length)
     text = f"-P {chain.name} {VERDICT_NAMES[chain.policy]}" if ctx.record else ""
     return _finish(Decision(chain.policy, chain.name, 0, text, True, path), misses, ctx)
 

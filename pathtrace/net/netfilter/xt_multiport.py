@@ -47,7 +47,8 @@ def build(opts: list[Opt], ctx: RuleCtx) -> XtMatch:
 
     def why(skb, par) -> str:
         return f"multiport {which} {'! ' if inv else ''}{o.arg}: sport {skb.sport} dport {skb.dport}"
-    return XtMatch("multiport", check, why)
+    # info: for the chain index (xt_chain_index); --ports (either side) is not indexable
+    return XtMatch("multiport", check, why, info={"proto": ctx.proto, "which": which, "ranges": rs, "inv": inv})
 
 
 MATCHES = {"multiport": ExtSpec("multiport", {"--sports": 1, "--dports": 1, "--ports": 1}, build,

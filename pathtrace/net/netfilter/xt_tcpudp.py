@@ -115,7 +115,9 @@ def build_tcp(opts: list[Opt], ctx: RuleCtx) -> XtMatch:
             return (f"tcp-flags {'! ' if finv else ''}{fmt_flags(fmask)} {fmt_flags(fcmp)}: "
                     f"{fmt_flags(skb.payload[13])}")
         return f"tcp-option {'! ' if oinv else ''}{option} not satisfied"
-    return XtMatch("tcp", check, why, info={"flg_cmp": fcmp if have_flags else 0, "flg_inv": finv})
+    # flg_*: for TCPMSS's SYN check; proto/sport/dport (lo, hi, inv): for the chain index (xt_chain_index)
+    return XtMatch("tcp", check, why, info={"flg_cmp": fcmp if have_flags else 0, "flg_inv": finv, "proto": 6,
+                                            "sport": sp, "dport": dp})
 
 
 def build_udp(opts: list[Opt], ctx: RuleCtx) -> XtMatch:
@@ -140,7 +142,7 @@ def build_udp(opts: list[Opt], ctx: RuleCtx) -> XtMatch:
         if (slo <= sport <= shi) == sinv:
             return f"sport {'! ' if sinv else ''}{fmt_range(slo, shi)} != {sport}"
         return f"dport {'! ' if dinv else ''}{fmt_range(dlo, dhi)} != {dport}"
-    return XtMatch("udp", check, why)
+    return XtMatch("udp", check, why, info={"proto": 17, "sport": (slo, shi, sinv), "dport": (dlo, dhi, dinv)})
 
 
 # libipt_icmp.c icmp_codes: name -> (type, min code, max code)

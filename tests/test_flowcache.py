@@ -228,3 +228,46 @@ def test_summary_tally_same_as_records(bench_files):
     assert cached[0] == uncached[0] == 0
     assert cached[1] == uncached[1]
     assert limited[1].startswith("1234 packets")
+
+
+UDP_EVENT = st.tuples(st.integers(0, 1), st.sampled_from([0.001, 0.5, 1.5, 2.5, 31.0, 125.0]),
+                      st.sampled_from([0, 0, 0, 1]))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(UDP_EVENT, min_size=1, max_size=40))
+def test_random_udp_streams_same_with_cache(tmp_path_factory, events):
+    """UDP through MASQUERADE: unreplied, replied, becoming a stream after 2 s, expiring."""
+    host = tmp_path_factory.getbasetemp() / "udp-router.yaml"
+    if not host.exists():
+        host.write_text(workload.host_yaml(20))
+    lan = build.mac_bytes(workload.ROUTER_LAN_MAC) + build.mac_bytes(workload.CLIENT_MAC) + b"\x08\x00"
+    wan = build.mac_bytes(workload.ROUTER_WAN_MAC) + build.mac_bytes(workload.GATEWAY_MAC) + b"\x08\x00"
+    frames, t = [], 1000.0
+    for i, (direction, gap, zero_csum) in enumerate(events):
+        t += gap
+        if direction == 0:
+            pkt = build.udp_packet("192.168.1.7", "203.0.113.9", 5353, 53, b"q" * 20,
+                                   udp_check=0 if zero_csum else None)
+            frames.append(frame_from_ethernet(lan + pkt, i, t))
+        else:
+            pkt = build.udp_packet("203.0.113.9", workload.PUBLIC, 53, 5353, b"r" * 20,
+                                   udp_check=0 if zero_csum else None)
+            frames.append(frame_from_ethernet(wan + pkt, i, t))
+    assert_same(host, frames)
+
+
+def test_steady_udp_stream_is_served_from_the_cache(tmp_path):
+    host = tmp_path / "r.yaml"
+    host.write_text(workload.host_yaml(20))
+    lan = build.mac_bytes(workload.ROUTER_LAN_MAC) + build.mac_bytes(workload.CLIENT_MAC) + b"\x08\x00"
+    wan = build.mac_bytes(workload.ROUTER_WAN_MAC) + build.mac_bytes(workload.GATEWAY_MAC) + b"\x08\x00"
+    frames = []
+    for i in range(300):      # 0.02 s apart: the flow becomes a stream (ASSURED) after 2 s
+        if i % 2 == 0:
+            data = lan + build.udp_packet("192.168.1.7", "203.0.113.9", 5353, 53, b"q" * 20)
+        else:
+            data = wan + build.udp_packet("203.0.113.9", workload.PUBLIC, 53, 5353, b"r" * 20)
+        frames.append(frame_from_ethernet(data, i, 1000.0 + 0.02 * i))
+    r = assert_same(host, frames)
+    assert r.cache.hits >= 250

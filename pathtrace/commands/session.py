@@ -49,7 +49,8 @@ class Session:
     def __init__(self, host: HostConfig, net: Net | None = None):
         self.host = host
         self.net = net if net is not None else create_namespace(host)
-        self.replayer = _Injector(self.net, ReplayOptions(record=True, emit_frames=True))
+        # no replay cache: injected packets carry a mark the cache key does not hold
+        self.replayer = _Injector(self.net, ReplayOptions(record=True, emit_frames=True, cache=False))
         self.t = 1_700_000_000.0
         self.index = 0
         self.tcp_next: dict[tuple[int, int, int, int], int] = {}   # next seq per direction

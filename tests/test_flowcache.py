@@ -271,3 +271,21 @@ def test_steady_udp_stream_is_served_from_the_cache(tmp_path):
         frames.append(frame_from_ethernet(data, i, 1000.0 + 0.02 * i))
     r = assert_same(host, frames)
     assert r.cache.hits >= 250
+
+
+def test_jsonl_writer_equals_plain_json_dumps():
+    """The step-caching JSON lines writer produces exactly json.dumps(record_to_dict(record))."""
+    import io
+    import json
+
+    from pathtrace.packet.decode import describe_frame
+    from pathtrace.render.jsonl import write_jsonl
+    for name, capture in [("web-server", "web-server.pcap"), ("home-router", "home-router.pcapng")]:
+        r = Replayer(create_namespace(load_host(str(ROOT / "rulesets" / f"{name}.yaml"))))
+        for frame in read_frames(str(ROOT / "samples" / capture)):
+            rec = r.process(frame)
+            rec.packet = describe_frame(frame)
+            for _ in range(2):           # second time from the steps' cached texts
+                buf = io.StringIO()
+                write_jsonl(rec, buf)
+                assert buf.getvalue() == json.dumps(record_to_dict(rec), separators=(",", ":"), default=str) + "\n"

@@ -53,7 +53,7 @@ def write_jsonl(record: PacketRecord, out: TextIO) -> None:
     """The line json.dumps(record_to_dict(record)) gives, built from cached step texts."""
     head = _dumps({"index": record.index, "time": record.time, "ingress": record.ingress, "packet": record.packet,
                    "verdict": record.verdict, "reason": record.reason, "egress": record.egress})
-    path = ",".join([_step_json(s) for s in record.path])
+    path = ",".join([s.json or _step_json(s) for s in record.path])
     emitted = _dumps([{"dev": e.dev, "kind": e.kind, "frame": e.frame.hex(), "packet": emitted_summary(e)}
                       for e in record.emitted])
     out.write(f'{head[:-1]},"path":[{path}],"emitted":{emitted},"rules":{_dumps(record.rules)},'

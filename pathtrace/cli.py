@@ -115,7 +115,7 @@ def _replay_one(replayer, frames, fmt: str, verbose: bool, limit: int, write_pca
                 out, progress_on: bool) -> None:
     """The single-process replay loop: render each record as it comes."""
     from pathtrace.packet.pcapwriter import PcapWriter
-    from pathtrace.parallel import render_record
+    from pathtrace.render.record import render_record
     from pathtrace.replay import replay_frame
     progress = _Progress(progress_on)
     writer = PcapWriter(write_pcap) if write_pcap else None

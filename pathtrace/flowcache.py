@@ -41,27 +41,6 @@ _NO_DETAIL: dict = {}
 _MAX_ENTRIES = 65536      # the cache is cleared when it grows past this (memory stays flat)
 
 
-def _fold_ok(total: int) -> bool:
-    """A one's-complement sum that verifies: congruent to 0 mod 0xFFFF and not all zero."""
-    return total % 0xFFFF == 0 and total != 0
-
-
-def ip_header_ok(payload: bytes, hlen: int) -> bool:
-    """ip_fast_csum(iph) == 0, computed on the header as one big integer."""
-    return _fold_ok(int.from_bytes(payload[:hlen], "big"))
-
-
-def l4_checksum_ok(payload: bytes, hlen: int, tot_len: int, proto: int) -> bool:
-    """The transport checksum conntrack verifies in PRE_ROUTING (nf_ip_checksum)."""
-    seg = payload[hlen:tot_len]
-    n = len(seg)
-    pseudo = int.from_bytes(payload[12:20], "big") + proto + n   # saddr, daddr (≡ their word sum)
-    body = int.from_bytes(seg, "big")
-    if n & 1:
-        body <<= 8
-    return _fold_ok(body + pseudo)
-
-
 @dataclass(slots=True)
 class Learning:
     """What the model reports while it runs a packet the cache may remember (ctx.learn)."""
@@ -170,17 +149,25 @@ class FlowCache:
         return (dev.name, frame.ifname, frame.dst_mac, frame.src_mac, frame.pkt_type, len(p),
                 p[:4] + p[6:10] + p[12:20] + l4)
 
-    def replay(self, key: tuple, frame: Frame, now: float, record: bool, emit: bool) -> PacketRecord | None:
-        """The cached path of this frame if every guard holds, with its effects applied."""
+    def serve(self, key: tuple, frame: Frame, now: float) -> tuple[FlowEntry | None, dict | None]:
+        """The entry whose path this frame takes - guards passed, per-packet work done, the hit
+        counted for the bulk effects - and its tracker step's detail; (None, None) otherwise."""
         e = self.entries.get(key)
         if e is None:
-            return None
+            return None, None
         detail = e.fast(frame.payload, now)
         if detail is None:
-            return None
+            return None, None
         e.hits += 1
         if e.neigh_touch:
             e.neigh.updated = now
+        return e, detail
+
+    def replay(self, key: tuple, frame: Frame, now: float, record: bool, emit: bool) -> PacketRecord | None:
+        """The cached path of this frame as its record, or None when it must run the model."""
+        e, detail = self.serve(key, frame, now)
+        if e is None:
+            return None
         if record or emit:
             return self._record(e, frame, detail, record, emit)
         return PacketRecord(frame.index, frame.ts, e.ingress, "", e.verdict, e.reason, e.egress, [], e.emitted,
@@ -344,8 +331,10 @@ def _compile(e: FlowEntry, neigh_entries: dict) -> Any:
     pseudo_const = proto + seglen
     odd = seglen & 1
 
-    def guards(p: bytes, now: float) -> bool:
-        if int.from_bytes(p[:hlen], "big") % 0xFFFF:                  # ip_fast_csum (never all zero)
+    def guards(p: bytes) -> bool:
+        """ip_fast_csum and nf_ip_checksum as one's-complement sums taken modulo 0xFFFF (the sums
+        are never all zero: the version nibble, the pseudo header), then the neighbour."""
+        if int.from_bytes(p[:hlen], "big") % 0xFFFF:
             return False
         if check_l4 and not (proto == 17 and p[hlen + 6] == 0 and p[hlen + 7] == 0):
             body = int.from_bytes(p[hlen:tot_len], "big")
@@ -360,7 +349,7 @@ def _compile(e: FlowEntry, neigh_entries: dict) -> Any:
 
     if ct is None:
         def fast(p: bytes, now: float) -> dict | None:
-            return _NO_DETAIL if guards(p, now) else None
+            return _NO_DETAIL if guards(p) else None
         return fast
 
     table = e.table
@@ -371,7 +360,7 @@ def _compile(e: FlowEntry, neigh_entries: dict) -> Any:
     def ct_guards(p: bytes, now: float) -> bool:
         if ct.timeout <= now or ct.status != status or ct.mark != mark or ct.labels != labels:
             return False
-        if getattr(st, "state", None) != pstate or not guards(p, now):
+        if getattr(st, "state", None) != pstate or not guards(p):
             return False
         table.now = now
         if now - table.last_gc >= GC_INTERVAL:
@@ -404,30 +393,11 @@ def _compile(e: FlowEntry, neigh_entries: dict) -> Any:
     fixed = status & _IPS_FIXED_TIMEOUT
     l4 = hlen + 4
     detail = e.steps is not None
-    from_bytes = int.from_bytes
 
     def fast(p: bytes, now: float) -> dict | None:
-        """nf_conntrack_tcp_packet for an in-window ACK of an ESTABLISHED connection.
-        (The guards of `guards`/`ct_guards`, written out: this is the hottest code of a replay.)"""
-        if ct.timeout <= now or ct.status != status or ct.mark != mark or ct.labels != labels \
-                or st.state != pstate or sender.td_maxwin == 0:
+        """nf_conntrack_tcp_packet for an in-window ACK of an ESTABLISHED connection."""
+        if sender.td_maxwin == 0 or not ct_guards(p, now):
             return None
-        if from_bytes(p[:hlen], "big") % 0xFFFF:
-            return None
-        if check_l4:
-            body = from_bytes(p[hlen:tot_len], "big")
-            if odd:
-                body <<= 8
-            if (body + from_bytes(p[12:20], "big") + pseudo_const) % 0xFFFF:
-                return None
-        if n is not None and (n.state != nstate or n.hh_cached != nhh or n.lladdr != nlladdr
-                              or n.timer != ntimer or neigh_entries.get(nkey) is not n):
-            return None
-        table.now = now
-        if now - table.last_gc >= GC_INTERVAL:
-            table.gc(now)
-            if ct.timeout <= now:
-                return None
         seq, ack, doff, flags, win = _TCP_FIELDS(p, l4)
         doff = (doff >> 4) * 4
         end = (seq + seglen - doff) & 0xFFFFFFFF

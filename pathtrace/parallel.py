@@ -29,8 +29,7 @@ from typing import Any, Iterator, TextIO
 
 from pathtrace.capture.frame import Frame
 
-COUPLING_MATCHES = frozenset({"limit", "hashlimit", "recent"})
-COUPLING_TARGETS = frozenset({"SET", "NFQUEUE"})
+from pathtrace.net.netfilter.core import VOLATILE_MATCHES, VOLATILE_TARGETS   # what couples flows
 
 
 @dataclass(slots=True)
@@ -96,8 +95,8 @@ def single_process_reasons(net: Any, write_pcap: str | None) -> list[str]:
     for table in (nf.tables.values() if nf is not None else ()):
         for chain in table.chains.values():
             for rule in chain.rules:
-                names = {m.name for m in rule.checks} & COUPLING_MATCHES
-                if rule.target.name in COUPLING_TARGETS:
+                names = {m.name for m in rule.checks} & VOLATILE_MATCHES
+                if rule.target.name in VOLATILE_TARGETS:
                     names.add(rule.target.name)
                 reasons.extend(f"{table.name}/{chain.name} rule {rule.num} uses {n}" for n in sorted(names))
     return reasons
@@ -133,6 +132,7 @@ def run_worker(job: Job, wid: int) -> dict:
     from pathtrace.capture import read_frames
     from pathtrace.host.loader import load_host
     from pathtrace.render.summary import SummaryCounter
+    from pathtrace.render.record import render_record
     from pathtrace.replay import Replayer, ReplayOptions, create_namespace, replay_frame
 
     import gc
@@ -186,22 +186,6 @@ def _with_hh_cached(record: Any, key: tuple[int, str], net: Any) -> Any:
             if s.fn == "neigh_resolve_output" and s.detail.get("neighbour") == name else s
             for s in record.path]
     return replace(record, path=path)
-
-
-def render_record(record: Any, frame: Frame, fmt: str, verbose: bool) -> str:
-    """The text `replay` prints for one record (jsonl line or text block)."""
-    import io
-
-    from pathtrace.packet.decode import describe_frame
-    from pathtrace.render.jsonl import write_jsonl
-    from pathtrace.render.text import write_text
-    record.packet = describe_frame(frame)
-    buf = io.StringIO()
-    if fmt == "jsonl":
-        write_jsonl(record, buf)
-    else:
-        write_text(record, buf, verbose)
-    return buf.getvalue()
 
 
 def _spooled(path: str) -> Iterator[tuple[int, str, str]]:

@@ -78,21 +78,16 @@ class Replayer:
         cache serves is counted on its flow entry instead of getting a record of its own."""
         cache = self.cache
         clock = self.net.neigh.clock
-        entries = cache.entries if cache is not None else {}
         for n, frame in enumerate(frames):
             if limit and n >= limit:
                 break
             now = frame.ts
             if cache is not None and now < clock.earliest:
-                dev = self.choose_ingress(frame)[0]
-                key = cache.key(frame, dev)
-                e = entries.get(key) if key is not None else None
-                if e is not None and e.fast(frame.payload, now) is not None:
+                key = cache.key(frame, self.choose_ingress(frame)[0])
+                e = cache.serve(key, frame, now)[0] if key is not None else None
+                if e is not None:
                     self.count += 1
-                    e.hits += 1
                     e.tallied += 1
-                    if e.neigh_touch:
-                        e.neigh.updated = now
                     if tick is not None and not n & 1023:
                         tick(n)
                     continue

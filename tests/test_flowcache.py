@@ -100,14 +100,18 @@ def test_corpus_captures_same_with_cache():
         assert_same(ROOT / "rulesets" / "home-router.yaml", frames)
 
 
+# Ethernet headers of frames from the LAN client and from the WAN gateway to bench/workload's router
+LAN_HEADER = build.mac_bytes(workload.ROUTER_LAN_MAC) + build.mac_bytes(workload.CLIENT_MAC) + b"\x08\x00"
+WAN_HEADER = build.mac_bytes(workload.ROUTER_WAN_MAC) + build.mac_bytes(workload.GATEWAY_MAC) + b"\x08\x00"
+
+
 # ---- guards: whatever could change the path sends the packet through the model -----------------------
 
 def _conversation(events, t0=1000.0):
     """Frames of one masqueraded TCP connection through bench/workload's router; `events`
     is a list of (direction, flags, seq_delta, ack_delta, payload_len, gap, corrupt)."""
     c_isn, s_isn = 1000, 5000
-    lan = build.mac_bytes(workload.ROUTER_LAN_MAC) + build.mac_bytes(workload.CLIENT_MAC) + b"\x08\x00"
-    wan = build.mac_bytes(workload.ROUTER_WAN_MAC) + build.mac_bytes(workload.GATEWAY_MAC) + b"\x08\x00"
+    lan, wan = LAN_HEADER, WAN_HEADER
     client, server, sport = "192.168.1.7", "203.0.113.9", 40000
     frames = [lan + build.tcp_packet(client, server, sport, 443, "S", seq=c_isn, window=65535),
               wan + build.tcp_packet(server, workload.PUBLIC, 443, sport, "SA", seq=s_isn, ack=c_isn + 1,
@@ -241,8 +245,7 @@ def test_random_udp_streams_same_with_cache(tmp_path_factory, events):
     host = tmp_path_factory.getbasetemp() / "udp-router.yaml"
     if not host.exists():
         host.write_text(workload.host_yaml(20))
-    lan = build.mac_bytes(workload.ROUTER_LAN_MAC) + build.mac_bytes(workload.CLIENT_MAC) + b"\x08\x00"
-    wan = build.mac_bytes(workload.ROUTER_WAN_MAC) + build.mac_bytes(workload.GATEWAY_MAC) + b"\x08\x00"
+    lan, wan = LAN_HEADER, WAN_HEADER
     frames, t = [], 1000.0
     for i, (direction, gap, zero_csum) in enumerate(events):
         t += gap
@@ -260,8 +263,7 @@ def test_random_udp_streams_same_with_cache(tmp_path_factory, events):
 def test_steady_udp_stream_is_served_from_the_cache(tmp_path):
     host = tmp_path / "r.yaml"
     host.write_text(workload.host_yaml(20))
-    lan = build.mac_bytes(workload.ROUTER_LAN_MAC) + build.mac_bytes(workload.CLIENT_MAC) + b"\x08\x00"
-    wan = build.mac_bytes(workload.ROUTER_WAN_MAC) + build.mac_bytes(workload.GATEWAY_MAC) + b"\x08\x00"
+    lan, wan = LAN_HEADER, WAN_HEADER
     frames = []
     for i in range(300):      # 0.02 s apart: the flow becomes a stream (ASSURED) after 2 s
         if i % 2 == 0:

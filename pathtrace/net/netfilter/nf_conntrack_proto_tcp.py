@@ -287,27 +287,42 @@ def tcp_in_window(table: ConntrackTable, ct: NfConn, direction: int, index: int,
     return ("accept", "") if liberal else (res, why)
 
 
-def _window_verdict(sender: TcpSeen, receiver: TcpSeen, seq: int, end: int, sack: int) -> tuple[str, str]:
-    """The in-window tests of tcp_in_window, without side effects: ('', '') when in window.
+def _window_test(sender: TcpSeen, receiver: TcpSeen, seq: int, end: int, sack: int) -> int:
+    """The four in-window tests of tcp_in_window: 0 when all pass, else the number of the first
+    that fails.  before(a, b) is ((a - b) & M) >= 2**31 and after(a, b) is ((b - a) & M) >= 2**31,
+    written out inline: this runs for every tracked segment of a replay."""
+    m = 0xFFFFFFFF
+    r_end, r_maxwin = receiver.td_end, receiver.td_maxwin
+    maxackwin = sender.td_maxwin if sender.td_maxwin > 66000 else 66000
+    if ((seq - sender.td_maxend - 1) & m) < 0x80000000:                # !before(seq, maxend + 1)
+        return 1
+    if ((sack - r_end - 1) & m) < 0x80000000:                          # !before(sack, r_end + 1)
+        return 2
+    if r_maxwin and ((sender.td_end - r_maxwin - 1 - end) & m) < 0x80000000:   # !after(end, ...)
+        return 3
+    if ((r_end - maxackwin - 1 - sack) & m) < 0x80000000:              # !after(sack, ...)
+        return 4
+    return 0
 
-    before(a, b) is ((a - b) & M) >= 2**31 and after(a, b) is ((b - a) & M) >= 2**31,
-    written out inline: this runs for every tracked TCP segment of a replay.
-    """
+
+def _window_verdict(sender: TcpSeen, receiver: TcpSeen, seq: int, end: int, sack: int) -> tuple[str, str]:
+    """Why a segment is not in window (_window_test's number as tcp_in_window's result and log)."""
     m = 0xFFFFFFFF
     s_end, s_maxend, r_end, r_maxwin = sender.td_end, sender.td_maxend, receiver.td_end, receiver.td_maxwin
-    maxackwin = sender.td_maxwin if sender.td_maxwin > 66000 else 66000
-    if ((seq - s_maxend - 1) & m) < 0x80000000:                       # !before(seq, maxend + 1)
+    test = _window_test(sender, receiver, seq, end, sack)
+    if test == 1:
+        maxackwin = sender.td_maxwin if sender.td_maxwin > 66000 else 66000
         overshot = (end - s_maxend + 1) & m
         ack_ok = _after(sack, (r_end - maxackwin - 1) & m)
         in_recv_win = r_maxwin and _after(end, (s_end - r_maxwin - 1) & m)
         if in_recv_win and ack_ok and overshot <= r_maxwin and _before(sack, (r_end + 1) & m):
             return "overshot", f"{overshot} bytes more than expected"
         return "invalid", f"SEQ is over upper bound {(s_maxend + 1) & m} (over the window of the receiver)"
-    if ((sack - r_end - 1) & m) < 0x80000000:                         # !before(sack, r_end + 1)
+    if test == 2:
         return "invalid", f"ACK is over upper bound {(r_end + 1) & m} (ACKed data not seen yet)"
-    if r_maxwin and ((s_end - r_maxwin - 1 - end) & m) < 0x80000000:  # !after(end, s_end - r_maxwin - 1)
+    if test == 3:
         return "ignore", "SEQ is under lower bound (already ACKed data retransmitted)"
-    if ((r_end - maxackwin - 1 - sack) & m) < 0x80000000:             # !after(sack, r_end - maxackwin - 1)
+    if test == 4:
         return "ignore", "ignored ACK under lower bound (possible overly delayed)"
     return "", ""
 
@@ -318,15 +333,11 @@ def tcp_window_update(state: TcpState, sender: TcpSeen, receiver: TcpSeen, direc
     advances both directions' window data.  True (nothing changed) when the segment is not
     in window: _window_verdict then says why.  Runs for every tracked segment of a replay,
     so before/after are written out inline on local copies."""
+    if _window_test(sender, receiver, seq, end, sack):
+        return True
     m = 0xFFFFFFFF
     s_end, s_maxend, s_maxwin = sender.td_end, sender.td_maxend, sender.td_maxwin
     r_end, r_maxend, r_maxwin = receiver.td_end, receiver.td_maxend, receiver.td_maxwin
-    maxackwin = s_maxwin if s_maxwin > 66000 else 66000
-    if ((seq - s_maxend - 1) & m) < 0x80000000 \
-            or ((sack - r_end - 1) & m) < 0x80000000 \
-            or (r_maxwin and ((s_end - r_maxwin - 1 - end) & m) < 0x80000000) \
-            or ((r_end - maxackwin - 1 - sack) & m) < 0x80000000:
-        return True
     win = win_raw if flags & TH_SYN else (win_raw << sender.td_scale) & m
     swin = (win + (sack - ack)) & m
     if s_maxwin < swin:

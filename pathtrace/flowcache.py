@@ -19,9 +19,15 @@ off; tests replay captures both ways and compare every record.
 """
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass, field
 from typing import Any
+
+try:   # the optional C accelerator (pathtrace/_fastpath.c): the same hot path, built by setup.py
+    from pathtrace import _fastpath
+except ImportError:  # pragma: no cover - no compiler at install time
+    _fastpath = None
 
 from pathtrace.capture.frame import Frame
 from pathtrace.net.core.neighbour import NUD_CONNECTED
@@ -130,10 +136,16 @@ class FlowCache:
         self.tallied: dict[tuple, int] = {}     # (verdict, reason, emitted kinds) -> packets, for summaries
         nf = self.net.nf
         self.table = getattr(nf, "conntrack", None) if nf is not None else None
+        # PATHTRACE_PURE_PYTHON=1 runs the Python closures instead of the C accelerator (same output)
+        self.accel = None if os.environ.get("PATHTRACE_PURE_PYTHON") == "1" else _fastpath
 
     # ---- lookup ---------------------------------------------------------------------------
-    def key(self, frame: Frame, dev: Any) -> tuple | None:
-        """The cache key of an Ethernet/IPv4 frame, None when the cache does not apply."""
+    def key(self, frame: Frame, dev: Any) -> bytes | tuple | None:
+        """The cache key of an Ethernet/IPv4 frame, None when the cache does not apply.
+
+        For a frame with both MACs and no interface name or packet type (a pcap of Ethernet)
+        the key is bytes, built the same way by _fastpath.serve_pcap from the raw record:
+        the ingress is then a function of the destination MAC (Replayer.choose_ingress)."""
         if frame.ethertype != 0x0800 or frame.vlan or frame.error is not None:
             return None
         p = frame.payload
@@ -146,8 +158,10 @@ class FlowCache:
             l4 = p[20:26]
         else:
             return None
-        return (dev.name, frame.ifname, frame.dst_mac, frame.src_mac, frame.pkt_type, len(p),
-                p[:4] + p[6:10] + p[12:20] + l4)
+        head = p[:4] + p[6:10] + p[12:20] + l4
+        if frame.ifname is None and frame.pkt_type is None and frame.dst_mac is not None and frame.src_mac is not None:
+            return frame.dst_mac + frame.src_mac + head + len(p).to_bytes(4, "big")
+        return (dev.name, frame.ifname, frame.dst_mac, frame.src_mac, frame.pkt_type, len(p), head)
 
     def serve(self, key: tuple, frame: Frame, now: float) -> tuple[FlowEntry | None, dict | None]:
         """The entry whose path this frame takes - guards passed, per-packet work done, the hit
@@ -179,6 +193,10 @@ class FlowCache:
             self._flush_entry(e)
 
     def _flush_entry(self, e: FlowEntry) -> None:
+        if self.accel is not None and isinstance(e.fast, self.accel.FastEntry):
+            served = e.fast.take_tallied()      # hits served by _fastpath.serve_pcap
+            e.hits += served
+            e.tallied += served
         hits = e.hits
         if not hits:
             return
@@ -277,7 +295,7 @@ class FlowCache:
             warnings=list(rec.warnings), emitted=[Emitted(out.dev, b"", "", out.kind) for out in emitted],
             steps=list(rec.path) if rec.path else None, tracker_step=tracker_step,
             l2_out=l2_out, mangle=mangle, emit_kind=emit_kind, emit_dev=emit_dev)
-        entry.fast = _compile(entry, self.net.neigh.entries)
+        entry.fast = _compile(entry, self.net.neigh.entries, self.accel)
 
     def _refusal(self, ctx: PacketContext, skb: SkBuff, rec: PacketRecord, frame: Frame) -> str | None:
         learn = ctx.learn
@@ -317,8 +335,30 @@ class FlowCache:
         return None
 
 
-def _compile(e: FlowEntry, neigh_entries: dict) -> Any:
-    """A closure with the entry's guards and per-packet work bound to locals (the hot path).
+def _compile(e: FlowEntry, neigh_entries: dict, accel: Any = None) -> Any:
+    """The entry's guards and per-packet work as one callable (the hot path): the C
+    accelerator's FastEntry when it is built, with the Python closure as its fallback for
+    values C does not represent; the Python closure alone otherwise."""
+    fast = _compile_python(e, neigh_entries)
+    if accel is None:
+        return fast
+    ct = e.ct
+    st = ct.proto if ct is not None else None
+    kind = 0 if ct is None else 1 if e.tracker == "udp" else 2
+    status = e.ct_sig[0] if ct is not None else 0
+    tcp = kind == 2
+    return accel.FastEntry(
+        kind=kind, hlen=e.hlen, tot_len=e.tot_len, proto=e.proto, check_l4=e.check_l4 and ct is not None,
+        ct=ct, st=st, table=e.table, ct_sig=e.ct_sig, gc_interval=GC_INTERVAL,
+        fixed=bool(status & _IPS_FIXED_TIMEOUT), neigh=e.neigh, neigh_sig=e.neigh_sig,
+        neigh_entries=neigh_entries, neigh_key=e.neigh_key, assured=bool(status & _IPS_ASSURED),
+        seen_reply=bool(status & _IPS_SEEN_REPLY), direction=e.ct_dir, detail=e.steps is not None,
+        sender=st.seen[e.ct_dir] if tcp else None, receiver=st.seen[1 - e.ct_dir] if tcp else None,
+        sysctl=e.table.sysctl if ct is not None else None, no_detail=_NO_DETAIL, slow=fast, touch=e.neigh_touch)
+
+
+def _compile_python(e: FlowEntry, neigh_entries: dict) -> Any:
+    """A closure with the entry's guards and per-packet work bound to locals.
 
     Returns the tracker step's detail for this packet, or None when the packet must
     run through the model (a guard failed; nothing has been changed then)."""

@@ -91,57 +91,76 @@ def _sniff(f: BinaryIO, path: str) -> tuple[str, bytes, tuple]:
     raise CaptureError(f"not a pcap or pcapng file (starts with {head[:4].hex()})", file=path)
 
 
-def _pcap_frames(f: BinaryIO, buf: bytes, endian: str, divisor: float, hlen: int,
-                 linktype: int, path: str) -> Iterator[Frame]:
-    unpack_from = struct.Struct(endian + "IIII").unpack_from
-    read = getattr(f, "read1", f.read)  # what is there now: a live pipe is not held back
-    parse = parser_for(linktype)
-    ether = linktype == LINKTYPE_ETHERNET
-    off = 0
-    index = 0
-    eof = False
-    while True:
-        avail = len(buf) - off
-        if avail < hlen:
-            if eof:
-                return
-            more = read(CHUNK)
-            eof = not more
-            buf = buf[off:] + more
-            off = 0
-            continue
-        sec, frac, caplen, wirelen = unpack_from(buf, off)
-        if caplen > MAX_RECORD:
-            raise CaptureError(f"corrupt pcap record {index}: captured length {caplen}", file=path)
-        start = off + hlen
-        end = start + caplen
-        if end > len(buf):
-            if not eof:
-                more = read(max(CHUNK, end - len(buf)))
-                eof = not more
-                buf = buf[off:] + more
-                off = 0
+class PcapCursor:
+    """A classic pcap file's records, parsed in place from a chunk buffer.
+
+    `next_frame` gives them one at a time as Frames.  `buf`, `off` and `index` are the
+    position of the next record, so that a caller may consume records straight from the
+    buffer and `advance` past them (the replay cache's C lane, _fastpath.serve_pcap)."""
+
+    def __init__(self, f: BinaryIO, buf: bytes, endian: str, divisor: float, hlen: int, linktype: int, path: str):
+        self._read = getattr(f, "read1", f.read)  # what is there now: a live pipe is not held back
+        self._unpack_from = struct.Struct(endian + "IIII").unpack_from
+        self._parse = parser_for(linktype)
+        self.little = endian == "<"
+        self.divisor = divisor
+        self.hlen = hlen
+        self.linktype = linktype
+        self.ether = linktype == LINKTYPE_ETHERNET
+        self.path = path
+        self.buf = buf
+        self.off = 0
+        self.index = 0
+        self._eof = False
+        self._done = False
+
+    def advance(self, off: int, index: int) -> None:
+        self.off, self.index = off, index
+
+    def _more(self, need: int) -> bool:
+        """Keep the unread part of the buffer and read at least `need` more bytes' worth."""
+        more = self._read(max(CHUNK, need))
+        self._eof = not more
+        self.buf = self.buf[self.off:] + more
+        self.off = 0
+        return bool(more)
+
+    def next_frame(self) -> Frame | None:
+        """The next record as a Frame; None at the end of the file."""
+        hlen = self.hlen
+        while not self._done:
+            buf, off = self.buf, self.off
+            if len(buf) - off < hlen:
+                if self._eof or not self._more(0):
+                    return None
                 continue
-            end = len(buf)
-            dst, src, pkt_type, vlan, etype, payload, _err = parse(buf, start, end)
-            yield Frame(index, sec + frac / divisor, None, linktype, dst, src, pkt_type, vlan, etype,
-                        payload, wirelen, end - start, f"truncated record ({end - start} of {caplen} bytes)")
-            return
-        if ether and caplen >= 14:
-            # Inlined parse_ethernet for the common untagged case (the hot path).
-            etype = (buf[start + 12] << 8) | buf[start + 13]
-            if etype >= 0x600 and etype not in VLAN_TPIDS:
-                yield Frame(index, sec + frac / divisor, None, 1, buf[start:start + 6],
-                            buf[start + 6:start + 12], None, _NO_VLAN, etype, buf[start + 14:end],
-                            wirelen, caplen, None)
-                index += 1
-                off = end
-                continue
-        dst, src, pkt_type, vlan, etype, payload, err = parse(buf, start, end)
-        yield Frame(index, sec + frac / divisor, None, linktype, dst, src, pkt_type, vlan, etype,
-                    payload, wirelen, caplen, err)
-        index += 1
-        off = end
+            sec, frac, caplen, wirelen = self._unpack_from(buf, off)
+            index = self.index
+            if caplen > MAX_RECORD:
+                raise CaptureError(f"corrupt pcap record {index}: captured length {caplen}", file=self.path)
+            start = off + hlen
+            end = start + caplen
+            ts = sec + frac / self.divisor
+            if end > len(buf):
+                if not self._eof and self._more(end - len(buf)):
+                    continue
+                self._done = True
+                end = len(buf)
+                dst, src, pkt_type, vlan, etype, payload, _err = self._parse(buf, start, end)
+                return Frame(index, ts, None, self.linktype, dst, src, pkt_type, vlan, etype, payload, wirelen,
+                             end - start, f"truncated record ({end - start} of {caplen} bytes)")
+            self.off = end
+            self.index = index + 1
+            if self.ether and caplen >= 14:
+                # Inlined parse_ethernet for the common untagged case (the hot path).
+                etype = (buf[start + 12] << 8) | buf[start + 13]
+                if etype >= 0x600 and etype not in VLAN_TPIDS:
+                    return Frame(index, ts, None, 1, buf[start:start + 6], buf[start + 6:start + 12], None,
+                                 _NO_VLAN, etype, buf[start + 14:end], wirelen, caplen, None)
+            dst, src, pkt_type, vlan, etype, payload, err = self._parse(buf, start, end)
+            return Frame(index, ts, None, self.linktype, dst, src, pkt_type, vlan, etype, payload, wirelen,
+                         caplen, err)
+        return None
 
 
 class FrameReader:
@@ -160,12 +179,14 @@ class FrameReader:
             self.close()
             raise
         self.format = kind
+        self.cursor: PcapCursor | None = None     # classic pcap: the record position, for raw readers
         if kind == "pcapng":
             self.linktype: int | None = None  # per interface
             gen = pcapng_frames(self._f, path, buf)
         else:
             endian, divisor, hlen, self.linktype = info
-            gen = _pcap_frames(self._f, buf, endian, divisor, hlen, self.linktype, path)
+            self.cursor = PcapCursor(self._f, buf, endian, divisor, hlen, self.linktype, path)
+            gen = iter(self.cursor.next_frame, None)
         self._gen = self._guard(gen)
 
     def _guard(self, gen: Iterator[Frame]) -> Iterator[Frame]:

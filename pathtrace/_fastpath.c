@@ -1,0 +1,697 @@
+/* pathtrace._fastpath: the replay decision cache's hot path in C (optional accelerator).
+ *
+ * Not a model of anything: pathtrace/flowcache.py remembers a flow's path and compiles
+ * the guards and per-packet work of its later packets into a closure (_compile).  This
+ * module is the same closure as a C object, FastEntry, plus `serve_pcap`, a loop over
+ * a classic pcap buffer that serves consecutive cached Ethernet/IPv4 frames without
+ * creating a Frame, and stops at the first frame it cannot serve so that Python runs it
+ * through the model.  Every field is read from and written to the model's own Python
+ * objects (NfConn, TcpState, TcpSeen, Neighbour, ConntrackTable), so the state after a
+ * replay is the same whichever runs; tests replay captures with the accelerator, with
+ * the Python closures and with no cache at all and compare every record and the state.
+ *
+ * Arithmetic follows the Python exactly: checksums as word sums modulo 0xFFFF,
+ * sequence numbers modulo 2**32, capture time as sec + frac / divisor in doubles.
+ * Anything C cannot represent (a window value past 32 bits) goes to the Python closure
+ * (`slow`) before any state is touched.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <stdint.h>
+#include <string.h>
+
+#define TH_SYN 0x02
+#define TH_ACK 0x10
+#define FLAG_SACK_PERM 0x02
+#define FLAG_DATA_UNACKNOWLEDGED 0x10
+#define FLAG_MAXACK_SET 0x20
+#define ACK_SET 3
+#define MAX_RECORD (64 << 20)
+
+enum { K_PLAIN = 0, K_UDP = 1, K_TCP = 2 };
+
+/* The attributes the hot path reads and writes.  Those that are __slots__ members of their
+ * object's class (the model's dataclasses use slots=True) are resolved once to the member's
+ * offset and accessed in place, as the member descriptor itself does; others by name. */
+enum {
+    A_CT_TIMEOUT, A_CT_STATUS, A_CT_MARK, A_CT_LABELS,
+    A_ST_STATE, A_ST_LAST_SEQ, A_ST_LAST_ACK, A_ST_LAST_END, A_ST_LAST_WIN, A_ST_LAST_DIR, A_ST_RETRANS,
+    A_ST_LAST_INDEX, A_ST_STREAM_TS,
+    A_TD_END, A_TD_MAXEND, A_TD_MAXWIN, A_TD_MAXACK, A_TD_SCALE, A_TD_FLAGS,
+    A_N_STATE, A_N_HH, A_N_LLADDR, A_N_TIMER, A_N_UPDATED,
+    A_T_NOW, A_T_LAST_GC,
+    A_COUNT
+};
+
+static PyObject *s_timeout, *s_status, *s_mark, *s_labels, *s_state, *s_now, *s_last_gc, *s_gc;
+static PyObject *s_hh_cached, *s_lladdr, *s_timer, *s_td_end, *s_td_maxend, *s_td_maxwin, *s_td_maxack;
+static PyObject *s_td_scale, *s_flags, *s_last_seq, *s_last_ack, *s_last_end, *s_last_win, *s_last_dir;
+static PyObject *s_retrans, *s_last_index, *s_stream_ts, *s_fast, *s_hits, *s_tallied, *s_neigh_touch;
+static PyObject *s_neigh, *s_updated, *s_earliest, *s_new_state, *s_assured, *s_ESTABLISHED;
+
+typedef struct {
+    PyObject_HEAD
+    int kind;
+    Py_ssize_t hlen, tot_len;
+    int proto, check_l4;
+    uint64_t pseudo_const;          /* proto + segment length */
+    PyObject *ct, *st, *table, *status, *mark, *labels, *pstate;
+    double gc_interval;
+    int fixed;
+    PyObject *neigh, *nstate, *nhh, *nlladdr, *ntimer, *neigh_entries, *nkey;
+    int assured, seen_reply;
+    PyObject *udp_timeout, *udp_stream_timeout;
+    int dir, detail;
+    PyObject *sender, *receiver;
+    PyObject *t_est, *t_retrans, *t_unack;
+    long long v_est, v_retrans, v_unack, v_max_retrans;
+    PyObject *no_detail, *slow;
+    int touch;                      /* FlowEntry.neigh_touch: a hit sets neigh.updated = now */
+    long long tallied;              /* serve_pcap hits not yet handed to FlowEntry (take_tallied) */
+    Py_ssize_t off[A_COUNT];        /* member offsets, -1: by name */
+} FastEntry;
+
+static PyObject *attr_name[A_COUNT];
+
+/* The offset of `name` when it is a writable object slot of obj's class, else -1. */
+static Py_ssize_t slot_offset(PyObject *obj, PyObject *name) {
+    if (obj == Py_None) return -1;
+    PyObject *d = PyObject_GetAttr((PyObject *)Py_TYPE(obj), name);
+    if (d == NULL) { PyErr_Clear(); return -1; }
+    Py_ssize_t off = -1;
+    if (Py_TYPE(d) == &PyMemberDescr_Type) {
+        PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+        if (m->type == T_OBJECT_EX && !(m->flags & READONLY)) off = m->offset;
+    }
+    Py_DECREF(d);
+    return off;
+}
+
+/* obj.<attr> as a new reference (NULL with AttributeError when the slot is unset). */
+static inline PyObject *aget(FastEntry *fe, PyObject *obj, int a) {
+    Py_ssize_t off = fe->off[a];
+    if (off < 0) return PyObject_GetAttr(obj, attr_name[a]);
+    PyObject *v = *(PyObject **)((char *)obj + off);
+    if (v == NULL) { PyErr_SetObject(PyExc_AttributeError, attr_name[a]); return NULL; }
+    return Py_NewRef(v);
+}
+
+/* obj.<attr> = v (v borrowed). */
+static inline int aset(FastEntry *fe, PyObject *obj, int a, PyObject *v) {
+    Py_ssize_t off = fe->off[a];
+    if (off < 0) return PyObject_SetAttr(obj, attr_name[a], v);
+    PyObject **p = (PyObject **)((char *)obj + off);
+    PyObject *old = *p;
+    *p = Py_NewRef(v);
+    Py_XDECREF(old);
+    return 0;
+}
+
+/* ---- small helpers ------------------------------------------------------------------- */
+
+static int get_double(FastEntry *fe, PyObject *o, int a, double *out) {
+    PyObject *v = aget(fe, o, a);
+    if (v == NULL) return -1;
+    *out = PyFloat_AsDouble(v);
+    Py_DECREF(v);
+    return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int set_double(FastEntry *fe, PyObject *o, int a, double value) {
+    PyObject *v = PyFloat_FromDouble(value);
+    if (v == NULL) return -1;
+    int r = aset(fe, o, a, v);
+    Py_DECREF(v);
+    return r;
+}
+
+static int set_u64(FastEntry *fe, PyObject *o, int a, unsigned long long value) {
+    PyObject *v = PyLong_FromUnsignedLongLong(value);
+    if (v == NULL) return -1;
+    int r = aset(fe, o, a, v);
+    Py_DECREF(v);
+    return r;
+}
+
+/* An attribute as an unsigned value below `limit`: 1 when it is, 0 when it is not (or not an int), -1 on error. */
+static int get_u32(FastEntry *fe, PyObject *o, int a, uint64_t limit, uint64_t *out) {
+    PyObject *v = aget(fe, o, a);
+    if (v == NULL) return -1;
+    int ok = 0;
+    if (PyLong_CheckExact(v)) {
+        int overflow = 0;
+        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (x == -1 && PyErr_Occurred()) { Py_DECREF(v); return -1; }
+        if (!overflow && x >= 0 && (uint64_t)x < limit) { *out = (uint64_t)x; ok = 1; }
+    }
+    Py_DECREF(v);
+    return ok;
+}
+
+/* Python's `a != b` for the guards' values (ints, strings, bytes, None, floats). */
+static int differs(FastEntry *fe, PyObject *o, int a, PyObject *expected) {
+    PyObject *v = aget(fe, o, a);
+    if (v == NULL) return -1;
+    int eq = (v == expected) ? 1 : PyObject_RichCompareBool(v, expected, Py_EQ);
+    Py_DECREF(v);
+    return eq < 0 ? -1 : !eq;
+}
+
+/* int.from_bytes(data, "big") % 0xFFFF, as the sum of big-endian 16-bit words (2**16 = 1 mod 0xFFFF). */
+static uint64_t word_sum(const unsigned char *p, Py_ssize_t n) {
+    uint64_t s = 0;
+    Py_ssize_t i = 0;
+    for (; i + 1 < n; i += 2) s += ((uint64_t)p[i] << 8) | p[i + 1];
+    if (n & 1) s += (uint64_t)p[n - 1] << 8;      /* the Python shifts an odd body left by 8 */
+    return s;
+}
+
+/* ---- the guards (flowcache._compile's guards / ct_guards) ----------------------------- */
+
+static int neigh_ok(FastEntry *fe) {
+    if (fe->neigh == Py_None) return 1;
+    int d;
+    if ((d = differs(fe, fe->neigh, A_N_STATE, fe->nstate)) != 0) return d < 0 ? -1 : 0;
+    if ((d = differs(fe, fe->neigh, A_N_HH, fe->nhh)) != 0) return d < 0 ? -1 : 0;
+    if ((d = differs(fe, fe->neigh, A_N_LLADDR, fe->nlladdr)) != 0) return d < 0 ? -1 : 0;
+    if ((d = differs(fe, fe->neigh, A_N_TIMER, fe->ntimer)) != 0) return d < 0 ? -1 : 0;
+    PyObject *cur = PyDict_GetItemWithError(fe->neigh_entries, fe->nkey);
+    if (cur == NULL && PyErr_Occurred()) return -1;
+    return cur == fe->neigh;
+}
+
+static int guards(FastEntry *fe, const unsigned char *p) {
+    if (word_sum(p, fe->hlen) % 0xFFFF) return 0;
+    if (fe->check_l4 && !(fe->proto == 17 && p[fe->hlen + 6] == 0 && p[fe->hlen + 7] == 0)) {
+        uint64_t s = word_sum(p + fe->hlen, fe->tot_len - fe->hlen) + word_sum(p + 12, 8) + fe->pseudo_const;
+        if (s % 0xFFFF) return 0;
+    }
+    return neigh_ok(fe);
+}
+
+static int ct_guards(FastEntry *fe, const unsigned char *p, double now) {
+    double timeout, last_gc;
+    int d;
+    if (get_double(fe, fe->ct, A_CT_TIMEOUT, &timeout) < 0) return -1;
+    if (timeout <= now) return 0;
+    if ((d = differs(fe, fe->ct, A_CT_STATUS, fe->status)) != 0) return d < 0 ? -1 : 0;
+    if ((d = differs(fe, fe->ct, A_CT_MARK, fe->mark)) != 0) return d < 0 ? -1 : 0;
+    if ((d = differs(fe, fe->ct, A_CT_LABELS, fe->labels)) != 0) return d < 0 ? -1 : 0;
+    if (fe->st == Py_None) {
+        if (fe->pstate != Py_None) return 0;
+    } else {
+        PyObject *v = aget(fe, fe->st, A_ST_STATE);
+        if (v == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_AttributeError)) return -1;
+            PyErr_Clear();
+            v = Py_NewRef(Py_None);
+        }
+        int eq = (v == fe->pstate) ? 1 : PyObject_RichCompareBool(v, fe->pstate, Py_EQ);
+        Py_DECREF(v);
+        if (eq <= 0) return eq;
+    }
+    if ((d = guards(fe, p)) <= 0) return d;
+    if (set_double(fe, fe->table, A_T_NOW, now) < 0) return -1;
+    if (get_double(fe, fe->table, A_T_LAST_GC, &last_gc) < 0) return -1;
+    if (now - last_gc >= fe->gc_interval) {
+        PyObject *t = PyFloat_FromDouble(now);
+        if (t == NULL) return -1;
+        PyObject *r = PyObject_CallMethodObjArgs(fe->table, s_gc, t, NULL);
+        Py_DECREF(t);
+        if (r == NULL) return -1;
+        Py_DECREF(r);
+        if (get_double(fe, fe->ct, A_CT_TIMEOUT, &timeout) < 0) return -1;
+        if (timeout <= now) return 0;
+    }
+    return 1;
+}
+
+/* ---- per-packet work ------------------------------------------------------------------ */
+
+typedef struct { uint64_t end, maxend, maxwin, maxack, scale, flags; } Seen;
+
+static int read_seen(FastEntry *fe, PyObject *o, Seen *s) {
+    const uint64_t L = 1ULL << 32;
+    int r;
+    if ((r = get_u32(fe, o, A_TD_END, L, &s->end)) <= 0) return r;
+    if ((r = get_u32(fe, o, A_TD_MAXEND, L, &s->maxend)) <= 0) return r;
+    if ((r = get_u32(fe, o, A_TD_MAXWIN, L, &s->maxwin)) <= 0) return r;
+    if ((r = get_u32(fe, o, A_TD_MAXACK, L, &s->maxack)) <= 0) return r;
+    if ((r = get_u32(fe, o, A_TD_SCALE, 33, &s->scale)) <= 0) return r;
+    return get_u32(fe, o, A_TD_FLAGS, L, &s->flags);
+}
+
+/* tcp_sack: the highest right edge among the SACK blocks of the options. */
+static uint32_t tcp_sack(const unsigned char *opts, Py_ssize_t n, uint32_t sack) {
+    static const unsigned char ts_only[4] = {1, 1, 8, 10};
+    if (n <= 0 || (n == 12 && memcmp(opts, ts_only, 4) == 0)) return sack;
+    Py_ssize_t i = 0;
+    while (i < n) {
+        unsigned char kind = opts[i];
+        if (kind == 0) return sack;
+        if (kind == 1) { i++; continue; }
+        if (n - i < 2) return sack;
+        Py_ssize_t size = opts[i + 1];
+        if (size < 2 || size > n - i) return sack;
+        if (kind == 5 && size >= 10 && (size - 2) % 8 == 0) {
+            for (Py_ssize_t j = i + 2; j < i + size; j += 8) {
+                const unsigned char *e = opts + j + 4;
+                uint32_t edge = ((uint32_t)e[0] << 24) | ((uint32_t)e[1] << 16) | ((uint32_t)e[2] << 8) | e[3];
+                if ((uint32_t)(sack - edge) >= 0x80000000u) sack = edge;       /* after(edge, sack) */
+            }
+            return sack;
+        }
+        i += size;
+    }
+    return sack;
+}
+
+static inline uint32_t be32(const unsigned char *p) {
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+#define SET(o, a, v) do { if (set_u64(fe, (o), (a), (v)) < 0) return NULL; } while (0)
+
+static PyObject *call_slow(FastEntry *fe, const unsigned char *p, Py_ssize_t n, double now) {
+    PyObject *payload = PyBytes_FromStringAndSize((const char *)p, n);
+    if (payload == NULL) return NULL;
+    PyObject *t = PyFloat_FromDouble(now);
+    if (t == NULL) { Py_DECREF(payload); return NULL; }
+    PyObject *r = PyObject_CallFunctionObjArgs(fe->slow, payload, t, NULL);
+    Py_DECREF(payload);
+    Py_DECREF(t);
+    return r;
+}
+
+/* nf_conntrack_tcp_packet for an in-window ACK of an ESTABLISHED connection (flowcache's TCP `fast`). */
+static PyObject *tcp_fast(FastEntry *fe, const unsigned char *p, Py_ssize_t n, double now) {
+    Seen s, r;
+    int ok = read_seen(fe, fe->sender, &s);
+    if (ok < 0) return NULL;
+    if (ok && (ok = read_seen(fe, fe->receiver, &r)) < 0) return NULL;
+    if (!ok) return call_slow(fe, p, n, now);
+    if (s.maxwin == 0) Py_RETURN_NONE;
+    int g = ct_guards(fe, p, now);
+    if (g <= 0) { if (g < 0) return NULL; Py_RETURN_NONE; }
+    const unsigned char *th = p + fe->hlen;
+    Py_ssize_t seglen = fe->tot_len - fe->hlen;
+    uint32_t seq = be32(th + 4), ack = be32(th + 8);
+    Py_ssize_t doff = (th[12] >> 4) * 4;
+    unsigned flags = th[13];
+    uint32_t win_raw = ((uint32_t)th[14] << 8) | th[15];
+    uint32_t end = (uint32_t)((int64_t)seq + seglen - doff);
+    uint32_t sack = ack;
+    if (doff > 20 && (r.flags & FLAG_SACK_PERM)) {
+        Py_ssize_t stop = doff < seglen ? doff : seglen;
+        sack = tcp_sack(th + 20, stop - 20, ack);
+    }
+    /* _window_test */
+    uint32_t maxackwin = s.maxwin > 66000 ? (uint32_t)s.maxwin : 66000;
+    if ((uint32_t)(seq - (uint32_t)s.maxend - 1) < 0x80000000u) Py_RETURN_NONE;
+    if ((uint32_t)(sack - (uint32_t)r.end - 1) < 0x80000000u) Py_RETURN_NONE;
+    if (r.maxwin && (uint32_t)((uint32_t)s.end - (uint32_t)r.maxwin - 1 - end) < 0x80000000u) Py_RETURN_NONE;
+    if ((uint32_t)((uint32_t)r.end - maxackwin - 1 - sack) < 0x80000000u) Py_RETURN_NONE;
+    /* tcp_window_update's in-window branch */
+    uint32_t win = (flags & TH_SYN) ? win_raw : (uint32_t)((uint64_t)win_raw << s.scale);
+    uint32_t swin = win + (sack - ack);
+    if (s.maxwin < swin) SET(fe->sender, A_TD_MAXWIN, swin);
+    uint64_t sflags = s.flags;
+    if ((uint32_t)((uint32_t)s.end - end) >= 0x80000000u) {
+        SET(fe->sender, A_TD_END, end);
+        sflags |= FLAG_DATA_UNACKNOWLEDGED;
+    }
+    if (flags & TH_ACK) {
+        if (!(sflags & FLAG_MAXACK_SET)) {
+            SET(fe->sender, A_TD_MAXACK, ack);
+            sflags |= FLAG_MAXACK_SET;
+        } else if ((uint32_t)((uint32_t)s.maxack - ack) >= 0x80000000u) {
+            SET(fe->sender, A_TD_MAXACK, ack);
+        }
+    }
+    SET(fe->sender, A_TD_FLAGS, sflags);
+    if (r.maxwin != 0 && (uint32_t)((uint32_t)s.maxend - end) >= 0x80000000u)
+        SET(fe->receiver, A_TD_MAXWIN, (uint32_t)(r.maxwin + end - s.maxend));
+    if ((uint32_t)((uint32_t)r.maxend - 1 - sack - win) >= 0x80000000u)
+        SET(fe->receiver, A_TD_MAXEND, (uint32_t)(sack + win + (win == 0)));
+    uint64_t rflags = r.flags;
+    if (ack == (uint32_t)r.end) {
+        rflags &= ~(uint64_t)FLAG_DATA_UNACKNOWLEDGED;
+        SET(fe->receiver, A_TD_FLAGS, rflags);
+    }
+    /* index == ACK_SET: retransmission bookkeeping */
+    uint64_t l_seq, l_ack, l_end, l_win, l_dir;
+    const uint64_t L = 1ULL << 32;
+    int same = 1, k;
+    PyObject *st = fe->st;
+    if ((k = get_u32(fe, st, A_ST_LAST_SEQ, L, &l_seq)) < 0) return NULL;
+    same = same && k && l_seq == seq;
+    if ((k = get_u32(fe, st, A_ST_LAST_DIR, 2, &l_dir)) < 0) return NULL;
+    same = same && k && l_dir == (uint64_t)fe->dir;
+    if ((k = get_u32(fe, st, A_ST_LAST_ACK, L, &l_ack)) < 0) return NULL;
+    same = same && k && l_ack == ack;
+    if ((k = get_u32(fe, st, A_ST_LAST_END, L, &l_end)) < 0) return NULL;
+    same = same && k && l_end == end;
+    if ((k = get_u32(fe, st, A_ST_LAST_WIN, L, &l_win)) < 0) return NULL;
+    same = same && k && l_win == win_raw;
+    if (same) {
+        PyObject *v = aget(fe, st, A_ST_RETRANS);
+        if (v == NULL) return NULL;
+        PyObject *one = PyLong_FromLong(1);
+        PyObject *v1 = one ? PyNumber_Add(v, one) : NULL;
+        Py_DECREF(v);
+        Py_XDECREF(one);
+        if (v1 == NULL) return NULL;
+        int rc = aset(fe, st, A_ST_RETRANS, v1);
+        Py_DECREF(v1);
+        if (rc < 0) return NULL;
+    } else {
+        SET(st, A_ST_LAST_DIR, fe->dir);
+        SET(st, A_ST_LAST_SEQ, seq);
+        SET(st, A_ST_LAST_ACK, ack);
+        SET(st, A_ST_LAST_END, end);
+        SET(st, A_ST_LAST_WIN, win_raw);
+        SET(st, A_ST_RETRANS, 0);
+    }
+    SET(st, A_ST_LAST_INDEX, ACK_SET);
+    SET(st, A_ST_LAST_DIR, fe->dir);
+    /* tcp_timeout(table, st, ACK_SET, ESTABLISHED) */
+    PyObject *timeout = fe->t_est;
+    long long tval = fe->v_est;
+    int overflow = 0;
+    PyObject *rv = aget(fe, st, A_ST_RETRANS);
+    if (rv == NULL) return NULL;
+    long long nretrans = PyLong_AsLongLongAndOverflow(rv, &overflow);
+    Py_DECREF(rv);
+    if (nretrans == -1 && PyErr_Occurred()) return NULL;
+    int many = overflow > 0 || (!overflow && nretrans >= fe->v_max_retrans);
+    if (many && tval > fe->v_retrans) {
+        timeout = fe->t_retrans; tval = fe->v_retrans;
+    } else if ((sflags | rflags) & FLAG_DATA_UNACKNOWLEDGED) {
+        if (tval > fe->v_unack) { timeout = fe->t_unack; tval = fe->v_unack; }
+    } else if (win_raw == 0 && tval > fe->v_retrans) {    /* st.last_win == win_raw now */
+        timeout = fe->t_retrans; tval = fe->v_retrans;
+    }
+    if (!fe->fixed && set_double(fe, fe->ct, A_CT_TIMEOUT, now + (double)tval) < 0) return NULL;
+    if (!fe->detail) return Py_NewRef(fe->no_detail);
+    PyObject *d = PyDict_New();
+    if (d == NULL) return NULL;
+    if (PyDict_SetItem(d, s_state, s_ESTABLISHED) < 0 || PyDict_SetItem(d, s_new_state, s_ESTABLISHED) < 0 ||
+        PyDict_SetItem(d, s_timeout, timeout) < 0) {
+        Py_DECREF(d);
+        return NULL;
+    }
+    return d;
+}
+
+/* nf_conntrack_udp_packet when it changes nothing but the timeout. */
+static PyObject *udp_fast(FastEntry *fe, const unsigned char *p, double now) {
+    int g = ct_guards(fe, p, now);
+    if (g <= 0) { if (g < 0) return NULL; Py_RETURN_NONE; }
+    PyObject *extra = fe->udp_timeout;
+    if (fe->seen_reply && fe->st != Py_None) {
+        double stream_ts;
+        if (get_double(fe, fe->st, A_ST_STREAM_TS, &stream_ts) < 0) return NULL;
+        if (now > stream_ts) {
+            if (!fe->assured) Py_RETURN_NONE;
+            extra = fe->udp_stream_timeout;
+        }
+    }
+    if (!fe->fixed) {
+        double x = PyFloat_AsDouble(extra);
+        if (x == -1.0 && PyErr_Occurred()) return NULL;
+        if (set_double(fe, fe->ct, A_CT_TIMEOUT, now + x) < 0) return NULL;
+    }
+    PyObject *d = PyDict_New();
+    if (d == NULL) return NULL;
+    if (PyDict_SetItem(d, s_timeout, extra) < 0 || PyDict_SetItem(d, s_assured, fe->assured ? Py_True : Py_False) < 0) {
+        Py_DECREF(d);
+        return NULL;
+    }
+    return d;
+}
+
+static PyObject *fast_run(FastEntry *fe, const unsigned char *p, Py_ssize_t n, double now) {
+    if (n < fe->tot_len) Py_RETURN_NONE;            /* cannot happen: the length is in the key */
+    if (fe->kind == K_TCP) return tcp_fast(fe, p, n, now);
+    if (fe->kind == K_UDP) return udp_fast(fe, p, now);
+    int g = guards(fe, p);
+    if (g < 0) return NULL;
+    if (!g) Py_RETURN_NONE;
+    return Py_NewRef(fe->no_detail);
+}
+
+/* ---- the FastEntry type --------------------------------------------------------------- */
+
+static PyObject *sysctl_int(PyObject *sysctl, const char *name, long long *out) {
+    PyObject *v = PyDict_GetItemString(sysctl, name);
+    if (v == NULL || !PyLong_CheckExact(v)) {
+        PyErr_Format(PyExc_TypeError, "sysctl %s is not an int", name);
+        return NULL;
+    }
+    *out = PyLong_AsLongLong(v);
+    if (*out == -1 && PyErr_Occurred()) return NULL;
+    return Py_NewRef(v);
+}
+
+static int FastEntry_init(FastEntry *fe, PyObject *args, PyObject *kw) {
+    static char *names[] = {"kind", "hlen", "tot_len", "proto", "check_l4", "ct", "st", "table", "ct_sig",
+                            "gc_interval", "fixed", "neigh", "neigh_sig", "neigh_entries", "neigh_key",
+                            "assured", "seen_reply", "direction", "detail", "sender", "receiver", "sysctl",
+                            "no_detail", "slow", "touch", NULL};
+    PyObject *ct_sig, *neigh_sig, *sysctl;
+    fe->ct = fe->st = fe->table = fe->neigh = fe->neigh_entries = fe->nkey = fe->sender = fe->receiver = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "innipOOOOdpOOOOppipOOOOOp", names, &fe->kind, &fe->hlen,
+                                     &fe->tot_len, &fe->proto, &fe->check_l4, &fe->ct, &fe->st, &fe->table,
+                                     &ct_sig, &fe->gc_interval, &fe->fixed, &fe->neigh, &neigh_sig,
+                                     &fe->neigh_entries, &fe->nkey, &fe->assured, &fe->seen_reply, &fe->dir,
+                                     &fe->detail, &fe->sender, &fe->receiver, &sysctl, &fe->no_detail, &fe->slow,
+                                     &fe->touch))
+        return -1;
+    if (fe->hlen < 20 || fe->tot_len < fe->hlen + (fe->kind == K_TCP ? 20 : fe->kind == K_UDP ? 8 : 0)) {
+        PyErr_SetString(PyExc_ValueError, "lengths");
+        return -1;
+    }
+    if (!PyDict_Check(fe->neigh_entries) || (sysctl != Py_None && !PyDict_Check(sysctl))) {
+        PyErr_SetString(PyExc_TypeError, "neigh_entries and sysctl must be dicts");
+        return -1;
+    }
+    fe->pseudo_const = (uint64_t)fe->proto + (uint64_t)(fe->tot_len - fe->hlen);
+    for (int a = 0; a < A_COUNT; a++) {
+        PyObject *owner = a <= A_CT_LABELS ? fe->ct : a <= A_ST_STREAM_TS ? fe->st
+                        : a <= A_TD_FLAGS ? fe->sender : a <= A_N_UPDATED ? fe->neigh : fe->table;
+        fe->off[a] = slot_offset(owner, attr_name[a]);
+    }
+    if (fe->kind == K_TCP && Py_TYPE(fe->receiver) != Py_TYPE(fe->sender)) {
+        PyErr_SetString(PyExc_TypeError, "sender and receiver differ in type");
+        return -1;
+    }
+    Py_INCREF(fe->ct); Py_INCREF(fe->st); Py_INCREF(fe->table); Py_INCREF(fe->neigh);
+    Py_INCREF(fe->neigh_entries); Py_INCREF(fe->nkey); Py_INCREF(fe->sender); Py_INCREF(fe->receiver);
+    Py_INCREF(fe->no_detail); Py_INCREF(fe->slow);
+    if (fe->kind != K_PLAIN) {
+        if (!PyArg_ParseTuple(ct_sig, "OOOO", &fe->status, &fe->mark, &fe->labels, &fe->pstate)) return -1;
+        Py_INCREF(fe->status); Py_INCREF(fe->mark); Py_INCREF(fe->labels); Py_INCREF(fe->pstate);
+    }
+    if (fe->neigh != Py_None) {
+        if (!PyArg_ParseTuple(neigh_sig, "OOOO", &fe->nstate, &fe->nhh, &fe->nlladdr, &fe->ntimer)) return -1;
+        Py_INCREF(fe->nstate); Py_INCREF(fe->nhh); Py_INCREF(fe->nlladdr); Py_INCREF(fe->ntimer);
+    }
+    long long unused;
+    if (fe->kind == K_UDP) {
+        if (!(fe->udp_timeout = sysctl_int(sysctl, "nf_conntrack_udp_timeout", &unused))) return -1;
+        if (!(fe->udp_stream_timeout = sysctl_int(sysctl, "nf_conntrack_udp_timeout_stream", &unused))) return -1;
+    } else if (fe->kind == K_TCP) {
+        PyObject *mr;
+        if (!(fe->t_est = sysctl_int(sysctl, "nf_conntrack_tcp_timeout_established", &fe->v_est))) return -1;
+        if (!(fe->t_retrans = sysctl_int(sysctl, "nf_conntrack_tcp_timeout_max_retrans", &fe->v_retrans))) return -1;
+        if (!(fe->t_unack = sysctl_int(sysctl, "nf_conntrack_tcp_timeout_unacknowledged", &fe->v_unack))) return -1;
+        if (!(mr = sysctl_int(sysctl, "nf_conntrack_tcp_max_retrans", &fe->v_max_retrans))) return -1;
+        Py_DECREF(mr);
+    }
+    return 0;
+}
+
+static int FastEntry_traverse(FastEntry *fe, visitproc visit, void *arg) {
+    Py_VISIT(fe->ct); Py_VISIT(fe->st); Py_VISIT(fe->table); Py_VISIT(fe->neigh); Py_VISIT(fe->neigh_entries);
+    Py_VISIT(fe->sender); Py_VISIT(fe->receiver); Py_VISIT(fe->slow); Py_VISIT(fe->no_detail);
+    return 0;
+}
+
+static int FastEntry_clear(FastEntry *fe) {
+    Py_CLEAR(fe->ct); Py_CLEAR(fe->st); Py_CLEAR(fe->table); Py_CLEAR(fe->status); Py_CLEAR(fe->mark);
+    Py_CLEAR(fe->labels); Py_CLEAR(fe->pstate); Py_CLEAR(fe->neigh); Py_CLEAR(fe->nstate); Py_CLEAR(fe->nhh);
+    Py_CLEAR(fe->nlladdr); Py_CLEAR(fe->ntimer); Py_CLEAR(fe->neigh_entries); Py_CLEAR(fe->nkey);
+    Py_CLEAR(fe->udp_timeout); Py_CLEAR(fe->udp_stream_timeout); Py_CLEAR(fe->sender); Py_CLEAR(fe->receiver);
+    Py_CLEAR(fe->t_est); Py_CLEAR(fe->t_retrans); Py_CLEAR(fe->t_unack); Py_CLEAR(fe->no_detail);
+    Py_CLEAR(fe->slow);
+    return 0;
+}
+
+static void FastEntry_dealloc(FastEntry *fe) {
+    PyObject_GC_UnTrack(fe);
+    FastEntry_clear(fe);
+    Py_TYPE(fe)->tp_free((PyObject *)fe);
+}
+
+/* fast(payload, now) -> the tracker step's detail, or None when the packet must run the model. */
+static PyObject *FastEntry_call(FastEntry *fe, PyObject *args, PyObject *kw) {
+    Py_buffer buf;
+    double now;
+    if (!PyArg_ParseTuple(args, "y*d", &buf, &now)) return NULL;
+    PyObject *r = fast_run(fe, buf.buf, buf.len, now);
+    PyBuffer_Release(&buf);
+    return r;
+}
+
+/* The serve_pcap hits since the last call, to be added to the FlowEntry's hits and tallies. */
+static PyObject *FastEntry_take_tallied(FastEntry *fe, PyObject *unused) {
+    long long t = fe->tallied;
+    fe->tallied = 0;
+    return PyLong_FromLongLong(t);
+}
+
+static PyMethodDef FastEntry_methods[] = {
+    {"take_tallied", (PyCFunction)FastEntry_take_tallied, METH_NOARGS, "serve_pcap hits not yet handed over"},
+    {NULL}
+};
+
+static PyTypeObject FastEntryType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "pathtrace._fastpath.FastEntry",
+    .tp_basicsize = sizeof(FastEntry),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "A remembered path's guards and per-packet work (flowcache._compile in C).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)FastEntry_init,
+    .tp_dealloc = (destructor)FastEntry_dealloc,
+    .tp_traverse = (traverseproc)FastEntry_traverse,
+    .tp_clear = (inquiry)FastEntry_clear,
+    .tp_call = (ternaryfunc)FastEntry_call,
+    .tp_methods = FastEntry_methods,
+};
+
+/* ---- serve_pcap ----------------------------------------------------------------------- */
+
+static inline uint32_t rd32(const unsigned char *p, int little) {
+    return little ? ((uint32_t)p[3] << 24) | ((uint32_t)p[2] << 16) | ((uint32_t)p[1] << 8) | p[0] : be32(p);
+}
+
+/* serve_pcap(buf, off, index, count, little, divisor, rec_hlen, entries, clock) -> (off, index)
+ *
+ * Serves consecutive records of a classic pcap buffer from the cache, as Replayer.tally
+ * does for each: an untagged Ethernet/IPv4 TCP or UDP frame, no neighbour timer due,
+ * whose key (FlowCache.key) names an entry whose guards pass.  Stops before the first
+ * record it cannot serve (or that is not whole in buf) and after `count` records. */
+static PyObject *serve_pcap(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t off, index, count;
+    int little, rec_hlen;
+    double divisor;
+    PyObject *entries, *clock;
+    if (!PyArg_ParseTuple(args, "y*nnnpdiO!O", &view, &off, &index, &count, &little, &divisor, &rec_hlen,
+                          &PyDict_Type, &entries, &clock))
+        return NULL;
+    const unsigned char *buf = view.buf;
+    Py_ssize_t len = view.len, served = 0;
+    unsigned char key[12 + 4 + 4 + 8 + 6 + 4];
+    PyObject *result = NULL;
+    Py_ssize_t clock_off = slot_offset(clock, s_earliest), fast_off = -1;
+    PyTypeObject *entry_type = NULL;
+    while (served < count && off + rec_hlen <= len) {
+        const unsigned char *h = buf + off;
+        uint32_t sec = rd32(h, little), frac = rd32(h + 4, little), caplen = rd32(h + 8, little);
+        if (caplen > MAX_RECORD || off + rec_hlen + (Py_ssize_t)caplen > len || caplen < 14 + 20) break;
+        const unsigned char *f = h + rec_hlen, *p = f + 14;
+        Py_ssize_t plen = (Py_ssize_t)caplen - 14;
+        if (f[12] != 0x08 || f[13] != 0x00 || p[0] != 0x45) break;
+        Py_ssize_t need = p[9] == 6 ? 34 : p[9] == 17 ? 26 : -1;
+        if (need < 0 || plen < need) break;
+        double now = (double)sec + (double)frac / divisor;
+        PyObject *ev = clock_off >= 0 ? Py_XNewRef(*(PyObject **)((char *)clock + clock_off))
+                                      : PyObject_GetAttr(clock, s_earliest);
+        if (ev == NULL) { if (!PyErr_Occurred()) PyErr_SetObject(PyExc_AttributeError, s_earliest); goto done; }
+        double earliest = PyFloat_AsDouble(ev);
+        Py_DECREF(ev);
+        if (earliest == -1.0 && PyErr_Occurred()) goto done;
+        if (!(now < earliest)) break;
+        /* FlowCache.key: dst, src, IP header but ID and checksum, ports (+ TCP offset and flags), length */
+        memcpy(key, f, 12);
+        memcpy(key + 12, p, 4);
+        memcpy(key + 16, p + 6, 4);
+        memcpy(key + 20, p + 12, 8);
+        if (p[9] == 6) { memcpy(key + 28, p + 20, 4); memcpy(key + 32, p + 32, 2); }
+        else memcpy(key + 28, p + 20, 6);
+        key[34] = (unsigned char)(plen >> 24); key[35] = (unsigned char)(plen >> 16);
+        key[36] = (unsigned char)(plen >> 8); key[37] = (unsigned char)plen;
+        PyObject *k = PyBytes_FromStringAndSize((const char *)key, 38);
+        if (k == NULL) goto done;
+        PyObject *e = PyDict_GetItemWithError(entries, k);
+        Py_DECREF(k);
+        if (e == NULL) { if (PyErr_Occurred()) goto done; break; }
+        if (Py_TYPE(e) != entry_type) {
+            entry_type = Py_TYPE(e);
+            fast_off = slot_offset(e, s_fast);
+        }
+        PyObject *fast = fast_off >= 0 ? Py_XNewRef(*(PyObject **)((char *)e + fast_off)) : PyObject_GetAttr(e, s_fast);
+        if (fast == NULL) { if (PyErr_Occurred()) goto done; break; }
+        if (Py_TYPE(fast) != &FastEntryType) { Py_DECREF(fast); break; }
+        FastEntry *fe = (FastEntry *)fast;
+        PyObject *r = fast_run(fe, p, plen, now);
+        if (r == NULL) { Py_DECREF(fast); goto done; }
+        int hit = r != Py_None;
+        Py_DECREF(r);
+        if (hit) {
+            fe->tallied++;
+            if (fe->touch && set_double(fe, fe->neigh, A_N_UPDATED, now) < 0) { Py_DECREF(fast); goto done; }
+        }
+        Py_DECREF(fast);
+        if (!hit) break;
+        off += rec_hlen + caplen;
+        index++;
+        served++;
+    }
+    result = Py_BuildValue("nn", off, index);
+done:
+    PyBuffer_Release(&view);
+    return result;
+}
+
+static PyMethodDef module_methods[] = {
+    {"serve_pcap", serve_pcap, METH_VARARGS, "Serve consecutive cached records of a pcap buffer."},
+    {NULL}
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "pathtrace._fastpath",
+    "The replay decision cache's hot path in C (see pathtrace/flowcache.py).", -1, module_methods,
+};
+
+#define INTERN(var, text) do { if (!(var = PyUnicode_InternFromString(text))) return NULL; } while (0)
+
+PyMODINIT_FUNC PyInit__fastpath(void) {
+    INTERN(s_timeout, "timeout"); INTERN(s_status, "status"); INTERN(s_mark, "mark"); INTERN(s_labels, "labels");
+    INTERN(s_state, "state"); INTERN(s_now, "now"); INTERN(s_last_gc, "last_gc"); INTERN(s_gc, "gc");
+    INTERN(s_hh_cached, "hh_cached"); INTERN(s_lladdr, "lladdr"); INTERN(s_timer, "_timer");
+    INTERN(s_td_end, "td_end"); INTERN(s_td_maxend, "td_maxend"); INTERN(s_td_maxwin, "td_maxwin");
+    INTERN(s_td_maxack, "td_maxack"); INTERN(s_td_scale, "td_scale"); INTERN(s_flags, "flags");
+    INTERN(s_last_seq, "last_seq"); INTERN(s_last_ack, "last_ack"); INTERN(s_last_end, "last_end");
+    INTERN(s_last_win, "last_win"); INTERN(s_last_dir, "last_dir"); INTERN(s_retrans, "retrans");
+    INTERN(s_last_index, "last_index"); INTERN(s_stream_ts, "stream_ts"); INTERN(s_fast, "fast");
+    INTERN(s_hits, "hits"); INTERN(s_tallied, "tallied"); INTERN(s_neigh_touch, "neigh_touch");
+    INTERN(s_neigh, "neigh"); INTERN(s_updated, "updated"); INTERN(s_earliest, "earliest");
+    INTERN(s_new_state, "new_state"); INTERN(s_assured, "assured"); INTERN(s_ESTABLISHED, "ESTABLISHED");
+    static const char *names[A_COUNT] = {
+        "timeout", "status", "mark", "labels",
+        "state", "last_seq", "last_ack", "last_end", "last_win", "last_dir", "retrans", "last_index", "stream_ts",
+        "td_end", "td_maxend", "td_maxwin", "td_maxack", "td_scale", "flags",
+        "state", "hh_cached", "lladdr", "_timer", "updated",
+        "now", "last_gc",
+    };
+    for (int a = 0; a < A_COUNT; a++) INTERN(attr_name[a], names[a]);
+    if (PyType_Ready(&FastEntryType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    if (PyModule_AddObjectRef(m, "FastEntry", (PyObject *)&FastEntryType) < 0) { Py_DECREF(m); return NULL; }
+    return m;
+}

@@ -24,19 +24,26 @@ sys.path.insert(0, str(ROOT / "bench"))
 import workload  # noqa: E402
 
 
-def replay_all(host_path: Path, frames, cache: bool, record: bool = True):
+def replay_all(host_path: Path, frames, cache: bool, record: bool = True, accel: bool = True):
+    """Every record and the final state; accel=False runs the cache's Python closures instead
+    of the C accelerator (pathtrace/_fastpath.c)."""
     net = create_namespace(load_host(str(host_path)))
     r = Replayer(net, ReplayOptions(record=record, emit_frames=record, cache=cache))
+    if not accel and r.cache is not None:
+        r.cache.accel = None
     records = [record_to_dict(replay_frame(r, f)) for f in frames]
     r.flush()
-    state = {
+    return records, final_state(net, r), r
+
+
+def final_state(net, r) -> dict:
+    return {
         "counters": net.nf.format_listing(counters=True) if net.nf is not None else "",
         "devices": [(d.name, d.rx_packets, d.rx_dropped, d.tx_packets, d.tx_bytes) for d in net.devices.values()],
         "conntrack": _conntrack(net),
         "neigh": sorted((k, n.state, n.lladdr, n.updated, n.hh_cached) for k, n in net.neigh.entries.items()),
         "replayer": (r.count, r.otherhost_drops, r.readdressed),
     }
-    return records, state, r
 
 
 def _conntrack(net) -> list:
@@ -53,13 +60,16 @@ def _conntrack(net) -> list:
 
 
 def assert_same(host_path: Path, frames, record: bool = True, min_hits: float = 0.0):
-    on, state_on, r = replay_all(host_path, frames, cache=True, record=record)
+    """The same records and state with the cache (C accelerator and Python closures) and without."""
     off, state_off, _ = replay_all(host_path, frames, cache=False, record=record)
-    assert len(on) == len(off) == len(frames)
-    for a, b in zip(on, off):
-        assert a == b, f"record {a['index']} differs with the cache"
-    assert state_on == state_off
-    assert r.cache.hits >= min_hits * len(frames)
+    assert len(off) == len(frames)
+    for accel in (True, False):
+        on, state_on, r = replay_all(host_path, frames, cache=True, record=record, accel=accel)
+        assert len(on) == len(frames)
+        for a, b in zip(on, off):
+            assert a == b, f"record {a['index']} differs with the cache (accel={accel})"
+        assert state_on == state_off
+        assert r.cache.hits >= min_hits * len(frames)
     return r
 
 
@@ -107,30 +117,37 @@ WAN_HEADER = build.mac_bytes(workload.ROUTER_WAN_MAC) + build.mac_bytes(workload
 
 # ---- guards: whatever could change the path sends the packet through the model -----------------------
 
-def _conversation(events, t0=1000.0):
+def _conversation(events, t0=1000.0, options: bool = False):
     """Frames of one masqueraded TCP connection through bench/workload's router; `events`
-    is a list of (direction, flags, seq_delta, ack_delta, payload_len, gap, corrupt)."""
+    is a list of (direction, flags, seq_delta, ack_delta, payload_len, gap, corrupt[, sack]).
+    options=True negotiates SACK and window scaling; an event's `sack` (None: no option)
+    then adds a SACK block whose right edge is that far past the acknowledged sequence."""
     c_isn, s_isn = 1000, 5000
     lan, wan = LAN_HEADER, WAN_HEADER
     client, server, sport = "192.168.1.7", "203.0.113.9", 40000
-    frames = [lan + build.tcp_packet(client, server, sport, 443, "S", seq=c_isn, window=65535),
+    syn_opts = b"\x04\x02\x01\x03\x03\x02" + b"\x00\x00" if options else b""   # SACK_PERM, NOP, WS 2
+    frames = [lan + build.tcp_packet(client, server, sport, 443, "S", seq=c_isn, window=65535, options=syn_opts),
               wan + build.tcp_packet(server, workload.PUBLIC, 443, sport, "SA", seq=s_isn, ack=c_isn + 1,
-                                     window=65535),
+                                     window=65535, options=syn_opts),
               lan + build.tcp_packet(client, server, sport, 443, "A", seq=c_isn + 1, ack=s_isn + 1, window=65535)]
     times = [t0, t0 + 0.001, t0 + 0.002]
     cs, ss = c_isn + 1, s_isn + 1
     t = t0 + 0.002
-    for direction, flags, dseq, dack, plen, gap, corrupt in events:
+    for direction, flags, dseq, dack, plen, gap, corrupt, *sack in events:
         t += gap
+        ack = ((ss if direction == 0 else cs) + dack) & 0xFFFFFFFF
+        opts = b""
+        if options and sack and sack[0] is not None:
+            opts = b"\x01\x01\x05\x0a" + struct.pack("!II", (ack + 1) & 0xFFFFFFFF, (ack + sack[0]) & 0xFFFFFFFF)
         if direction == 0:
             pkt = bytearray(build.tcp_packet(client, server, sport, 443, flags, seq=(cs + dseq) & 0xFFFFFFFF,
-                                             ack=(ss + dack) & 0xFFFFFFFF, window=65535, payload=b"c" * plen))
+                                             ack=ack, window=65535, payload=b"c" * plen, options=opts))
             frame = lan
             if dseq == 0:
                 cs += plen
         else:
             pkt = bytearray(build.tcp_packet(server, workload.PUBLIC, 443, sport, flags, seq=(ss + dseq) & 0xFFFFFFFF,
-                                             ack=(cs + dack) & 0xFFFFFFFF, window=65535, payload=b"s" * plen))
+                                             ack=ack, window=65535, payload=b"s" * plen, options=opts))
             frame = wan
             if dseq == 0:
                 ss += plen
@@ -143,10 +160,11 @@ def _conversation(events, t0=1000.0):
     return [frame_from_ethernet(f, i, ts) for i, (f, ts) in enumerate(zip(frames, times))]
 
 
-EVENT = st.tuples(st.integers(0, 1), st.sampled_from(["A", "PA", "PA", "PA", "FA", "RA", "R", "SA", "PAU"]),
+EVENT_FIELDS = (st.integers(0, 1), st.sampled_from(["A", "PA", "PA", "PA", "FA", "RA", "R", "SA", "PAU"]),
                   st.sampled_from([0, 0, 0, 0, -100, 70000, 1 << 31]), st.sampled_from([0, 0, 0, -50, 90000]),
                   st.sampled_from([0, 10, 100]), st.sampled_from([0.001, 0.001, 0.5, 400.0, 500000.0]),
                   st.sampled_from([0, 0, 0, 0, 0, 1, 2]))
+EVENT = st.tuples(*EVENT_FIELDS)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -156,6 +174,93 @@ def test_random_conversations_same_with_cache(tmp_path_factory, events):
     if not host.exists():
         host.write_text(workload.host_yaml(20))
     assert_same(host, _conversation(events))
+
+
+def _tally_from_pcap(host_path: Path, frames, path: Path, cache: bool, accel: bool):
+    """--summary's replay (Replayer.tally) of `frames` written to a classic pcap file."""
+    from pathtrace.packet.pcapwriter import PcapWriter
+    from pathtrace.render.summary import SummaryCounter
+    if not path.exists():
+        with PcapWriter(str(path)) as w:
+            for f in frames:
+                w.write(f.dst_mac + f.src_mac + f.ethertype.to_bytes(2, "big") + f.payload, f.ts)
+    net = create_namespace(load_host(str(host_path)))
+    r = Replayer(net, ReplayOptions(record=False, emit_frames=False, cache=cache))
+    if not accel and r.cache is not None:
+        r.cache.accel = None
+    lane = _CountingLane(r.cache.accel) if r.cache is not None and r.cache.accel is not None else None
+    if lane is not None:
+        r.cache.accel = lane
+    counter = SummaryCounter()
+    r.tally(read_frames(str(path)), counter)
+    return counter.render(net, []), final_state(net, r), lane
+
+
+class _CountingLane:
+    """The C accelerator module, counting the records serve_pcap served."""
+
+    def __init__(self, accel):
+        self.FastEntry = accel.FastEntry
+        self._serve = accel.serve_pcap
+        self.served = 0
+
+    def serve_pcap(self, buf, off, index, *rest):
+        out = self._serve(buf, off, index, *rest)
+        self.served += out[1] - index
+        return out
+
+
+def assert_tally_same(host_path: Path, frames, path: Path, min_served: int = 0) -> None:
+    """Summaries and state from a pcap: the C lane (serve_pcap), the Python closures, no cache."""
+    off = _tally_from_pcap(host_path, frames, path, cache=False, accel=False)[:2]
+    assert _tally_from_pcap(host_path, frames, path, cache=True, accel=False)[:2] == off
+    *c_lane, lane = _tally_from_pcap(host_path, frames, path, cache=True, accel=True)
+    assert c_lane == list(off)
+    assert lane is None or lane.served >= min_served
+
+
+SACK_EVENT = st.tuples(*EVENT_FIELDS, st.sampled_from([None, None, 0, 1, 40, 200000, 1 << 31]))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(SACK_EVENT, min_size=1, max_size=40), st.booleans())
+def test_random_conversations_tally_same_from_pcap(tmp_path_factory, events, options):
+    """The C lane reads records straight from the pcap buffer: same counts and state, with
+    and without SACK blocks and window scaling."""
+    base = tmp_path_factory.getbasetemp()
+    host = base / "conv-router.yaml"
+    if not host.exists():
+        host.write_text(workload.host_yaml(20))
+    cap = Path(tmp_path_factory.mktemp("conv")) / "c.pcap"
+    assert_tally_same(host, _conversation(events, options=options), cap)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(SACK_EVENT, min_size=1, max_size=40))
+def test_random_sack_conversations_same_with_cache(tmp_path_factory, events):
+    host = tmp_path_factory.getbasetemp() / "conv-router.yaml"
+    if not host.exists():
+        host.write_text(workload.host_yaml(20))
+    assert_same(host, _conversation(events, options=True))
+
+
+def test_steady_conversation_tally_is_served_by_the_c_lane(tmp_path):
+    pytest.importorskip("pathtrace._fastpath")
+    host = tmp_path / "r.yaml"
+    host.write_text(workload.host_yaml(20))
+    events = [(i & 1, "PA", 0, 0, 100, 0.001 if i != 150 else 9.0, 0) for i in range(300)]
+    assert_tally_same(host, _conversation(events), tmp_path / "c.pcap", min_served=280)
+
+
+def test_steady_sack_conversation_is_served_from_the_cache(tmp_path):
+    """Every segment acknowledges 50 bytes short and SACKs past them (tcp_sack's right edge
+    moves the window): served from the cache, the same state as the model's."""
+    host = tmp_path / "r.yaml"
+    host.write_text(workload.host_yaml(20))
+    frames = _conversation([(i & 1, "PA", 0, -50, 100, 0.001, 0, 40) for i in range(200)], options=True)
+    r = assert_same(host, frames)
+    assert r.cache.hits >= 190
+    assert_tally_same(host, frames, tmp_path / "c.pcap", min_served=190 if r.cache.accel is not None else 0)
 
 
 def test_steady_conversation_is_served_from_the_cache(tmp_path):

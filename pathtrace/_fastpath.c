@@ -571,6 +571,106 @@ static PyTypeObject FastEntryType = {
     .tp_methods = FastEntry_methods,
 };
 
+/* ---- rewrite (flowcache.rewrite: the path's header rewrites on another packet) ---------- */
+
+/* lib/checksum.py csum_replace: RFC 1624 incremental update of a stored checksum. */
+static uint16_t csum_replace(uint16_t check, uint32_t old, uint32_t new_, int wide) {
+    uint64_t total = (uint16_t)~check;
+    if (wide)
+        total += ((~old) >> 16) + ((~old) & 0xFFFF) + (new_ >> 16) + (new_ & 0xFFFF);
+    else
+        total += (uint16_t)~old + (uint64_t)new_;
+    while (total >> 16) total = (total & 0xFFFF) + (total >> 16);
+    return (uint16_t)~total;
+}
+
+static inline uint16_t be16(const unsigned char *p) { return (uint16_t)((p[0] << 8) | p[1]); }
+static inline void put16(unsigned char *p, uint32_t v) { p[0] = (unsigned char)(v >> 8); p[1] = (unsigned char)v; }
+static inline void put32(unsigned char *p, uint32_t v) { put16(p, v >> 16); put16(p + 2, v); }
+
+/* The transport checksum's offset for NAT (skbuff._L4_CSUM_OFFSET; ICMP's for ports), -1: none. */
+static int l4_csum_offset(int proto, int ports) {
+    return proto == 6 ? 16 : proto == 17 ? 6 : (ports && proto == 1) ? 2 : -1;
+}
+
+/* rewrite(payload, hlen, tot_len, mangle) -> bytes: SkBuff.set_addr / set_port / set_ttl / set_tos
+ * replayed on the IP packet payload[:tot_len], as flowcache.rewrite does through an SkBuff. */
+static PyObject *rewrite(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t hlen, tot_len;
+    PyObject *mangle;
+    if (!PyArg_ParseTuple(args, "y*nnO!", &view, &hlen, &tot_len, &PyTuple_Type, &mangle)) return NULL;
+    if (hlen < 20 || tot_len < hlen || tot_len > view.len) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "rewrite: lengths");
+        return NULL;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(view.buf, tot_len);
+    PyBuffer_Release(&view);
+    if (out == NULL) return NULL;
+    unsigned char *p = (unsigned char *)PyBytes_AS_STRING(out), *l4 = p + hlen;
+    Py_ssize_t seglen = tot_len - hlen;
+    int proto = p[9], first = (be16(p + 6) & 0x1FFF) == 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mangle); i++) {
+        PyObject *op = PyTuple_GET_ITEM(mangle, i);
+        const char *name;
+        PyObject *a1 = NULL;
+        unsigned long long v = 0;
+        if (!PyTuple_Check(op) || PyTuple_GET_SIZE(op) < 2 || !(name = PyUnicode_AsUTF8(PyTuple_GET_ITEM(op, 0))))
+            goto bad;
+        if (PyTuple_GET_SIZE(op) == 3) a1 = PyTuple_GET_ITEM(op, 1);
+        v = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(op, PyTuple_GET_SIZE(op) - 1));
+        if (PyErr_Occurred()) goto fail;
+        if (strcmp(name, "set_addr") == 0 && a1 != NULL && v <= 0xFFFFFFFFULL) {
+            const char *which = PyUnicode_AsUTF8(a1);
+            if (which == NULL) goto fail;
+            int off = strcmp(which, "saddr") == 0 ? 12 : strcmp(which, "daddr") == 0 ? 16 : -1;
+            if (off < 0) goto bad;
+            uint32_t old = be32(p + off), new_ = (uint32_t)v;
+            if (old == new_) continue;
+            put32(p + off, new_);
+            put16(p + 10, csum_replace(be16(p + 10), old, new_, 1));
+            int co = l4_csum_offset(proto, 0);
+            if (co >= 0 && first && seglen >= co + 2) {
+                uint16_t c = be16(l4 + co);
+                if (!(proto == 17 && c == 0)) {
+                    uint16_t n = csum_replace(c, old, new_, 1);
+                    put16(l4 + co, n ? n : (proto == 17 ? 0xFFFF : 0));
+                }
+            }
+        } else if (strcmp(name, "set_port") == 0 && a1 != NULL && v <= 0xFFFF) {
+            Py_ssize_t off = PyLong_AsSsize_t(a1);
+            if (off == -1 && PyErr_Occurred()) goto fail;
+            if (off < 0) goto bad;
+            if (!(first && seglen >= off + 2)) continue;
+            uint32_t old = be16(l4 + off);
+            if (old == v) continue;
+            put16(l4 + off, (uint32_t)v);
+            int co = l4_csum_offset(proto, 1);
+            if (co >= 0 && first && seglen >= co + 2) {
+                uint16_t c = be16(l4 + co);
+                if (!(proto == 17 && c == 0)) put16(l4 + co, csum_replace(c, old, (uint32_t)v, 0));
+            }
+        } else if (strcmp(name, "set_ttl") == 0 && a1 == NULL && v <= 0xFF) {
+            uint32_t old = ((uint32_t)p[8] << 8) | p[9];
+            p[8] = (unsigned char)v;
+            put16(p + 10, csum_replace(be16(p + 10), old, ((uint32_t)v << 8) | p[9], 0));
+        } else if (strcmp(name, "set_tos") == 0 && a1 == NULL && v <= 0xFF) {
+            uint32_t old = ((uint32_t)p[0] << 8) | p[1];
+            p[1] = (unsigned char)v;
+            put16(p + 10, csum_replace(be16(p + 10), old, ((uint32_t)p[0] << 8) | p[1], 0));
+        } else {
+            goto bad;
+        }
+    }
+    return out;
+bad:
+    PyErr_SetString(PyExc_ValueError, "rewrite: unknown mangle operation");
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
 /* ---- serve_pcap ----------------------------------------------------------------------- */
 
 static inline uint32_t rd32(const unsigned char *p, int little) {
@@ -659,6 +759,7 @@ done:
 
 static PyMethodDef module_methods[] = {
     {"serve_pcap", serve_pcap, METH_VARARGS, "Serve consecutive cached records of a pcap buffer."},
+    {"rewrite", rewrite, METH_VARARGS, "A path's header rewrites applied to another packet of the flow."},
     {NULL}
 };
 

@@ -187,6 +187,12 @@ class FlowCache:
         return PacketRecord(frame.index, frame.ts, e.ingress, "", e.verdict, e.reason, e.egress, [], e.emitted,
                             list(e.warnings) if e.warnings else [], e.rules)
 
+    def _rewrite(self, payload: bytes, hlen: int, tot_len: int, mangle: tuple) -> bytes:
+        """rewrite(), by the C accelerator when it is built (checked against the model's own
+        bytes when each entry is learned, in finish)."""
+        accel = self.accel
+        return accel.rewrite(payload, hlen, tot_len, mangle) if accel is not None else rewrite(payload, hlen, tot_len, mangle)
+
     def flush(self) -> None:
         """Apply the effects that accumulate linearly (counters) of every hit so far."""
         for e in self.entries.values():
@@ -231,7 +237,7 @@ class FlowCache:
                 steps[e.tracker_step] = Step(old.fn, old.depth, tracker_detail)
         emitted = e.emitted
         if emit and e.emitted:
-            emitted = [Emitted(e.emit_dev, e.l2_out + rewrite(frame.payload, e.hlen, e.tot_len, e.mangle), "",
+            emitted = [Emitted(e.emit_dev, e.l2_out + self._rewrite(frame.payload, e.hlen, e.tot_len, e.mangle), "",
                                e.emit_kind)]
         return PacketRecord(frame.index, frame.ts, e.ingress, "", e.verdict, e.reason, e.egress, steps, emitted,
                             list(e.warnings), e.rules)
@@ -264,7 +270,7 @@ class FlowCache:
             emit_dev, emit_kind = out.dev, out.kind
             if ctx.emit_frames:
                 l2_out = out.frame[:14]
-                if out.frame[14:] != rewrite(p, hlen, tot_len, mangle):
+                if out.frame[14:] != self._rewrite(p, hlen, tot_len, mangle):
                     self.refused["bytes not reproduced"] = self.refused.get("bytes not reproduced", 0) + 1
                     return
         n = learn.neigh

@@ -159,3 +159,46 @@ def test_window_bounds_exactly(base_s, base_r, scale):
                         pkt = build.tcp_packet("10.0.0.1", "10.0.0.2", 1000, 80, "A", seq=seq, ack=ack,
                                                window=window, payload=b"y" * plen, options=opts)
                         _run_both(sender, receiver, pkt)
+
+
+MANGLE_OP = st.one_of(
+    st.tuples(st.just("set_addr"), st.sampled_from(["saddr", "daddr"]), st.integers(0, 0xFFFFFFFF)),
+    st.tuples(st.just("set_port"), st.sampled_from([0, 2, 4, 6]), st.integers(0, 0xFFFF)),
+    st.tuples(st.just("set_ttl"), st.integers(0, 255)),
+    st.tuples(st.just("set_tos"), st.integers(0, 255)),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(proto=st.sampled_from(["tcp", "udp", "udp0", "icmp"]), src=st.integers(0, 0xFFFFFFFF),
+       dst=st.integers(0, 0xFFFFFFFF), sport=st.integers(0, 0xFFFF), dport=st.integers(0, 0xFFFF),
+       payload=st.binary(max_size=40), pad=st.binary(max_size=6), mangle=st.lists(MANGLE_OP, max_size=6),
+       ttl=st.integers(1, 255), tos=st.integers(0, 255), frag=st.sampled_from([0, 0, 0x4000, 0x2000, 0x0010]))
+def test_rewrite_same_as_python(proto, src, dst, sport, dport, payload, pad, mangle, ttl, tos, frag):
+    """NAT, TTL and TOS rewrites with incremental checksum updates, byte for byte."""
+    from pathtrace.flowcache import rewrite
+    from pathtrace.lib.inet import ntoa
+    s, d = ntoa(src), ntoa(dst)
+    if proto == "tcp":
+        pkt = build.tcp_packet(s, d, sport, dport, "PA", payload=payload, ttl=ttl, tos=tos)
+    elif proto == "icmp":
+        pkt = build.icmp_packet(s, d, 8, 0, payload, id=sport, seq=dport, ttl=ttl, tos=tos)
+    else:
+        pkt = build.udp_packet(s, d, sport, dport, payload, udp_check=0 if proto == "udp0" else None, ttl=ttl, tos=tos)
+    pkt = bytearray(pkt)
+    pkt[6:8] = frag.to_bytes(2, "big")
+    data = bytes(pkt) + pad
+    assert fastpath.rewrite(data, 20, len(pkt), tuple(mangle)) == rewrite(data, 20, len(pkt), tuple(mangle))
+
+
+def test_rewrite_udp_checksum_that_folds_to_zero_is_sent_as_ffff():
+    """set_addr on UDP: a checksum that updates to 0 is written 0xFFFF (CSUM_MANGLED_0)."""
+    from pathtrace.flowcache import rewrite
+    from pathtrace.lib.checksum import csum_replace
+    pkt = build.udp_packet("10.0.0.1", "10.0.0.2", 1000, 53, b"abc")
+    old, check = struct.unpack_from("!I", pkt, 12)[0], struct.unpack_from("!H", pkt, 26)[0]
+    new = next(old ^ low for low in range(1, 1 << 16) if csum_replace(check, old, old ^ low, 32) == 0)
+    mangle = (("set_addr", "saddr", new),)
+    out = fastpath.rewrite(pkt, 20, len(pkt), mangle)
+    assert out == rewrite(pkt, 20, len(pkt), mangle)
+    assert out[26:28] == b"\xff\xff"

@@ -48,7 +48,7 @@ static PyObject *s_timeout, *s_status, *s_mark, *s_labels, *s_state, *s_now, *s_
 static PyObject *s_hh_cached, *s_lladdr, *s_timer, *s_td_end, *s_td_maxend, *s_td_maxwin, *s_td_maxack;
 static PyObject *s_td_scale, *s_flags, *s_last_seq, *s_last_ack, *s_last_end, *s_last_win, *s_last_dir;
 static PyObject *s_retrans, *s_last_index, *s_stream_ts, *s_fast, *s_hits, *s_tallied, *s_neigh_touch;
-static PyObject *s_neigh, *s_updated, *s_earliest, *s_new_state, *s_assured, *s_ESTABLISHED;
+static PyObject *s_neigh, *s_updated, *s_earliest, *s_new_state, *s_assured, *s_ESTABLISHED, *s_render;
 
 typedef struct {
     PyObject_HEAD
@@ -74,10 +74,9 @@ typedef struct {
 
 static PyObject *attr_name[A_COUNT];
 
-/* The offset of `name` when it is a writable object slot of obj's class, else -1. */
-static Py_ssize_t slot_offset(PyObject *obj, PyObject *name) {
-    if (obj == Py_None) return -1;
-    PyObject *d = PyObject_GetAttr((PyObject *)Py_TYPE(obj), name);
+/* The offset of `name` when it is a writable object slot of the class, else -1. */
+static Py_ssize_t type_slot_offset(PyTypeObject *type, PyObject *name) {
+    PyObject *d = PyObject_GetAttr((PyObject *)type, name);
     if (d == NULL) { PyErr_Clear(); return -1; }
     Py_ssize_t off = -1;
     if (Py_TYPE(d) == &PyMemberDescr_Type) {
@@ -86,6 +85,10 @@ static Py_ssize_t slot_offset(PyObject *obj, PyObject *name) {
     }
     Py_DECREF(d);
     return off;
+}
+
+static Py_ssize_t slot_offset(PyObject *obj, PyObject *name) {
+    return obj == Py_None ? -1 : type_slot_offset(Py_TYPE(obj), name);
 }
 
 /* obj.<attr> as a new reference (NULL with AttributeError when the slot is unset). */
@@ -593,22 +596,9 @@ static int l4_csum_offset(int proto, int ports) {
     return proto == 6 ? 16 : proto == 17 ? 6 : (ports && proto == 1) ? 2 : -1;
 }
 
-/* rewrite(payload, hlen, tot_len, mangle) -> bytes: SkBuff.set_addr / set_port / set_ttl / set_tos
- * replayed on the IP packet payload[:tot_len], as flowcache.rewrite does through an SkBuff. */
-static PyObject *rewrite(PyObject *self, PyObject *args) {
-    Py_buffer view;
-    Py_ssize_t hlen, tot_len;
-    PyObject *mangle;
-    if (!PyArg_ParseTuple(args, "y*nnO!", &view, &hlen, &tot_len, &PyTuple_Type, &mangle)) return NULL;
-    if (hlen < 20 || tot_len < hlen || tot_len > view.len) {
-        PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError, "rewrite: lengths");
-        return NULL;
-    }
-    PyObject *out = PyBytes_FromStringAndSize(view.buf, tot_len);
-    PyBuffer_Release(&view);
-    if (out == NULL) return NULL;
-    unsigned char *p = (unsigned char *)PyBytes_AS_STRING(out), *l4 = p + hlen;
+/* SkBuff.set_addr / set_port / set_ttl / set_tos, replayed in place on the IP packet p[:tot_len]. */
+static int apply_mangle(unsigned char *p, Py_ssize_t hlen, Py_ssize_t tot_len, PyObject *mangle) {
+    unsigned char *l4 = p + hlen;
     Py_ssize_t seglen = tot_len - hlen;
     int proto = p[9], first = (be16(p + 6) & 0x1FFF) == 0;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mangle); i++) {
@@ -620,10 +610,10 @@ static PyObject *rewrite(PyObject *self, PyObject *args) {
             goto bad;
         if (PyTuple_GET_SIZE(op) == 3) a1 = PyTuple_GET_ITEM(op, 1);
         v = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(op, PyTuple_GET_SIZE(op) - 1));
-        if (PyErr_Occurred()) goto fail;
+        if (PyErr_Occurred()) return -1;
         if (strcmp(name, "set_addr") == 0 && a1 != NULL && v <= 0xFFFFFFFFULL) {
             const char *which = PyUnicode_AsUTF8(a1);
-            if (which == NULL) goto fail;
+            if (which == NULL) return -1;
             int off = strcmp(which, "saddr") == 0 ? 12 : strcmp(which, "daddr") == 0 ? 16 : -1;
             if (off < 0) goto bad;
             uint32_t old = be32(p + off), new_ = (uint32_t)v;
@@ -640,7 +630,7 @@ static PyObject *rewrite(PyObject *self, PyObject *args) {
             }
         } else if (strcmp(name, "set_port") == 0 && a1 != NULL && v <= 0xFFFF) {
             Py_ssize_t off = PyLong_AsSsize_t(a1);
-            if (off == -1 && PyErr_Occurred()) goto fail;
+            if (off == -1 && PyErr_Occurred()) return -1;
             if (off < 0) goto bad;
             if (!(first && seglen >= off + 2)) continue;
             uint32_t old = be16(l4 + off);
@@ -663,12 +653,175 @@ static PyObject *rewrite(PyObject *self, PyObject *args) {
             goto bad;
         }
     }
-    return out;
+    return 0;
 bad:
     PyErr_SetString(PyExc_ValueError, "rewrite: unknown mangle operation");
-fail:
-    Py_DECREF(out);
-    return NULL;
+    return -1;
+}
+
+/* rewrite(payload, hlen, tot_len, mangle) -> bytes: flowcache.rewrite, the path's header
+ * rewrites applied to another packet of the flow. */
+static PyObject *rewrite(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t hlen, tot_len;
+    PyObject *mangle;
+    if (!PyArg_ParseTuple(args, "y*nnO!", &view, &hlen, &tot_len, &PyTuple_Type, &mangle)) return NULL;
+    if (hlen < 20 || tot_len < hlen || tot_len > view.len) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "rewrite: lengths");
+        return NULL;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(view.buf, tot_len);
+    PyBuffer_Release(&view);
+    if (out == NULL) return NULL;
+    if (apply_mangle((unsigned char *)PyBytes_AS_STRING(out), hlen, tot_len, mangle) < 0) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    return out;
+}
+
+/* ---- JSON lines from a flow template (render/jsonl.py FlowTemplate) ---------------------- */
+
+typedef struct { char *data; Py_ssize_t len, cap; } Buf;
+
+static int buf_reserve(Buf *b, Py_ssize_t more) {
+    if (b->len + more <= b->cap) return 0;
+    Py_ssize_t cap = b->cap ? b->cap : 1 << 16;
+    while (cap < b->len + more) cap *= 2;
+    char *d = PyMem_Realloc(b->data, cap);
+    if (d == NULL) { PyErr_NoMemory(); return -1; }
+    b->data = d;
+    b->cap = cap;
+    return 0;
+}
+
+static int buf_put(Buf *b, const char *s, Py_ssize_t n) {
+    if (buf_reserve(b, n) < 0) return -1;
+    memcpy(b->data + b->len, s, n);
+    b->len += n;
+    return 0;
+}
+
+enum { T_FLAT, T_TCP, T_HLEN, T_TRACKER, T_STEPS, T_L2OUT, T_MANGLE, T_TOTLEN, T_COUNT };
+static PyObject *tpl_name[T_COUNT];
+
+typedef struct { PyTypeObject *type; Py_ssize_t off[T_COUNT]; } TplLayout;
+
+static PyObject *tget(TplLayout *lay, PyObject *tpl, int a) {
+    Py_ssize_t off = lay->off[a];
+    if (off < 0) return PyObject_GetAttr(tpl, tpl_name[a]);
+    PyObject *v = *(PyObject **)((char *)tpl + off);
+    if (v == NULL) { PyErr_SetObject(PyExc_AttributeError, tpl_name[a]); return NULL; }
+    return Py_NewRef(v);
+}
+
+static Py_ssize_t tget_ssize(TplLayout *lay, PyObject *tpl, int a) {
+    PyObject *v = tget(lay, tpl, a);
+    if (v == NULL) return -1;
+    Py_ssize_t x = PyLong_AsSsize_t(v);
+    Py_DECREF(v);
+    return x;
+}
+
+/* FlowTemplate.line for a served record: the template's pieces with index, time, sequence
+ * and acknowledgement numbers, the tracker step's text and the emitted frame's hex spliced in. */
+static int append_line(Buf *out, TplLayout *lay, PyObject *tpl, PyObject *detail, Py_ssize_t index, double now,
+                       const unsigned char *p, PyObject *step_text) {
+    char num[4][32];
+    Py_ssize_t nlen[4];
+    const char *vals[6] = {num[0], NULL, num[2], num[3], "", ""};
+    Py_ssize_t vlen[6] = {0, 0, 0, 0, 0, 0};
+    PyObject *flat = NULL, *step = NULL, *l2 = NULL, *mangle = NULL;
+    char *timestr = NULL, *hex = NULL;
+    int rc = -1;
+    nlen[0] = snprintf(num[0], 32, "%zd", index);
+    vlen[0] = nlen[0];
+    timestr = PyOS_double_to_string(now, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+    if (timestr == NULL) goto out;
+    vals[1] = timestr;
+    vlen[1] = (Py_ssize_t)strlen(timestr);
+    Py_ssize_t hlen = tget_ssize(lay, tpl, T_HLEN);
+    if (hlen == -1 && PyErr_Occurred()) goto out;
+    PyObject *tcp = tget(lay, tpl, T_TCP);
+    if (tcp == NULL) goto out;
+    int is_tcp = tcp == Py_True;
+    Py_DECREF(tcp);
+    if (is_tcp) {
+        vlen[2] = snprintf(num[2], 32, "%u", be32(p + hlen + 4));
+        vlen[3] = snprintf(num[3], 32, "%u", be32(p + hlen + 8));
+    }
+    Py_ssize_t tracker = tget_ssize(lay, tpl, T_TRACKER);
+    if (tracker == -1 && PyErr_Occurred()) goto out;
+    if (tracker >= 0) {
+        PyObject *steps = tget(lay, tpl, T_STEPS);
+        if (steps == NULL) goto out;
+        PyObject *values = PyDict_Values(detail);
+        PyObject *key = values ? PyList_AsTuple(values) : NULL;
+        Py_XDECREF(values);
+        if (key == NULL) { Py_DECREF(steps); goto out; }
+        step = PyDict_GetItemWithError(steps, key);
+        Py_XINCREF(step);
+        Py_DECREF(key);
+        Py_DECREF(steps);
+        if (step == NULL) {
+            if (PyErr_Occurred()) goto out;
+            step = PyObject_CallFunctionObjArgs(step_text, tpl, detail, NULL);
+            if (step == NULL) goto out;
+        }
+        vals[4] = PyUnicode_AsUTF8AndSize(step, &vlen[4]);
+        if (vals[4] == NULL) goto out;
+    }
+    l2 = tget(lay, tpl, T_L2OUT);
+    if (l2 == NULL) goto out;
+    if (l2 != Py_None) {
+        Py_ssize_t tot_len = tget_ssize(lay, tpl, T_TOTLEN);
+        if (tot_len == -1 && PyErr_Occurred()) goto out;
+        mangle = tget(lay, tpl, T_MANGLE);
+        if (mangle == NULL || !PyBytes_Check(l2) || !PyTuple_Check(mangle)) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "template l2_out/mangle");
+            goto out;
+        }
+        Py_ssize_t l2len = PyBytes_GET_SIZE(l2), n = l2len + tot_len;
+        unsigned char *frame = PyMem_Malloc(n);
+        hex = PyMem_Malloc(2 * n + 1);
+        if (frame == NULL || hex == NULL) { PyMem_Free(frame); PyErr_NoMemory(); goto out; }
+        memcpy(frame, PyBytes_AS_STRING(l2), l2len);
+        memcpy(frame + l2len, p, tot_len);
+        if (apply_mangle(frame + l2len, hlen, tot_len, mangle) < 0) { PyMem_Free(frame); goto out; }
+        static const char digits[] = "0123456789abcdef";
+        for (Py_ssize_t i = 0; i < n; i++) {
+            hex[2 * i] = digits[frame[i] >> 4];
+            hex[2 * i + 1] = digits[frame[i] & 15];
+        }
+        PyMem_Free(frame);
+        vals[5] = hex;
+        vlen[5] = 2 * n;
+    }
+    flat = tget(lay, tpl, T_FLAT);
+    if (flat == NULL) goto out;
+    if (!PyTuple_Check(flat)) { PyErr_SetString(PyExc_TypeError, "template flat"); goto out; }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(flat); i++) {
+        PyObject *x = PyTuple_GET_ITEM(flat, i);
+        if (PyLong_CheckExact(x)) {
+            long k = PyLong_AsLong(x);
+            if (k < 0 || k > 5) { PyErr_SetString(PyExc_ValueError, "template slot"); goto out; }
+            if (buf_put(out, vals[k], vlen[k]) < 0) goto out;
+        } else {
+            Py_ssize_t n;
+            const char *t = PyUnicode_AsUTF8AndSize(x, &n);
+            if (t == NULL || buf_put(out, t, n) < 0) goto out;
+        }
+    }
+    rc = 0;
+out:
+    PyMem_Free(timestr);
+    PyMem_Free(hex);
+    Py_XDECREF(flat);
+    Py_XDECREF(step);
+    Py_XDECREF(l2);
+    Py_XDECREF(mangle);
+    return rc;
 }
 
 /* ---- serve_pcap ----------------------------------------------------------------------- */
@@ -677,28 +830,44 @@ static inline uint32_t rd32(const unsigned char *p, int little) {
     return little ? ((uint32_t)p[3] << 24) | ((uint32_t)p[2] << 16) | ((uint32_t)p[1] << 8) | p[0] : be32(p);
 }
 
-/* serve_pcap(buf, off, index, count, little, divisor, rec_hlen, entries, clock) -> (off, index)
+/* serve_pcap(buf, off, index, count, little, divisor, rec_hlen, entries, clock[, template_type, step_text])
+ *   -> (off, index, lines)
  *
- * Serves consecutive records of a classic pcap buffer from the cache, as Replayer.tally
+ * Serves consecutive records of a classic pcap buffer from the cache, as Replayer.stream
  * does for each: an untagged Ethernet/IPv4 TCP or UDP frame, no neighbour timer due,
- * whose key (FlowCache.key) names an entry whose guards pass.  Stops before the first
- * record it cannot serve (or that is not whole in buf) and after `count` records. */
+ * whose key (FlowCache.key) names an entry whose guards pass.  With a template type,
+ * only entries whose `render` is such a template (render/jsonl.py FlowTemplate) are
+ * served, and `lines` is their JSON lines as ASCII bytes (about 1 MiB at most per call);
+ * otherwise lines is None.  Stops before the
+ * first record it cannot serve (or that is not whole in buf) and after `count` records. */
 static PyObject *serve_pcap(PyObject *self, PyObject *args) {
     Py_buffer view;
     Py_ssize_t off, index, count;
     int little, rec_hlen;
     double divisor;
-    PyObject *entries, *clock;
-    if (!PyArg_ParseTuple(args, "y*nnnpdiO!O", &view, &off, &index, &count, &little, &divisor, &rec_hlen,
-                          &PyDict_Type, &entries, &clock))
+    PyObject *entries, *clock, *template_type = Py_None, *step_text = Py_None;
+    if (!PyArg_ParseTuple(args, "y*nnnpdiO!O|OO", &view, &off, &index, &count, &little, &divisor, &rec_hlen,
+                          &PyDict_Type, &entries, &clock, &template_type, &step_text))
         return NULL;
+    Buf lines = {NULL, 0, 0};
+    TplLayout lay = {NULL, {0}};
+    Py_ssize_t render_off = -1;
+    if (template_type != Py_None) {
+        if (!PyType_Check(template_type) || !PyCallable_Check(step_text)) {
+            PyBuffer_Release(&view);
+            PyErr_SetString(PyExc_TypeError, "serve_pcap: template_type must be a type, step_text callable");
+            return NULL;
+        }
+        lay.type = (PyTypeObject *)template_type;
+        for (int a = 0; a < T_COUNT; a++) lay.off[a] = type_slot_offset(lay.type, tpl_name[a]);
+    }
     const unsigned char *buf = view.buf;
     Py_ssize_t len = view.len, served = 0;
     unsigned char key[12 + 4 + 4 + 8 + 6 + 4];
     PyObject *result = NULL;
     Py_ssize_t clock_off = slot_offset(clock, s_earliest), fast_off = -1;
     PyTypeObject *entry_type = NULL;
-    while (served < count && off + rec_hlen <= len) {
+    while (served < count && off + rec_hlen <= len && lines.len < (1 << 20)) {
         const unsigned char *h = buf + off;
         uint32_t sec = rd32(h, little), frac = rd32(h + 4, little), caplen = rd32(h + 8, little);
         if (caplen > MAX_RECORD || off + rec_hlen + (Py_ssize_t)caplen > len || caplen < 14 + 20) break;
@@ -732,6 +901,18 @@ static PyObject *serve_pcap(PyObject *self, PyObject *args) {
         if (Py_TYPE(e) != entry_type) {
             entry_type = Py_TYPE(e);
             fast_off = slot_offset(e, s_fast);
+            render_off = slot_offset(e, s_render);
+        }
+        PyObject *tpl = NULL;              /* borrowed: e holds it */
+        if (lay.type != NULL) {
+            if (render_off >= 0) {
+                tpl = *(PyObject **)((char *)e + render_off);
+            } else {
+                tpl = PyObject_GetAttr(e, s_render);
+                if (tpl == NULL) goto done;
+                Py_DECREF(tpl);
+            }
+            if (tpl == NULL || Py_TYPE(tpl) != lay.type) break;
         }
         PyObject *fast = fast_off >= 0 ? Py_XNewRef(*(PyObject **)((char *)e + fast_off)) : PyObject_GetAttr(e, s_fast);
         if (fast == NULL) { if (PyErr_Occurred()) goto done; break; }
@@ -740,6 +921,11 @@ static PyObject *serve_pcap(PyObject *self, PyObject *args) {
         PyObject *r = fast_run(fe, p, plen, now);
         if (r == NULL) { Py_DECREF(fast); goto done; }
         int hit = r != Py_None;
+        if (hit && tpl != NULL && append_line(&lines, &lay, tpl, r, index, now, p, step_text) < 0) {
+            Py_DECREF(r);
+            Py_DECREF(fast);
+            goto done;
+        }
         Py_DECREF(r);
         if (hit) {
             fe->tallied++;
@@ -751,8 +937,14 @@ static PyObject *serve_pcap(PyObject *self, PyObject *args) {
         index++;
         served++;
     }
-    result = Py_BuildValue("nn", off, index);
+    if (lay.type != NULL) {
+        PyObject *text = PyBytes_FromStringAndSize(lines.data ? lines.data : "", lines.len);
+        if (text != NULL) result = Py_BuildValue("nnN", off, index, text);
+    } else {
+        result = Py_BuildValue("nnO", off, index, Py_None);
+    }
 done:
+    PyMem_Free(lines.data);
     PyBuffer_Release(&view);
     return result;
 }
@@ -790,6 +982,9 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
         "now", "last_gc",
     };
     for (int a = 0; a < A_COUNT; a++) INTERN(attr_name[a], names[a]);
+    static const char *tnames[T_COUNT] = {"flat", "tcp", "hlen", "tracker", "steps", "l2_out", "mangle", "tot_len"};
+    for (int a = 0; a < T_COUNT; a++) INTERN(tpl_name[a], tnames[a]);
+    INTERN(s_render, "render");
     if (PyType_Ready(&FastEntryType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;

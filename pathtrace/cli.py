@@ -116,29 +116,23 @@ def _replay_one(replayer, frames, fmt: str, verbose: bool, limit: int, write_pca
     """The single-process replay loop: render each record as it comes."""
     from pathtrace.packet.pcapwriter import PcapWriter
     from pathtrace.render.record import render_record
-    from pathtrace.replay import replay_frame
+    from pathtrace.replay import LineLane
     progress = _Progress(progress_on)
     writer = PcapWriter(write_pcap) if write_pcap else None
-    if fmt == "none" and writer is None:
-        try:
-            replayer.tally(frames, counter, limit, progress.tick)
-        except PathtraceError as exc:
-            progress.done()
-            _fail(exc)
-        progress.done()
-        return
-    try:
-        for n, frame in enumerate(frames):
-            if limit and n >= limit:
-                break
-            record = replay_frame(replayer, frame)
+    emit = lines = None
+    if fmt != "none" or writer is not None:
+        def emit(record, frame) -> None:
             if fmt != "none":
                 out.write(render_record(record, frame, fmt, verbose))
             if writer is not None:
                 for e in record.emitted:
                     writer.write(e.frame, record.time)
-            counter.add(record)
-            progress.tick(counter.packets)
+    if fmt == "jsonl" and writer is None:
+        # cached frames' lines come from their flows' templates (written by the C lane when built)
+        from pathtrace.render.jsonl import FlowTemplate, step_text
+        lines = LineLane(FlowTemplate, step_text, _bytes_writer(out))
+    try:
+        replayer.stream(frames, counter, limit, progress.tick, emit, lines)
     except PathtraceError as exc:
         progress.done()
         _fail(exc)
@@ -146,6 +140,18 @@ def _replay_one(replayer, frames, fmt: str, verbose: bool, limit: int, write_pca
         if writer is not None:
             writer.close()
     progress.done()
+
+
+def _bytes_writer(out):
+    """A write function for ASCII bytes on the text stream `out` (its binary buffer when it has one)."""
+    raw = getattr(out, "buffer", None)
+    if raw is None:
+        return lambda data: out.write(data.decode("ascii"))
+
+    def write(data: bytes) -> None:
+        out.flush()
+        raw.write(data)
+    return write
 
 
 def _replay_jobs(host: str, capture: str, jobs: int, ingress, strict_mac: bool, fmt: str, verbose: bool, limit: int,

@@ -121,6 +121,7 @@ class FlowEntry:
     hits: int = 0                       # cached replays whose counters are not yet applied (flush)
     tallied: int = 0                    # of those, replays counted here instead of by a record (tally)
     fast: Any = None                    # the compiled guards + per-packet work (_compile)
+    render: Any = None                  # renderers' cache for this entry's records (render/jsonl.py's template)
 
 
 class FlowCache:
@@ -240,7 +241,7 @@ class FlowCache:
             emitted = [Emitted(e.emit_dev, e.l2_out + self._rewrite(frame.payload, e.hlen, e.tot_len, e.mangle), "",
                                e.emit_kind)]
         return PacketRecord(frame.index, frame.ts, e.ingress, "", e.verdict, e.reason, e.egress, steps, emitted,
-                            list(e.warnings), e.rules)
+                            list(e.warnings), e.rules, e)
 
     # ---- learning -------------------------------------------------------------------------
     def begin(self, ctx: PacketContext) -> dict:

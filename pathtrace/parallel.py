@@ -185,7 +185,7 @@ def _with_hh_cached(record: Any, key: tuple[int, str], net: Any) -> Any:
                                               "lladdr": mac_ntoa(n.lladdr)})
             if s.fn == "neigh_resolve_output" and s.detail.get("neighbour") == name else s
             for s in record.path]
-    return replace(record, path=path)
+    return replace(record, path=path, flow=None)      # not the cached entry's path any more
 
 
 def _spooled(path: str) -> Iterator[tuple[int, str, str]]:

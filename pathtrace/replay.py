@@ -7,7 +7,7 @@ prints; renderers turn records into text, JSON lines, tables or pcap.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 if TYPE_CHECKING:  # pragma: no cover
     from pathtrace.render.summary import SummaryCounter
@@ -26,6 +26,17 @@ from pathtrace.net.core.skbuff import (
 from pathtrace.trace import PacketContext, PacketRecord
 
 SLL_PKT_TYPES = {0: PACKET_HOST, 1: PACKET_BROADCAST, 2: PACKET_MULTICAST, 3: PACKET_OTHERHOST, 4: PACKET_HOST}
+
+
+@dataclass(slots=True)
+class LineLane:
+    """A renderer's per-flow line templates for the C lane (render/jsonl.py FlowTemplate):
+    cached frames whose flow entry has a template get their lines written without a record
+    (`write` takes them as ASCII bytes)."""
+
+    template_type: type
+    step_text: Callable[..., str]
+    write: Callable[[bytes], Any]
 
 
 @dataclass(slots=True)
@@ -75,23 +86,37 @@ class Replayer:
     def tally(self, frames: Iterable[Frame], counter: "SummaryCounter", limit: int = 0,
               tick: "Callable[[int], None] | None" = None) -> None:
         """Replay for counts only (--summary, --counters without per-packet output): a packet the
-        cache serves is counted on its flow entry instead of getting a record of its own.  On a
-        classic pcap with the C accelerator built, runs of cached frames are served straight
-        from the reader's buffer (_fastpath.serve_pcap) without becoming Frames."""
+        cache serves is counted on its flow entry instead of getting a record of its own."""
+        self.stream(frames, counter, limit, tick)
+
+    def stream(self, frames: Iterable[Frame], counter: "SummaryCounter", limit: int = 0,
+               tick: "Callable[[int], None] | None" = None,
+               emit: "Callable[[PacketRecord, Frame], None] | None" = None, lines: "LineLane | None" = None) -> None:
+        """Replay a capture into `counter`, handing each record to `emit` (None: counts only).
+
+        On a classic pcap with the C accelerator built, runs of cached frames are served
+        straight from the reader's buffer (_fastpath.serve_pcap) without becoming Frames:
+        counted on their flow entries, and, given `lines` (a renderer's per-flow templates),
+        written as that renderer's lines."""
         cache = self.cache
         clock = self.net.neigh.clock
         cursor = getattr(frames, "cursor", None)
-        lane = cache.accel.serve_pcap if cache is not None and cache.accel is not None and cursor is not None else None
+        lane = None
+        if cache is not None and cache.accel is not None and cursor is not None and (emit is None or lines):
+            lane = cache.accel.serve_pcap
+        extra = (lines.template_type, lines.step_text) if lines is not None else ()
         frames = iter(frames)
         n = 0
         while not limit or n < limit:
             if lane is not None:
-                off, index = lane(cursor.buf, cursor.off, cursor.index, limit - n if limit else 1 << 62,
-                                  cursor.little, cursor.divisor, cursor.hlen, cache.entries, clock)
+                off, index, text = lane(cursor.buf, cursor.off, cursor.index, limit - n if limit else 1 << 62,
+                                        cursor.little, cursor.divisor, cursor.hlen, cache.entries, clock, *extra)
                 served = index - cursor.index
                 if served:
                     cursor.advance(off, index)
                     self.count += served
+                    if text:
+                        lines.write(text)
                     if tick is not None and (n + served) >> 10 != n >> 10:
                         tick(n + served)
                     n += served
@@ -99,18 +124,12 @@ class Replayer:
             frame = next(frames, None)
             if frame is None:
                 break
-            now = frame.ts
-            if cache is not None and now < clock.earliest:
-                key = cache.key(frame, self.choose_ingress(frame)[0])
-                e = cache.serve(key, frame, now)[0] if key is not None else None
-                if e is not None:
-                    self.count += 1
-                    e.tallied += 1
-                    if tick is not None and not n & 1023:
-                        tick(n)
-                    n += 1
-                    continue
-            counter.add(replay_frame(self, frame))
+            if emit is not None:
+                record = replay_frame(self, frame)
+                emit(record, frame)
+                counter.add(record)
+            else:
+                self._tally_one(frame, counter, clock)
             if tick is not None and not n & 1023:
                 tick(n)
             n += 1
@@ -119,6 +138,18 @@ class Replayer:
             for (verdict, reason, emitted), count in cache.tallied.items():
                 counter.add_many(verdict, reason, emitted, count)
             cache.tallied.clear()
+
+    def _tally_one(self, frame: Frame, counter: "SummaryCounter", clock: Any) -> None:
+        cache = self.cache
+        now = frame.ts
+        if cache is not None and now < clock.earliest:
+            key = cache.key(frame, self.choose_ingress(frame)[0])
+            e = cache.serve(key, frame, now)[0] if key is not None else None
+            if e is not None:
+                self.count += 1
+                e.tallied += 1
+                return
+        counter.add(replay_frame(self, frame))
 
     def flush(self) -> None:
         """Bring counters up to date (the replay cache applies them in bulk); call before reading

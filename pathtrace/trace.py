@@ -51,6 +51,7 @@ class PacketRecord:
     emitted: list[Emitted]
     warnings: list[str]
     rules: list[dict] = field(default_factory=list)  # deciding netfilter rules (table/chain/rule)
+    flow: Any = None            # the replay cache's entry this record was served from (renderers key caches on it)
 
 
 class PacketContext:

@@ -176,14 +176,18 @@ def test_random_conversations_same_with_cache(tmp_path_factory, events):
     assert_same(host, _conversation(events))
 
 
+def _write_pcap(frames, path: Path) -> None:
+    from pathtrace.packet.pcapwriter import PcapWriter
+    with PcapWriter(str(path)) as w:
+        for f in frames:
+            w.write(f.dst_mac + f.src_mac + f.ethertype.to_bytes(2, "big") + f.payload, f.ts)
+
+
 def _tally_from_pcap(host_path: Path, frames, path: Path, cache: bool, accel: bool):
     """--summary's replay (Replayer.tally) of `frames` written to a classic pcap file."""
-    from pathtrace.packet.pcapwriter import PcapWriter
     from pathtrace.render.summary import SummaryCounter
     if not path.exists():
-        with PcapWriter(str(path)) as w:
-            for f in frames:
-                w.write(f.dst_mac + f.src_mac + f.ethertype.to_bytes(2, "big") + f.payload, f.ts)
+        _write_pcap(frames, path)
     net = create_namespace(load_host(str(host_path)))
     r = Replayer(net, ReplayOptions(record=False, emit_frames=False, cache=cache))
     if not accel and r.cache is not None:
@@ -350,8 +354,13 @@ def test_random_udp_streams_same_with_cache(tmp_path_factory, events):
     host = tmp_path_factory.getbasetemp() / "udp-router.yaml"
     if not host.exists():
         host.write_text(workload.host_yaml(20))
+    assert_same(host, _udp_frames(events))
+
+
+def _udp_frames(events, t0: float = 1000.0) -> list:
+    """A DNS-like UDP exchange through the router; events are (direction, gap, zero checksum)."""
     lan, wan = LAN_HEADER, WAN_HEADER
-    frames, t = [], 1000.0
+    frames, t = [], t0
     for i, (direction, gap, zero_csum) in enumerate(events):
         t += gap
         if direction == 0:
@@ -362,7 +371,7 @@ def test_random_udp_streams_same_with_cache(tmp_path_factory, events):
             pkt = build.udp_packet("203.0.113.9", workload.PUBLIC, 53, 5353, b"r" * 20,
                                    udp_check=0 if zero_csum else None)
             frames.append(frame_from_ethernet(wan + pkt, i, t))
-    assert_same(host, frames)
+    return frames
 
 
 def test_steady_udp_stream_is_served_from_the_cache(tmp_path):
@@ -396,3 +405,58 @@ def test_jsonl_writer_equals_plain_json_dumps():
                 buf = io.StringIO()
                 write_jsonl(rec, buf)
                 assert buf.getvalue() == json.dumps(record_to_dict(rec), separators=(",", ":"), default=str) + "\n"
+
+
+def _jsonl_three_ways(monkeypatch, host, cap, *extra: str) -> str:
+    """replay --format jsonl: with the C lane and templates, with the Python closures, without the cache."""
+    c_lane = _cli(str(host), str(cap), "--format", "jsonl", *extra)
+    monkeypatch.setenv("PATHTRACE_PURE_PYTHON", "1")
+    python = _cli(str(host), str(cap), "--format", "jsonl", *extra)
+    monkeypatch.delenv("PATHTRACE_PURE_PYTHON")
+    uncached = _cli(str(host), str(cap), "--format", "jsonl", "--no-cache", *extra)
+    assert c_lane[0] == python[0] == uncached[0] == 0
+    for name, out in (("C lane", c_lane[1]), ("Python closures", python[1])):
+        same = out == uncached[1]           # not `assert a == b`: pytest would diff megabytes
+        assert same, f"{name}: first different line {_first_difference(out, uncached[1])}"
+    return c_lane[1]
+
+
+def _first_difference(a: str, b: str) -> str:
+    for i, (x, y) in enumerate(zip(a.splitlines(), b.splitlines())):
+        if x != y:
+            return f"{i}:\n{x[:300]}\n{y[:300]}"
+    return f"(line counts {len(a.splitlines())} and {len(b.splitlines())})"
+
+
+def test_jsonl_from_flow_templates_same_as_uncached(bench_files, monkeypatch):
+    """Cached records' lines come from per-flow templates (in C on a pcap): byte for byte the same."""
+    host, cap = bench_files
+    out = _jsonl_three_ways(monkeypatch, host, cap)
+    assert len(out.splitlines()) == 3000
+    limited = _jsonl_three_ways(monkeypatch, host, cap, "--limit", "1234")
+    assert len(limited.splitlines()) == 1234
+
+
+@pytest.mark.parametrize("name,capture", [("web-server", "web-server.pcap"), ("home-router", "home-router.pcapng"),
+                                          ("two-uplink", "two-uplink.pcapng")])
+def test_jsonl_samples_same_as_uncached(name, capture, monkeypatch):
+    _jsonl_three_ways(monkeypatch, ROOT / "rulesets" / f"{name}.yaml", ROOT / "samples" / capture)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(SACK_EVENT, min_size=1, max_size=30), st.booleans(), st.lists(UDP_EVENT, max_size=10))
+def test_random_conversations_jsonl_same_as_uncached(tmp_path_factory, monkeypatch, events, options, udp):
+    """TCP (with and without SACK) and UDP conversations from a pcap: every JSON line the same."""
+    host = tmp_path_factory.getbasetemp() / "conv-router.yaml"
+    if not host.exists():
+        host.write_text(workload.host_yaml(20))
+    frames = _conversation(events, options=options) + _udp_frames(udp, t0=frames_end(events))
+    for i, f in enumerate(frames):
+        f.index = i
+    cap = Path(tmp_path_factory.mktemp("jsonl")) / "c.pcap"
+    _write_pcap(frames, cap)
+    _jsonl_three_ways(monkeypatch, host, cap)
+
+
+def frames_end(events) -> float:
+    return 1000.002 + sum(e[5] for e in events)

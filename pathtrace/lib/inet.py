@@ -1,6 +1,7 @@
 """IPv4 and MAC address conversions used by the model and the loaders."""
 from __future__ import annotations
 
+import functools
 import socket
 import struct
 
@@ -19,7 +20,10 @@ def aton(text: str) -> int:
     return value
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def ntoa(addr: int) -> str:
+    """Dotted quad; memoised (a pure function): traces and rule-miss reasons print the same
+    few addresses over and over."""
     return socket.inet_ntoa(struct.pack("!I", addr))
 
 

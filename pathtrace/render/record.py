@@ -6,12 +6,16 @@ from typing import Any
 
 from pathtrace.capture.frame import Frame
 from pathtrace.packet.decode import describe_frame
-from pathtrace.render.jsonl import write_jsonl
+from pathtrace.render.jsonl import jsonl_line, write_jsonl
 from pathtrace.render.text import write_text
 
 
 def render_record(record: Any, frame: Frame, fmt: str, verbose: bool) -> str:
     """The text `replay` prints for one record (jsonl line or text block)."""
+    if fmt == "jsonl" and record.flow is not None:
+        line = jsonl_line(record, frame)
+        if line is not None:
+            return line
     record.packet = describe_frame(frame)
     buf = io.StringIO()
     if fmt == "jsonl":

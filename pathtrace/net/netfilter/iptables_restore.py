@@ -452,8 +452,10 @@ def _addr_check(attr: str, addr: int, mask: int, inv: bool, flag: str) -> XtMatc
     from pathtrace.net.netfilter.xt_util import fmt_addr_mask
     want = fmt_addr_mask(addr, mask)
 
+    head = f"{flag} {'! ' if inv else ''}{want}: "
+
     def why(skb, par):
-        return f"{flag} {'! ' if inv else ''}{want}: {ntoa(getattr(skb.iph, attr))}"
+        return head + ntoa(getattr(skb.iph, attr))
     # info: the constraint, for the per-chain rule index (xt_chain_index)
     return XtMatch(flag, check, why, info={"field": attr, "addr": addr, "mask": mask, "inv": inv})
 

@@ -114,6 +114,7 @@ class Rule:
     target: XtTarget
     pkts: int = 0
     bytes: int = 0
+    label: str = ""                 # "CHAIN#num: ", the prefix of its miss reasons (set on first use)
 
 
 @dataclass(slots=True, eq=False)
@@ -277,7 +278,10 @@ def _first_match(rules: list[Rule], order: list[int] | None, k: int, skb: "SkBuf
         if par.hotdrop:
             return k, rule, True
         if misses is not None:
-            misses.append(f"{chain}#{rule.num}: {m.why(skb, par)}")
+            label = rule.label
+            if not label:
+                label = rule.label = f"{chain}#{rule.num}: "
+            misses.append(label + m.why(skb, par))
         k += 1
     return k, None, False
 

@@ -830,25 +830,31 @@ static inline uint32_t rd32(const unsigned char *p, int little) {
     return little ? ((uint32_t)p[3] << 24) | ((uint32_t)p[2] << 16) | ((uint32_t)p[1] << 8) | p[0] : be32(p);
 }
 
-/* serve_pcap(buf, off, index, count, little, divisor, rec_hlen, entries, clock[, template_type, step_text])
- *   -> (off, index, lines)
+/* serve_pcap(buf, off, index, count, little, divisor, rec_hlen, entries, clock[, template_type, step_text,
+ *            foreign]) -> (off, index, served, lines)
  *
  * Serves consecutive records of a classic pcap buffer from the cache, as Replayer.stream
  * does for each: an untagged Ethernet/IPv4 TCP or UDP frame, no neighbour timer due,
  * whose key (FlowCache.key) names an entry whose guards pass.  With a template type,
  * only entries whose `render` is such a template (render/jsonl.py FlowTemplate) are
  * served, and `lines` is their JSON lines as ASCII bytes (about 1 MiB at most per call);
- * otherwise lines is None.  Stops before the
- * first record it cannot serve (or that is not whole in buf) and after `count` records. */
+ * otherwise lines is None.  Records whose key is in the set `foreign` (another worker's
+ * flows, replay --jobs) are skipped.  Stops before the first record it can neither serve
+ * nor skip (or that is not whole in buf) and after `count` records. */
 static PyObject *serve_pcap(PyObject *self, PyObject *args) {
     Py_buffer view;
     Py_ssize_t off, index, count;
     int little, rec_hlen;
     double divisor;
-    PyObject *entries, *clock, *template_type = Py_None, *step_text = Py_None;
-    if (!PyArg_ParseTuple(args, "y*nnnpdiO!O|OO", &view, &off, &index, &count, &little, &divisor, &rec_hlen,
-                          &PyDict_Type, &entries, &clock, &template_type, &step_text))
+    PyObject *entries, *clock, *template_type = Py_None, *step_text = Py_None, *foreign = Py_None;
+    if (!PyArg_ParseTuple(args, "y*nnnpdiO!O|OOO", &view, &off, &index, &count, &little, &divisor, &rec_hlen,
+                          &PyDict_Type, &entries, &clock, &template_type, &step_text, &foreign))
         return NULL;
+    if (foreign != Py_None && !PySet_Check(foreign)) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_TypeError, "serve_pcap: foreign must be a set");
+        return NULL;
+    }
     Buf lines = {NULL, 0, 0};
     TplLayout lay = {NULL, {0}};
     Py_ssize_t render_off = -1;
@@ -867,7 +873,8 @@ static PyObject *serve_pcap(PyObject *self, PyObject *args) {
     PyObject *result = NULL;
     Py_ssize_t clock_off = slot_offset(clock, s_earliest), fast_off = -1;
     PyTypeObject *entry_type = NULL;
-    while (served < count && off + rec_hlen <= len && lines.len < (1 << 20)) {
+    Py_ssize_t consumed = 0;
+    while (consumed < count && off + rec_hlen <= len && lines.len < (1 << 20)) {
         const unsigned char *h = buf + off;
         uint32_t sec = rd32(h, little), frac = rd32(h + 4, little), caplen = rd32(h + 8, little);
         if (caplen > MAX_RECORD || off + rec_hlen + (Py_ssize_t)caplen > len || caplen < 14 + 20) break;
@@ -877,13 +884,6 @@ static PyObject *serve_pcap(PyObject *self, PyObject *args) {
         Py_ssize_t need = p[9] == 6 ? 34 : p[9] == 17 ? 26 : -1;
         if (need < 0 || plen < need) break;
         double now = (double)sec + (double)frac / divisor;
-        PyObject *ev = clock_off >= 0 ? Py_XNewRef(*(PyObject **)((char *)clock + clock_off))
-                                      : PyObject_GetAttr(clock, s_earliest);
-        if (ev == NULL) { if (!PyErr_Occurred()) PyErr_SetObject(PyExc_AttributeError, s_earliest); goto done; }
-        double earliest = PyFloat_AsDouble(ev);
-        Py_DECREF(ev);
-        if (earliest == -1.0 && PyErr_Occurred()) goto done;
-        if (!(now < earliest)) break;
         /* FlowCache.key: dst, src, IP header but ID and checksum, ports (+ TCP offset and flags), length */
         memcpy(key, f, 12);
         memcpy(key + 12, p, 4);
@@ -896,8 +896,25 @@ static PyObject *serve_pcap(PyObject *self, PyObject *args) {
         PyObject *k = PyBytes_FromStringAndSize((const char *)key, 38);
         if (k == NULL) goto done;
         PyObject *e = PyDict_GetItemWithError(entries, k);
+        if (e == NULL) {
+            int skip = 0;
+            if (!PyErr_Occurred() && foreign != Py_None) skip = PySet_Contains(foreign, k);
+            Py_DECREF(k);
+            if (PyErr_Occurred()) goto done;
+            if (!skip) break;
+            off += rec_hlen + caplen;             /* another worker's flow (replay --jobs) */
+            index++;
+            consumed++;
+            continue;
+        }
         Py_DECREF(k);
-        if (e == NULL) { if (PyErr_Occurred()) goto done; break; }
+        PyObject *ev = clock_off >= 0 ? Py_XNewRef(*(PyObject **)((char *)clock + clock_off))
+                                      : PyObject_GetAttr(clock, s_earliest);
+        if (ev == NULL) { if (!PyErr_Occurred()) PyErr_SetObject(PyExc_AttributeError, s_earliest); goto done; }
+        double earliest = PyFloat_AsDouble(ev);
+        Py_DECREF(ev);
+        if (earliest == -1.0 && PyErr_Occurred()) goto done;
+        if (!(now < earliest)) break;
         if (Py_TYPE(e) != entry_type) {
             entry_type = Py_TYPE(e);
             fast_off = slot_offset(e, s_fast);
@@ -936,12 +953,13 @@ static PyObject *serve_pcap(PyObject *self, PyObject *args) {
         off += rec_hlen + caplen;
         index++;
         served++;
+        consumed++;
     }
     if (lay.type != NULL) {
         PyObject *text = PyBytes_FromStringAndSize(lines.data ? lines.data : "", lines.len);
-        if (text != NULL) result = Py_BuildValue("nnN", off, index, text);
+        if (text != NULL) result = Py_BuildValue("nnnN", off, index, served, text);
     } else {
-        result = Py_BuildValue("nnO", off, index, Py_None);
+        result = Py_BuildValue("nnnO", off, index, served, Py_None);
     }
 done:
     PyMem_Free(lines.data);

@@ -72,6 +72,7 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
 
     if fmt is None:
         fmt = "none" if summary or counters else ("text" if sys.stdout.isatty() else "jsonl")
+    gc.set_threshold(100_000, 50, 100)   # loading builds long-lived objects; per-packet garbage is freed by refcount
     try:
         cfg = load_host(host)
         if ingress and ingress not in {i.name for i in cfg.interfaces} | {"lo"}:
@@ -82,7 +83,6 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
         _fail(exc)
         return
     gc.freeze()     # the host's objects live for the whole run: keep the cyclic collector off them
-    gc.set_threshold(100_000, 50, 100)   # per-packet garbage is freed by reference counting
     need_frames = fmt != "none" or write_pcap is not None
     replayer = Replayer(net, ReplayOptions(ingress=ingress, strict_mac=strict_mac, record=fmt != "none",
                                            emit_frames=need_frames, cache=not no_cache))

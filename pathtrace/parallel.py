@@ -136,9 +136,9 @@ def run_worker(job: Job, wid: int) -> dict:
     from pathtrace.replay import Replayer, ReplayOptions, create_namespace, replay_frame
 
     import gc
+    gc.set_threshold(100_000, 50, 100)
     net = create_namespace(load_host(job.host))
     gc.freeze()
-    gc.set_threshold(100_000, 50, 100)
     plan = ShardPlan.for_net(net)
     start = net.shared_state()
     replayer = Replayer(net, ReplayOptions(ingress=job.ingress, strict_mac=job.strict_mac, record=job.fmt != "none",
@@ -147,11 +147,12 @@ def run_worker(job: Job, wid: int) -> dict:
     hh_inits = net.neigh.hh_inits
     hh_first: dict[tuple[int, str], int] = {}
     memo: dict[bytes, int] = {}
-    frames = (f for f in itertools.islice(read_frames(job.capture), job.limit or None)
-              if shard(f, plan, job.jobs, memo) == wid)
     if job.fmt == "none":
-        replayer.tally(frames, counter)
+        replayer.stream(read_frames(job.capture), counter, job.limit,
+                        accept=lambda f: shard(f, plan, job.jobs, memo) == wid)
     else:
+        frames = (f for f in itertools.islice(read_frames(job.capture), job.limit or None)
+                  if shard(f, plan, job.jobs, memo) == wid)
         with open(os.path.join(job.spool_dir, f"{wid}"), "w") as spool:
             for frame in frames:
                 inits = len(hh_inits)

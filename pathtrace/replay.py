@@ -91,40 +91,52 @@ class Replayer:
 
     def stream(self, frames: Iterable[Frame], counter: "SummaryCounter", limit: int = 0,
                tick: "Callable[[int], None] | None" = None,
-               emit: "Callable[[PacketRecord, Frame], None] | None" = None, lines: "LineLane | None" = None) -> None:
+               emit: "Callable[[PacketRecord, Frame], None] | None" = None, lines: "LineLane | None" = None,
+               accept: "Callable[[Frame], bool] | None" = None) -> None:
         """Replay a capture into `counter`, handing each record to `emit` (None: counts only).
 
-        On a classic pcap with the C accelerator built, runs of cached frames are served
-        straight from the reader's buffer (_fastpath.serve_pcap) without becoming Frames:
-        counted on their flow entries, and, given `lines` (a renderer's per-flow templates),
-        written as that renderer's lines."""
+        `accept` picks the frames this replay runs (replay --jobs: a worker's share); the others
+        are skipped but count towards `limit`.  On a classic pcap with the C accelerator built,
+        runs of cached frames are served straight from the reader's buffer
+        (_fastpath.serve_pcap) without becoming Frames: counted on their flow entries and, given
+        `lines` (a renderer's per-flow templates), written as that renderer's lines; frames of
+        flows `accept` refused are skipped there too."""
         cache = self.cache
         clock = self.net.neigh.clock
         cursor = getattr(frames, "cursor", None)
         lane = None
         if cache is not None and cache.accel is not None and cursor is not None and (emit is None or lines):
             lane = cache.accel.serve_pcap
-        extra = (lines.template_type, lines.step_text) if lines is not None else ()
+        foreign: set[bytes] | None = set() if accept is not None else None
+        extra = (lines.template_type, lines.step_text) if lines is not None else (None, None)
         frames = iter(frames)
         n = 0
         while not limit or n < limit:
             if lane is not None:
-                off, index, text = lane(cursor.buf, cursor.off, cursor.index, limit - n if limit else 1 << 62,
-                                        cursor.little, cursor.divisor, cursor.hlen, cache.entries, clock, *extra)
-                served = index - cursor.index
-                if served:
+                off, index, served, text = lane(cursor.buf, cursor.off, cursor.index, limit - n if limit else 1 << 62,
+                                                cursor.little, cursor.divisor, cursor.hlen, cache.entries, clock,
+                                                *extra, foreign)
+                consumed = index - cursor.index
+                if consumed:
                     cursor.advance(off, index)
                     self.count += served
                     if text:
                         lines.write(text)
-                    if tick is not None and (n + served) >> 10 != n >> 10:
-                        tick(n + served)
-                    n += served
+                    if tick is not None and (n + consumed) >> 10 != n >> 10:
+                        tick(n + consumed)
+                    n += consumed
                     continue
             frame = next(frames, None)
             if frame is None:
                 break
-            if emit is not None:
+            if accept is not None and not accept(frame):
+                if foreign is not None and cache is not None:
+                    key = cache.key(frame, self.choose_ingress(frame)[0])
+                    if isinstance(key, bytes):        # the C lane's kind of key: let it skip the flow
+                        if len(foreign) > 1 << 18:
+                            foreign.clear()
+                        foreign.add(key)
+            elif emit is not None:
                 record = replay_frame(self, frame)
                 emit(record, frame)
                 counter.add(record)

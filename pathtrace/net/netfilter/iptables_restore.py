@@ -199,6 +199,8 @@ class RulesetParser:
 
 def tokenize(line: str, parser: RulesetParser | None = None, n: int = 0) -> list[str]:
     """iptables-restore's argv splitting: whitespace, "double"/'single' quotes, \\-escapes in quotes."""
+    if '"' not in line and "'" not in line:
+        return line.split()             # what the loop below gives for a line without quotes
     out: list[str] = []
     cur: list[str] = []
     quote = ""
@@ -234,9 +236,12 @@ def tokenize(line: str, parser: RulesetParser | None = None, n: int = 0) -> list
     return out
 
 
+_NEEDS_QUOTES = re.compile(r"[\s\"'\\]")      # \s: str.isspace's characters
+
+
 def quote_token(tok: str) -> str:
     """iptables-save quoting: strings with blanks or quotes go in double quotes."""
-    if tok and not any(c.isspace() or c in "\"'\\" for c in tok):
+    if tok and not _NEEDS_QUOTES.search(tok):
         return tok
     return '"' + tok.replace("\\", "\\\\").replace('"', '\\"') + '"'
 

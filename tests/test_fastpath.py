@@ -203,11 +203,3 @@ def test_rewrite_udp_checksum_that_folds_to_zero_is_sent_as_ffff():
     assert out == rewrite(pkt, 20, len(pkt), mangle)
     assert out[26:28] == b"\xff\xff"
 
-
-def test_accelerator_is_built_in_ci():
-    """CI machines have a compiler: the speed figures depend on the extension being there."""
-    import importlib
-    import os
-    if os.environ.get("CI") != "true":
-        pytest.skip("only checked in CI")
-    assert importlib.util.find_spec("pathtrace._fastpath") is not None

@@ -119,14 +119,14 @@ def _replay_one(replayer, frames, fmt: str, verbose: bool, limit: int, write_pca
     from pathtrace.replay import LineLane
     progress = _Progress(progress_on)
     writer = PcapWriter(write_pcap) if write_pcap else None
-    emit = lines = None
-    if fmt != "none" or writer is not None:
-        def emit(record, frame) -> None:
-            if fmt != "none":
-                out.write(render_record(record, frame, fmt, verbose))
-            if writer is not None:
-                for e in record.emitted:
-                    writer.write(e.frame, record.time)
+    def write_record(record, frame) -> None:
+        if fmt != "none":
+            out.write(render_record(record, frame, fmt, verbose))
+        if writer is not None:
+            for e in record.emitted:
+                writer.write(e.frame, record.time)
+    emit = write_record if fmt != "none" or writer is not None else None
+    lines = None
     if fmt == "jsonl" and writer is None:
         # cached frames' lines come from their flows' templates (written by the C lane when built)
         from pathtrace.render.jsonl import FlowTemplate, step_text

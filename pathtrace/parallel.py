@@ -18,7 +18,6 @@ spool files; counters are summed into the parent's copy of the host.
 from __future__ import annotations
 
 import heapq
-import itertools
 import multiprocessing
 import os
 import struct
@@ -132,8 +131,9 @@ def run_worker(job: Job, wid: int) -> dict:
     from pathtrace.capture import read_frames
     from pathtrace.host.loader import load_host
     from pathtrace.render.summary import SummaryCounter
+    from pathtrace.render.jsonl import FlowTemplate, step_text
     from pathtrace.render.record import render_record
-    from pathtrace.replay import Replayer, ReplayOptions, create_namespace, replay_frame
+    from pathtrace.replay import LineLane, Replayer, ReplayOptions, create_namespace
 
     import gc
     gc.set_threshold(100_000, 50, 100)
@@ -147,24 +147,31 @@ def run_worker(job: Job, wid: int) -> dict:
     hh_inits = net.neigh.hh_inits
     hh_first: dict[tuple[int, str], int] = {}
     memo: dict[bytes, int] = {}
+
+    def mine(frame: Frame) -> bool:
+        return shard(frame, plan, job.jobs, memo) == wid
     if job.fmt == "none":
-        replayer.stream(read_frames(job.capture), counter, job.limit,
-                        accept=lambda f: shard(f, plan, job.jobs, memo) == wid)
+        replayer.stream(read_frames(job.capture), counter, job.limit, accept=mine)
     else:
-        frames = (f for f in itertools.islice(read_frames(job.capture), job.limit or None)
-                  if shard(f, plan, job.jobs, memo) == wid)
         with open(os.path.join(job.spool_dir, f"{wid}"), "w") as spool:
-            for frame in frames:
-                inits = len(hh_inits)
-                record = replay_frame(replayer, frame)
-                filled = hh_inits[inits:]
+            seen = len(hh_inits)
+
+            def emit(record: Any, frame: Frame) -> None:
+                nonlocal seen
+                filled = hh_inits[seen:]           # header caches this record's path filled
+                seen = len(hh_inits)
                 for key in filled:
                     hh_first.setdefault(key, record.index)
                 text = render_record(record, frame, job.fmt, job.verbose)
                 alt = render_record(_with_hh_cached(record, filled[0], net), frame, job.fmt, job.verbose) \
                     if len(filled) == 1 else ""
                 spool.write(f"{record.index} {len(text)} {len(alt)}\n{text}{alt}")
-                counter.add(record)
+
+            def lines_chunk(data: bytes) -> None:
+                text = data.decode("ascii")
+                spool.write(f"L {len(text)} 0\n{text}")
+            lines = LineLane(FlowTemplate, step_text, lines_chunk) if job.fmt == "jsonl" else None
+            replayer.stream(read_frames(job.capture), counter, job.limit, emit=emit, lines=lines, accept=mine)
     replayer.flush()
     return {"verdicts": counter.verdicts, "emitted": counter.emitted, "packets": counter.packets,
             "devices": {d.name: (d.rx_packets, d.rx_dropped, d.tx_packets, d.tx_bytes) for d in net.devices.values()},
@@ -196,6 +203,10 @@ def _spooled(path: str) -> Iterator[tuple[int, str, str]]:
             if not head:
                 return
             index, size, alt = head.split()
+            if index == "L":      # JSON lines the C lane wrote from flow templates, each starting {"index":N,
+                for line in fh.read(int(size)).splitlines(keepends=True):
+                    yield int(line[9:line.index(",", 9)]), line, ""
+                continue
             yield int(index), fh.read(int(size)), fh.read(int(alt))
 
 

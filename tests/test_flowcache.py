@@ -73,6 +73,14 @@ def assert_same(host_path: Path, frames, record: bool = True, min_hits: float = 
     return r
 
 
+def _router(tmp_path_factory) -> Path:
+    """bench/workload's NAT router with 20 rules, written once per session."""
+    host = tmp_path_factory.getbasetemp() / "router-20.yaml"
+    if not host.exists():
+        host.write_text(workload.host_yaml(20))
+    return host
+
+
 @pytest.fixture(scope="module")
 def bench_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("bench")
@@ -170,9 +178,7 @@ EVENT = st.tuples(*EVENT_FIELDS)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(EVENT, min_size=1, max_size=40))
 def test_random_conversations_same_with_cache(tmp_path_factory, events):
-    host = tmp_path_factory.getbasetemp() / "conv-router.yaml"
-    if not host.exists():
-        host.write_text(workload.host_yaml(20))
+    host = _router(tmp_path_factory)
     assert_same(host, _conversation(events))
 
 
@@ -231,10 +237,7 @@ SACK_EVENT = st.tuples(*EVENT_FIELDS, st.sampled_from([None, None, 0, 1, 40, 200
 def test_random_conversations_tally_same_from_pcap(tmp_path_factory, events, options):
     """The C lane reads records straight from the pcap buffer: same counts and state, with
     and without SACK blocks and window scaling."""
-    base = tmp_path_factory.getbasetemp()
-    host = base / "conv-router.yaml"
-    if not host.exists():
-        host.write_text(workload.host_yaml(20))
+    host = _router(tmp_path_factory)
     cap = Path(tmp_path_factory.mktemp("conv")) / "c.pcap"
     assert_tally_same(host, _conversation(events, options=options), cap)
 
@@ -242,9 +245,7 @@ def test_random_conversations_tally_same_from_pcap(tmp_path_factory, events, opt
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(SACK_EVENT, min_size=1, max_size=40))
 def test_random_sack_conversations_same_with_cache(tmp_path_factory, events):
-    host = tmp_path_factory.getbasetemp() / "conv-router.yaml"
-    if not host.exists():
-        host.write_text(workload.host_yaml(20))
+    host = _router(tmp_path_factory)
     assert_same(host, _conversation(events, options=True))
 
 
@@ -351,9 +352,7 @@ UDP_EVENT = st.tuples(st.integers(0, 1), st.sampled_from([0.001, 0.5, 1.5, 2.5, 
 @given(st.lists(UDP_EVENT, min_size=1, max_size=40))
 def test_random_udp_streams_same_with_cache(tmp_path_factory, events):
     """UDP through MASQUERADE: unreplied, replied, becoming a stream after 2 s, expiring."""
-    host = tmp_path_factory.getbasetemp() / "udp-router.yaml"
-    if not host.exists():
-        host.write_text(workload.host_yaml(20))
+    host = _router(tmp_path_factory)
     assert_same(host, _udp_frames(events))
 
 
@@ -447,9 +446,7 @@ def test_jsonl_samples_same_as_uncached(name, capture, monkeypatch):
 @given(st.lists(SACK_EVENT, min_size=1, max_size=30), st.booleans(), st.lists(UDP_EVENT, max_size=10))
 def test_random_conversations_jsonl_same_as_uncached(tmp_path_factory, monkeypatch, events, options, udp):
     """TCP (with and without SACK) and UDP conversations from a pcap: every JSON line the same."""
-    host = tmp_path_factory.getbasetemp() / "conv-router.yaml"
-    if not host.exists():
-        host.write_text(workload.host_yaml(20))
+    host = _router(tmp_path_factory)
     frames = _conversation(events, options=options) + _udp_frames(udp, t0=frames_end(events))
     for i, f in enumerate(frames):
         f.index = i

@@ -44,11 +44,7 @@ enum {
     A_COUNT
 };
 
-static PyObject *s_timeout, *s_status, *s_mark, *s_labels, *s_state, *s_now, *s_last_gc, *s_gc;
-static PyObject *s_hh_cached, *s_lladdr, *s_timer, *s_td_end, *s_td_maxend, *s_td_maxwin, *s_td_maxack;
-static PyObject *s_td_scale, *s_flags, *s_last_seq, *s_last_ack, *s_last_end, *s_last_win, *s_last_dir;
-static PyObject *s_retrans, *s_last_index, *s_stream_ts, *s_fast, *s_hits, *s_tallied, *s_neigh_touch;
-static PyObject *s_neigh, *s_updated, *s_earliest, *s_new_state, *s_assured, *s_ESTABLISHED, *s_render;
+static PyObject *s_timeout, *s_state, *s_gc, *s_fast, *s_earliest, *s_new_state, *s_assured, *s_ESTABLISHED, *s_render;
 
 typedef struct {
     PyObject_HEAD
@@ -516,8 +512,12 @@ static int FastEntry_init(FastEntry *fe, PyObject *args, PyObject *kw) {
 }
 
 static int FastEntry_traverse(FastEntry *fe, visitproc visit, void *arg) {
-    Py_VISIT(fe->ct); Py_VISIT(fe->st); Py_VISIT(fe->table); Py_VISIT(fe->neigh); Py_VISIT(fe->neigh_entries);
-    Py_VISIT(fe->sender); Py_VISIT(fe->receiver); Py_VISIT(fe->slow); Py_VISIT(fe->no_detail);
+    Py_VISIT(fe->ct); Py_VISIT(fe->st); Py_VISIT(fe->table); Py_VISIT(fe->status); Py_VISIT(fe->mark);
+    Py_VISIT(fe->labels); Py_VISIT(fe->pstate); Py_VISIT(fe->neigh); Py_VISIT(fe->nstate); Py_VISIT(fe->nhh);
+    Py_VISIT(fe->nlladdr); Py_VISIT(fe->ntimer); Py_VISIT(fe->neigh_entries); Py_VISIT(fe->nkey);
+    Py_VISIT(fe->udp_timeout); Py_VISIT(fe->udp_stream_timeout); Py_VISIT(fe->sender); Py_VISIT(fe->receiver);
+    Py_VISIT(fe->t_est); Py_VISIT(fe->t_retrans); Py_VISIT(fe->t_unack); Py_VISIT(fe->no_detail);
+    Py_VISIT(fe->slow);
     return 0;
 }
 
@@ -930,25 +930,27 @@ static PyObject *serve_pcap(PyObject *self, PyObject *args) {
                 Py_DECREF(tpl);
             }
             if (tpl == NULL || Py_TYPE(tpl) != lay.type) break;
+            Py_INCREF(tpl);                /* held while Python code may run (gc, step_text) */
         }
         PyObject *fast = fast_off >= 0 ? Py_XNewRef(*(PyObject **)((char *)e + fast_off)) : PyObject_GetAttr(e, s_fast);
-        if (fast == NULL) { if (PyErr_Occurred()) goto done; break; }
-        if (Py_TYPE(fast) != &FastEntryType) { Py_DECREF(fast); break; }
+        if (fast == NULL || Py_TYPE(fast) != &FastEntryType) {
+            Py_XDECREF(fast);
+            Py_XDECREF(tpl);
+            if (PyErr_Occurred()) goto done;
+            break;
+        }
         FastEntry *fe = (FastEntry *)fast;
         PyObject *r = fast_run(fe, p, plen, now);
-        if (r == NULL) { Py_DECREF(fast); goto done; }
-        int hit = r != Py_None;
-        if (hit && tpl != NULL && append_line(&lines, &lay, tpl, r, index, now, p, step_text) < 0) {
-            Py_DECREF(r);
-            Py_DECREF(fast);
-            goto done;
-        }
-        Py_DECREF(r);
-        if (hit) {
+        int hit = r != NULL && r != Py_None, failed = r == NULL;
+        if (hit && tpl != NULL && append_line(&lines, &lay, tpl, r, index, now, p, step_text) < 0) failed = 1;
+        Py_XDECREF(r);
+        Py_XDECREF(tpl);
+        if (hit && !failed) {
             fe->tallied++;
-            if (fe->touch && set_double(fe, fe->neigh, A_N_UPDATED, now) < 0) { Py_DECREF(fast); goto done; }
+            if (fe->touch && set_double(fe, fe->neigh, A_N_UPDATED, now) < 0) failed = 1;
         }
         Py_DECREF(fast);
+        if (failed) goto done;
         if (!hit) break;
         off += rec_hlen + caplen;
         index++;
@@ -981,17 +983,9 @@ static struct PyModuleDef module = {
 #define INTERN(var, text) do { if (!(var = PyUnicode_InternFromString(text))) return NULL; } while (0)
 
 PyMODINIT_FUNC PyInit__fastpath(void) {
-    INTERN(s_timeout, "timeout"); INTERN(s_status, "status"); INTERN(s_mark, "mark"); INTERN(s_labels, "labels");
-    INTERN(s_state, "state"); INTERN(s_now, "now"); INTERN(s_last_gc, "last_gc"); INTERN(s_gc, "gc");
-    INTERN(s_hh_cached, "hh_cached"); INTERN(s_lladdr, "lladdr"); INTERN(s_timer, "_timer");
-    INTERN(s_td_end, "td_end"); INTERN(s_td_maxend, "td_maxend"); INTERN(s_td_maxwin, "td_maxwin");
-    INTERN(s_td_maxack, "td_maxack"); INTERN(s_td_scale, "td_scale"); INTERN(s_flags, "flags");
-    INTERN(s_last_seq, "last_seq"); INTERN(s_last_ack, "last_ack"); INTERN(s_last_end, "last_end");
-    INTERN(s_last_win, "last_win"); INTERN(s_last_dir, "last_dir"); INTERN(s_retrans, "retrans");
-    INTERN(s_last_index, "last_index"); INTERN(s_stream_ts, "stream_ts"); INTERN(s_fast, "fast");
-    INTERN(s_hits, "hits"); INTERN(s_tallied, "tallied"); INTERN(s_neigh_touch, "neigh_touch");
-    INTERN(s_neigh, "neigh"); INTERN(s_updated, "updated"); INTERN(s_earliest, "earliest");
-    INTERN(s_new_state, "new_state"); INTERN(s_assured, "assured"); INTERN(s_ESTABLISHED, "ESTABLISHED");
+    INTERN(s_timeout, "timeout"); INTERN(s_state, "state"); INTERN(s_gc, "gc"); INTERN(s_fast, "fast");
+    INTERN(s_earliest, "earliest"); INTERN(s_new_state, "new_state"); INTERN(s_assured, "assured");
+    INTERN(s_ESTABLISHED, "ESTABLISHED"); INTERN(s_render, "render");
     static const char *names[A_COUNT] = {
         "timeout", "status", "mark", "labels",
         "state", "last_seq", "last_ack", "last_end", "last_win", "last_dir", "retrans", "last_index", "stream_ts",
@@ -1002,7 +996,6 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     for (int a = 0; a < A_COUNT; a++) INTERN(attr_name[a], names[a]);
     static const char *tnames[T_COUNT] = {"flat", "tcp", "hlen", "tracker", "steps", "l2_out", "mangle", "tot_len"};
     for (int a = 0; a < T_COUNT; a++) INTERN(tpl_name[a], tnames[a]);
-    INTERN(s_render, "render");
     if (PyType_Ready(&FastEntryType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;

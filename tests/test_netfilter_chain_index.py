@@ -188,9 +188,9 @@ def scenarios(draw) -> tuple:
     return text, list(zip(order, dims)), draw(st.lists(packets(prof), min_size=1, max_size=10))
 
 
-def _skb(p: dict, now: float):
+def _skb(p: dict, now: float, record: bool = False):
     skb = make_skb(src=p["src"], dst=p["dst"], proto=p["proto"], payload=bytearray(p["payload"]),
-                   frag_off=p["frag_off"], now=now, record=False, fix_csum=False)
+                   frag_off=p["frag_off"], now=now, record=record, fix_csum=False)
     skb.mark = p["mark"]
     skb.ctx.counted = []
     return skb
@@ -213,6 +213,14 @@ def check_scenario(text: str, dims: list[tuple[str, str]], pkts: list[dict]) -> 
         assert counted_names(b.ctx.counted) == counted_names(a.ctx.counted)
         assert b.mark == a.mark
         assert counters(idx) == counters(lin)
+        # recording: every rule is reported; those the index leaves out on their first check are
+        # noted without running it - the same reasons as the linear walk's
+        a, b = _skb(p, now, record=True), _skb(p, now, record=True)
+        da = run(lin, a, linear=True, indev=p["indev"], outdev=p["outdev"])
+        db = run(idx, b, indev=p["indev"], outdev=p["outdev"])
+        assert (db.verdict, db.chain, db.rule, db.path, db.misses) == (da.verdict, da.chain, da.rule, da.path,
+                                                                       da.misses), text
+        assert b.mark == a.mark and counters(idx) == counters(lin)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -256,7 +264,19 @@ def test_10000_rules_evaluate_a_handful_of_checks(big) -> None:
 def test_recording_walks_every_rule(big) -> None:
     skb = make_skb(src="10.0.5.1", dst="100.64.5.1", payload=tcp_payload(1, 1005), record=True)
     d = run(big, skb)
-    assert d.rule == 6 and len(d.misses) == 5       # rules 1-5 evaluated and reported, as without an index
+    assert d.rule == 6 and len(d.misses) == 5       # rules 1-5 reported, as without an index
+    assert d.misses[0] == "FORWARD#1: -s 10.0.0.1/32: 10.0.5.1"
+
+
+def test_recording_notes_rules_left_out_without_running_their_first_check(big) -> None:
+    calls = count_checks(big)
+    skb = make_skb(src="10.39.249.1", dst="100.64.199.9", payload=tcp_payload(1, 1049), record=True)
+    d = run(big, skb)
+    assert (d.rule, len(d.misses)) == (10_000, 9_999)
+    assert calls[0] <= 5                            # only the candidate's checks ran
+    ref = run(big, make_skb(src="10.39.249.1", dst="100.64.199.9", payload=tcp_payload(1, 1049), record=True),
+              linear=True)
+    assert d.misses == ref.misses and ref.misses[4] == "FORWARD#5: -s 10.0.4.1/32: 10.39.249.1"
 
 
 def test_kubernetes_services_index_on_destination() -> None:

@@ -11,14 +11,15 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from pathtrace.errors import HostFileError
 from pathtrace.net.netfilter import xt_registry
 from pathtrace.net.netfilter.x_tables import (
-    CHAIN_HOOKS, HOOK_CHAINS, NF_ACCEPT, NF_DROP, NF_QUEUE, TABLE_HOOKS, XT_RETURN, Chain, ExtSpec,
-    Opt, Rule, RuleCtx, Table, XtError, XtMatch, XtTarget,
+    CHAIN_HOOKS, HOOK_CHAINS, NF_ACCEPT, NF_DROP, NF_QUEUE, TABLE_HOOKS, XT_RETURN, Chain,
+    ExtSpec, Opt, Rule, RuleCtx, Table, XtError, XtMatch, XtTarget,
 )
+from pathtrace.lib.inet import ntoa
 from pathtrace.net.netfilter.xt_util import PROTO_BY_NUM, parse_addr_mask, parse_proto
 
 STANDARD_TARGETS = {"ACCEPT": NF_ACCEPT, "DROP": NF_DROP, "RETURN": XT_RETURN, "QUEUE": NF_QUEUE}
@@ -413,8 +414,6 @@ def _owner(opt: str, target: _Ext | None, matches: list[_Ext]) -> _Ext | None:
 
 def _ip_checks(ip: dict[str, tuple[str, bool]], chain: str, proto: int, inv_proto: bool) -> list[XtMatch]:
     """ip_packet_match, field by field, as closures (src, dst, in, out, proto, frag)."""
-    from pathtrace.lib.inet import ntoa
-
     checks: list[XtMatch] = []
     for flag, attr in (("-s", "saddr"), ("-d", "daddr")):
         if flag not in ip:
@@ -447,7 +446,6 @@ def _ip_checks(ip: dict[str, tuple[str, bool]], chain: str, proto: int, inv_prot
 
 
 def _addr_check(attr: str, addr: int, mask: int, inv: bool, flag: str) -> XtMatch:
-    from pathtrace.lib.inet import ntoa
     if attr == "saddr":
         def check(skb, par):
             return ((skb.iph.saddr & mask) == addr) != inv
@@ -457,12 +455,31 @@ def _addr_check(attr: str, addr: int, mask: int, inv: bool, flag: str) -> XtMatc
     from pathtrace.net.netfilter.xt_util import fmt_addr_mask
     want = fmt_addr_mask(addr, mask)
 
-    head = f"{flag} {'! ' if inv else ''}{want}: "
-
-    def why(skb, par):
-        return head + ntoa(getattr(skb.iph, attr))
     # info: the constraint, for the per-chain rule index (xt_chain_index)
-    return XtMatch(flag, check, why, info={"field": attr, "addr": addr, "mask": mask, "inv": inv})
+    return _with_reason(XtMatch(flag, check, None, info={"field": attr, "addr": addr, "mask": mask, "inv": inv}),
+                        f"{flag} {'! ' if inv else ''}{want}: ", attr)
+
+
+def _with_reason(m: XtMatch, head: str, field: str) -> XtMatch:
+    """An ip_packet_match check whose miss reason is head + the packet's field (FIELD_TEXT)."""
+    text = FIELD_TEXT[field]
+    m.reason = (head, field, text)
+    m.why = lambda skb, par: head + text(skb, par)
+    return m
+
+
+def _devname(dev: Any) -> str:
+    return dev.name if dev is not None else ""
+
+
+# The packet's side of an ip_packet_match miss reason ("-s 10.0.0.0/8: <text>"), per field.
+FIELD_TEXT: dict[str, Callable[[Any, Any], str]] = {
+    "saddr": lambda skb, par: ntoa(skb.iph.saddr),
+    "daddr": lambda skb, par: ntoa(skb.iph.daddr),
+    "indev": lambda skb, par: _devname(par.indev) or "(none)",
+    "outdev": lambda skb, par: _devname(par.outdev) or "(none)",
+    "proto": lambda skb, par: str(PROTO_BY_NUM.get(skb.iph.protocol, skb.iph.protocol)),
+}
 
 
 def _iface_check(which: str, name: str, inv: bool, flag: str) -> XtMatch:
@@ -479,18 +496,17 @@ def _iface_check(which: str, name: str, inv: bool, flag: str) -> XtMatch:
         def check(skb, par):
             return (devname(par) == name) != inv
 
-    def why(skb, par):
-        return f"{flag} {'! ' if inv else ''}{name}: {devname(par) or '(none)'}"
-    return XtMatch(flag, check, why, info={"field": which, "name": name, "wildcard": wildcard, "inv": inv})
+    return _with_reason(XtMatch(flag, check, None, info={"field": which, "name": name, "wildcard": wildcard,
+                                                         "inv": inv}),
+                        f"{flag} {'! ' if inv else ''}{name}: ", which)
 
 
 def _proto_check(proto: int, inv: bool) -> XtMatch:
     def check(skb, par):
         return (skb.iph.protocol == proto) != inv
 
-    def why(skb, par):
-        return f"-p {'! ' if inv else ''}{PROTO_BY_NUM.get(proto, proto)}: {PROTO_BY_NUM.get(skb.iph.protocol, skb.iph.protocol)}"
-    return XtMatch("-p", check, why, info={"field": "proto", "proto": proto, "inv": inv})
+    return _with_reason(XtMatch("-p", check, None, info={"field": "proto", "proto": proto, "inv": inv}),
+                        f"-p {'! ' if inv else ''}{PROTO_BY_NUM.get(proto, proto)}: ", "proto")
 
 
 # ---- translate_table checks ------------------------------------------------------------

@@ -87,6 +87,8 @@ class XtMatch:
     table: str | None = None        # table restriction (xt_match.table)
     conntrack: bool = False         # needs nf_conntrack loaded
     info: Any = None                # parsed options other checks consult (TCPMSS looks for a SYN match)
+    reason: "tuple[str, str, Callable[[Any, Any], str]] | None" = None   # why == head + text(skb, par):
+    #                                 (head, field, text) for ip_packet_match fields, so a walk formats each field once
 
 
 @dataclass(slots=True)
@@ -185,10 +187,12 @@ def ipt_do_table(table: Table, skb: "SkBuff", par: XtParam, linear: bool = False
     while True:
         rules = chain.rules
         # find the next rule whose matches all match: every rule (linear) or the candidates
-        if cands is None:
-            idx, rule, hot = _first_match(rules, None, idx, skb, par, misses, chain.name)
+        if misses is not None:
+            idx, rule, hot = _first_match_recording(chain, idx, skb, par, misses, linear)
+        elif cands is None:
+            idx, rule, hot = _first_match(rules, None, idx, skb, par)
         else:
-            ci, rule, hot = _first_match(rules, cands, ci, skb, par, None, chain.name)
+            ci, rule, hot = _first_match(rules, cands, ci, skb, par)
             if rule is not None:
                 idx = cands[ci]
         if hot:
@@ -263,8 +267,8 @@ def _count(ctx: Any, obj: "Rule | Chain", length: int) -> None:
         counted.append(obj)
 
 
-def _first_match(rules: list[Rule], order: list[int] | None, k: int, skb: "SkBuff", par: XtParam,
-                 misses: list[str] | None, chain: str) -> tuple[int, Rule | None, bool]:
+def _first_match(rules: list[Rule], order: list[int] | None, k: int, skb: "SkBuff",
+                 par: XtParam) -> tuple[int, Rule | None, bool]:
     """Scan rules[order[k]], rules[order[k + 1]]... (order None: rules[k], rules[k + 1]...) for the
     first rule whose matches all match.  Returns (k, rule, hotdrop); rule None at the chain's end."""
     n = len(order) if order is not None else len(rules)
@@ -277,11 +281,49 @@ def _first_match(rules: list[Rule], order: list[int] | None, k: int, skb: "SkBuf
             return k, rule, False
         if par.hotdrop:
             return k, rule, True
-        if misses is not None:
-            label = rule.label
-            if not label:
-                label = rule.label = f"{chain}#{rule.num}: "
-            misses.append(label + m.why(skb, par))
+        k += 1
+    return k, None, False
+
+
+def _first_match_recording(chain: Chain, k: int, skb: "SkBuff", par: XtParam, misses: list[str],
+                           linear: bool = False) -> tuple[int, Rule | None, bool]:
+    """_first_match over every rule from k, noting each miss with the reason its first failing
+    match gives ("CHAIN#n: reason"); a SYN in a large ruleset spends its time here.
+
+    A rule the chain's index leaves out because its first check - an ip_packet_match field,
+    the index's dimension - fails is noted without running that check: it is the check that
+    fails first, and it has no effects.  Every other rule is evaluated (every rule: `linear`)."""
+    rules = chain.rules
+    append = misses.append
+    texts: dict[str, str] = {}
+    known: frozenset[int] = frozenset()
+    cands = candidates(chain, skb, par) if skb.iph is not None and not linear else None
+    if cands is not None:
+        known = chain.xt_index.lead().difference(cands)
+    n = len(rules)
+    while k < n:
+        rule = rules[k]
+        if k in known:
+            m = rule.checks[0]
+        else:
+            for m in rule.checks:
+                if not m.check(skb, par):
+                    break
+            else:
+                return k, rule, False
+            if par.hotdrop:
+                return k, rule, True
+        label = rule.label
+        if not label:
+            label = rule.label = f"{chain.name}#{rule.num}: "
+        reason = m.reason
+        if reason is None:
+            append(label + m.why(skb, par))
+        else:                               # the packet's side of the reason, once per field and walk
+            text = texts.get(reason[1])
+            if text is None:
+                text = texts[reason[1]] = reason[2](skb, par)
+            append(label + reason[0] + text)
         k += 1
     return k, None, False
 

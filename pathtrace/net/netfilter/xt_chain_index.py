@@ -56,7 +56,7 @@ class ChainIndex:
     """The index of one chain: `lookup(skb, par)` -> candidate rule positions (0-based, ascending),
     or None when this packet must walk the chain linearly."""
 
-    __slots__ = ("rules", "n", "dim", "score", "lookup", "wild", "buckets")
+    __slots__ = ("rules", "n", "dim", "score", "lookup", "wild", "buckets", "_lead")
 
     def __init__(self, rules: list, dim: str | None, score: float, lookup: Lookup | None,
                  wild: list[int] | None = None, buckets: int = 0):
@@ -67,6 +67,16 @@ class ChainIndex:
         self.lookup = lookup
         self.wild = wild
         self.buckets = buckets
+        self._lead: frozenset[int] | None = None
+
+    def lead(self) -> frozenset[int]:
+        """Positions of the rules whose first check is the indexed ip_packet_match field: left out
+        of a packet's candidates, that check is the one they fail first (recording uses this)."""
+        if self._lead is None:
+            dim = self.dim
+            self._lead = frozenset(i for i, r in enumerate(self.rules)
+                                   if r.checks and (reason := r.checks[0].reason) is not None and reason[1] == dim)
+        return self._lead
 
     def __repr__(self) -> str:
         return f"ChainIndex(dim={self.dim}, rules={self.n}, wildcards={len(self.wild or ())}, score={self.score:.1f})"

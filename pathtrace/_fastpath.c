@@ -830,6 +830,136 @@ static inline uint32_t rd32(const unsigned char *p, int little) {
     return little ? ((uint32_t)p[3] << 24) | ((uint32_t)p[2] << 16) | ((uint32_t)p[1] << 8) | p[0] : be32(p);
 }
 
+/* A replay's cache as the C lanes see it: the entries, the neighbour timers' clock, and
+ * for JSON lines the renderer's template type; `foreign`: keys of other workers' flows. */
+typedef struct {
+    PyObject *entries, *clock, *step_text, *foreign;
+    Buf lines;
+    TplLayout lay;
+    Py_ssize_t clock_off, fast_off, render_off;
+    PyTypeObject *entry_type;
+} Lane;
+
+enum { R_SERVED, R_SKIPPED, R_STOP, R_ERROR };
+
+static int lane_open(Lane *L, PyObject *entries, PyObject *clock, PyObject *template_type, PyObject *step_text,
+                     PyObject *foreign) {
+    memset(L, 0, sizeof(*L));
+    L->entries = entries;
+    L->clock = clock;
+    L->step_text = step_text;
+    L->foreign = foreign;
+    L->fast_off = L->render_off = -1;
+    if (!PyDict_Check(entries) || (foreign != Py_None && !PySet_Check(foreign))) {
+        PyErr_SetString(PyExc_TypeError, "serve: entries must be a dict, foreign a set or None");
+        return -1;
+    }
+    if (template_type != Py_None) {
+        if (!PyType_Check(template_type) || !PyCallable_Check(step_text)) {
+            PyErr_SetString(PyExc_TypeError, "serve: template_type must be a type, step_text callable");
+            return -1;
+        }
+        L->lay.type = (PyTypeObject *)template_type;
+        for (int a = 0; a < T_COUNT; a++) L->lay.off[a] = type_slot_offset(L->lay.type, tpl_name[a]);
+    }
+    L->clock_off = slot_offset(clock, s_earliest);
+    return 0;
+}
+
+/* (off, index, served, lines) and the lane's buffer freed. */
+static PyObject *lane_close(Lane *L, Py_ssize_t off, Py_ssize_t index, Py_ssize_t served, int ok) {
+    PyObject *result = NULL;
+    if (ok) {
+        if (L->lay.type != NULL) {
+            PyObject *text = PyBytes_FromStringAndSize(L->lines.data ? L->lines.data : "", L->lines.len);
+            if (text != NULL) result = Py_BuildValue("nnnN", off, index, served, text);
+        } else {
+            result = Py_BuildValue("nnnO", off, index, served, Py_None);
+        }
+    }
+    PyMem_Free(L->lines.data);
+    return result;
+}
+
+/* One captured Ethernet frame f[:caplen] at capture time `now`, arrived on the interface
+ * named name[:nlen] (pcapng's if_name; empty for a classic pcap): served from the cache,
+ * skipped (another worker's flow), or R_STOP when Python must run it. */
+static int lane_frame(Lane *L, const unsigned char *name, Py_ssize_t nlen, const unsigned char *f,
+                      Py_ssize_t caplen, double now, Py_ssize_t index) {
+    unsigned char keybuf[256 + 38];
+    if (caplen < 14 + 20 || nlen > 256) return R_STOP;
+    const unsigned char *p = f + 14;
+    Py_ssize_t plen = caplen - 14;
+    if (f[12] != 0x08 || f[13] != 0x00 || p[0] != 0x45) return R_STOP;
+    Py_ssize_t need = p[9] == 6 ? 34 : p[9] == 17 ? 26 : -1;
+    if (need < 0 || plen < need) return R_STOP;
+    /* FlowCache.key: interface name, dst, src, IP header but ID and checksum, ports (+ TCP offset and flags), length */
+    unsigned char *key = keybuf + nlen;
+    memcpy(keybuf, name, nlen);
+    memcpy(key, f, 12);
+    memcpy(key + 12, p, 4);
+    memcpy(key + 16, p + 6, 4);
+    memcpy(key + 20, p + 12, 8);
+    if (p[9] == 6) { memcpy(key + 28, p + 20, 4); memcpy(key + 32, p + 32, 2); }
+    else memcpy(key + 28, p + 20, 6);
+    key[34] = (unsigned char)(plen >> 24); key[35] = (unsigned char)(plen >> 16);
+    key[36] = (unsigned char)(plen >> 8); key[37] = (unsigned char)plen;
+    PyObject *k = PyBytes_FromStringAndSize((const char *)keybuf, nlen + 38);
+    if (k == NULL) return R_ERROR;
+    PyObject *e = PyDict_GetItemWithError(L->entries, k);
+    if (e == NULL) {
+        int skip = 0;
+        if (!PyErr_Occurred() && L->foreign != Py_None) skip = PySet_Contains(L->foreign, k);
+        Py_DECREF(k);
+        if (PyErr_Occurred()) return R_ERROR;
+        return skip ? R_SKIPPED : R_STOP;       /* skipped: another worker's flow (replay --jobs) */
+    }
+    Py_DECREF(k);
+    PyObject *ev = L->clock_off >= 0 ? Py_XNewRef(*(PyObject **)((char *)L->clock + L->clock_off))
+                                     : PyObject_GetAttr(L->clock, s_earliest);
+    if (ev == NULL) { if (!PyErr_Occurred()) PyErr_SetObject(PyExc_AttributeError, s_earliest); return R_ERROR; }
+    double earliest = PyFloat_AsDouble(ev);
+    Py_DECREF(ev);
+    if (earliest == -1.0 && PyErr_Occurred()) return R_ERROR;
+    if (!(now < earliest)) return R_STOP;
+    if (Py_TYPE(e) != L->entry_type) {
+        L->entry_type = Py_TYPE(e);
+        L->fast_off = slot_offset(e, s_fast);
+        L->render_off = slot_offset(e, s_render);
+    }
+    PyObject *tpl = NULL;
+    if (L->lay.type != NULL) {
+        if (L->render_off >= 0) {
+            tpl = *(PyObject **)((char *)e + L->render_off);
+        } else {
+            tpl = PyObject_GetAttr(e, s_render);
+            if (tpl == NULL) return R_ERROR;
+            Py_DECREF(tpl);                  /* e holds it */
+        }
+        if (tpl == NULL || Py_TYPE(tpl) != L->lay.type) return R_STOP;
+        Py_INCREF(tpl);                      /* held while Python code may run (gc, step_text) */
+    }
+    PyObject *fast = L->fast_off >= 0 ? Py_XNewRef(*(PyObject **)((char *)e + L->fast_off))
+                                      : PyObject_GetAttr(e, s_fast);
+    if (fast == NULL || Py_TYPE(fast) != &FastEntryType) {
+        Py_XDECREF(fast);
+        Py_XDECREF(tpl);
+        return PyErr_Occurred() ? R_ERROR : R_STOP;
+    }
+    FastEntry *fe = (FastEntry *)fast;
+    PyObject *r = fast_run(fe, p, plen, now);
+    int hit = r != NULL && r != Py_None, failed = r == NULL;
+    if (hit && tpl != NULL && append_line(&L->lines, &L->lay, tpl, r, index, now, p, L->step_text) < 0) failed = 1;
+    Py_XDECREF(r);
+    Py_XDECREF(tpl);
+    if (hit && !failed) {
+        fe->tallied++;
+        if (fe->touch && set_double(fe, fe->neigh, A_N_UPDATED, now) < 0) failed = 1;
+    }
+    Py_DECREF(fast);
+    return failed ? R_ERROR : hit ? R_SERVED : R_STOP;
+}
+
 /* serve_pcap(buf, off, index, count, little, divisor, rec_hlen, entries, clock[, template_type, step_text,
  *            foreign]) -> (off, index, served, lines)
  *
@@ -843,134 +973,100 @@ static inline uint32_t rd32(const unsigned char *p, int little) {
  * nor skip (or that is not whole in buf) and after `count` records. */
 static PyObject *serve_pcap(PyObject *self, PyObject *args) {
     Py_buffer view;
-    Py_ssize_t off, index, count;
-    int little, rec_hlen;
+    Py_ssize_t off, index, count, served = 0, consumed = 0;
+    int little, rec_hlen, ok = 1;
     double divisor;
     PyObject *entries, *clock, *template_type = Py_None, *step_text = Py_None, *foreign = Py_None;
-    if (!PyArg_ParseTuple(args, "y*nnnpdiO!O|OOO", &view, &off, &index, &count, &little, &divisor, &rec_hlen,
-                          &PyDict_Type, &entries, &clock, &template_type, &step_text, &foreign))
+    Lane L;
+    if (!PyArg_ParseTuple(args, "y*nnnpdiOO|OOO", &view, &off, &index, &count, &little, &divisor, &rec_hlen,
+                          &entries, &clock, &template_type, &step_text, &foreign))
         return NULL;
-    if (foreign != Py_None && !PySet_Check(foreign)) {
+    if (lane_open(&L, entries, clock, template_type, step_text, foreign) < 0) {
         PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_TypeError, "serve_pcap: foreign must be a set");
         return NULL;
-    }
-    Buf lines = {NULL, 0, 0};
-    TplLayout lay = {NULL, {0}};
-    Py_ssize_t render_off = -1;
-    if (template_type != Py_None) {
-        if (!PyType_Check(template_type) || !PyCallable_Check(step_text)) {
-            PyBuffer_Release(&view);
-            PyErr_SetString(PyExc_TypeError, "serve_pcap: template_type must be a type, step_text callable");
-            return NULL;
-        }
-        lay.type = (PyTypeObject *)template_type;
-        for (int a = 0; a < T_COUNT; a++) lay.off[a] = type_slot_offset(lay.type, tpl_name[a]);
     }
     const unsigned char *buf = view.buf;
-    Py_ssize_t len = view.len, served = 0;
-    unsigned char key[12 + 4 + 4 + 8 + 6 + 4];
-    PyObject *result = NULL;
-    Py_ssize_t clock_off = slot_offset(clock, s_earliest), fast_off = -1;
-    PyTypeObject *entry_type = NULL;
-    Py_ssize_t consumed = 0;
-    while (consumed < count && off + rec_hlen <= len && lines.len < (1 << 20)) {
+    Py_ssize_t len = view.len;
+    while (consumed < count && off + rec_hlen <= len && L.lines.len < (1 << 20)) {
         const unsigned char *h = buf + off;
         uint32_t sec = rd32(h, little), frac = rd32(h + 4, little), caplen = rd32(h + 8, little);
-        if (caplen > MAX_RECORD || off + rec_hlen + (Py_ssize_t)caplen > len || caplen < 14 + 20) break;
-        const unsigned char *f = h + rec_hlen, *p = f + 14;
-        Py_ssize_t plen = (Py_ssize_t)caplen - 14;
-        if (f[12] != 0x08 || f[13] != 0x00 || p[0] != 0x45) break;
-        Py_ssize_t need = p[9] == 6 ? 34 : p[9] == 17 ? 26 : -1;
-        if (need < 0 || plen < need) break;
+        if (caplen > MAX_RECORD || off + rec_hlen + (Py_ssize_t)caplen > len) break;
         double now = (double)sec + (double)frac / divisor;
-        /* FlowCache.key: dst, src, IP header but ID and checksum, ports (+ TCP offset and flags), length */
-        memcpy(key, f, 12);
-        memcpy(key + 12, p, 4);
-        memcpy(key + 16, p + 6, 4);
-        memcpy(key + 20, p + 12, 8);
-        if (p[9] == 6) { memcpy(key + 28, p + 20, 4); memcpy(key + 32, p + 32, 2); }
-        else memcpy(key + 28, p + 20, 6);
-        key[34] = (unsigned char)(plen >> 24); key[35] = (unsigned char)(plen >> 16);
-        key[36] = (unsigned char)(plen >> 8); key[37] = (unsigned char)plen;
-        PyObject *k = PyBytes_FromStringAndSize((const char *)key, 38);
-        if (k == NULL) goto done;
-        PyObject *e = PyDict_GetItemWithError(entries, k);
-        if (e == NULL) {
-            int skip = 0;
-            if (!PyErr_Occurred() && foreign != Py_None) skip = PySet_Contains(foreign, k);
-            Py_DECREF(k);
-            if (PyErr_Occurred()) goto done;
-            if (!skip) break;
-            off += rec_hlen + caplen;             /* another worker's flow (replay --jobs) */
-            index++;
-            consumed++;
-            continue;
-        }
-        Py_DECREF(k);
-        PyObject *ev = clock_off >= 0 ? Py_XNewRef(*(PyObject **)((char *)clock + clock_off))
-                                      : PyObject_GetAttr(clock, s_earliest);
-        if (ev == NULL) { if (!PyErr_Occurred()) PyErr_SetObject(PyExc_AttributeError, s_earliest); goto done; }
-        double earliest = PyFloat_AsDouble(ev);
-        Py_DECREF(ev);
-        if (earliest == -1.0 && PyErr_Occurred()) goto done;
-        if (!(now < earliest)) break;
-        if (Py_TYPE(e) != entry_type) {
-            entry_type = Py_TYPE(e);
-            fast_off = slot_offset(e, s_fast);
-            render_off = slot_offset(e, s_render);
-        }
-        PyObject *tpl = NULL;              /* borrowed: e holds it */
-        if (lay.type != NULL) {
-            if (render_off >= 0) {
-                tpl = *(PyObject **)((char *)e + render_off);
-            } else {
-                tpl = PyObject_GetAttr(e, s_render);
-                if (tpl == NULL) goto done;
-                Py_DECREF(tpl);
-            }
-            if (tpl == NULL || Py_TYPE(tpl) != lay.type) break;
-            Py_INCREF(tpl);                /* held while Python code may run (gc, step_text) */
-        }
-        PyObject *fast = fast_off >= 0 ? Py_XNewRef(*(PyObject **)((char *)e + fast_off)) : PyObject_GetAttr(e, s_fast);
-        if (fast == NULL || Py_TYPE(fast) != &FastEntryType) {
-            Py_XDECREF(fast);
-            Py_XDECREF(tpl);
-            if (PyErr_Occurred()) goto done;
-            break;
-        }
-        FastEntry *fe = (FastEntry *)fast;
-        PyObject *r = fast_run(fe, p, plen, now);
-        int hit = r != NULL && r != Py_None, failed = r == NULL;
-        if (hit && tpl != NULL && append_line(&lines, &lay, tpl, r, index, now, p, step_text) < 0) failed = 1;
-        Py_XDECREF(r);
-        Py_XDECREF(tpl);
-        if (hit && !failed) {
-            fe->tallied++;
-            if (fe->touch && set_double(fe, fe->neigh, A_N_UPDATED, now) < 0) failed = 1;
-        }
-        Py_DECREF(fast);
-        if (failed) goto done;
-        if (!hit) break;
+        int rc = lane_frame(&L, (const unsigned char *)"", 0, h + rec_hlen, caplen, now, index);
+        if (rc == R_ERROR) { ok = 0; break; }
+        if (rc == R_STOP) break;
+        served += rc == R_SERVED;
         off += rec_hlen + caplen;
         index++;
-        served++;
         consumed++;
     }
-    if (lay.type != NULL) {
-        PyObject *text = PyBytes_FromStringAndSize(lines.data ? lines.data : "", lines.len);
-        if (text != NULL) result = Py_BuildValue("nnnN", off, index, served, text);
-    } else {
-        result = Py_BuildValue("nnnO", off, index, served, Py_None);
-    }
-done:
-    PyMem_Free(lines.data);
     PyBuffer_Release(&view);
-    return result;
+    return lane_close(&L, off, index, served, ok);
+}
+
+/* serve_pcapng(buf, off, index, count, little, ifaces, last_ts, entries, clock[, template_type, step_text,
+ *              foreign]) -> (off, index, served, lines, last_ts)
+ *
+ * serve_pcap for the Enhanced Packet Blocks of a pcapng section in byte order `little`:
+ * `ifaces` is the section's interfaces as (linktype, divisor, offset, name bytes), and a
+ * packet's time is ticks / divisor + offset, as capture/pcapng.py computes it.  Stops at
+ * any other block (section and interface headers, statistics, simple packets) and at
+ * packets Python must look at: another link type, an unknown interface, a bad length. */
+static PyObject *serve_pcapng(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t off, index, count, served = 0, consumed = 0;
+    int little, ok = 1;
+    double last_ts;
+    PyObject *ifaces, *entries, *clock, *template_type = Py_None, *step_text = Py_None, *foreign = Py_None;
+    Lane L;
+    if (!PyArg_ParseTuple(args, "y*nnnpO!dOO|OOO", &view, &off, &index, &count, &little, &PyTuple_Type, &ifaces,
+                          &last_ts, &entries, &clock, &template_type, &step_text, &foreign))
+        return NULL;
+    if (lane_open(&L, entries, clock, template_type, step_text, foreign) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    const unsigned char *buf = view.buf;
+    Py_ssize_t len = view.len, nif = PyTuple_GET_SIZE(ifaces);
+    while (consumed < count && off + 32 <= len && L.lines.len < (1 << 20)) {
+        const unsigned char *h = buf + off;
+        uint32_t btype = rd32(h, little), blen = rd32(h + 4, little);
+        if (btype != 6 || blen < 32 || (blen & 3) || blen > MAX_RECORD || off + (Py_ssize_t)blen > len) break;
+        uint32_t ifid = rd32(h + 8, little), caplen = rd32(h + 20, little);
+        uint64_t ticks = ((uint64_t)rd32(h + 12, little) << 32) | rd32(h + 16, little);
+        if ((Py_ssize_t)caplen > (Py_ssize_t)blen - 32 || ifid >= (uint32_t)nif) break;
+        PyObject *iface = PyTuple_GET_ITEM(ifaces, ifid);
+        int linktype;
+        double divisor;
+        long long toff;
+        const char *name;
+        Py_ssize_t nlen;
+        if (!PyArg_ParseTuple(iface, "idLy#", &linktype, &divisor, &toff, &name, &nlen)) { ok = 0; break; }
+        if (linktype != 1) break;
+        double now = (double)ticks / divisor + (double)toff;
+        int rc = lane_frame(&L, (const unsigned char *)name, nlen, h + 28, caplen, now, index);
+        if (rc == R_ERROR) { ok = 0; break; }
+        if (rc == R_STOP) break;
+        served += rc == R_SERVED;
+        last_ts = now;
+        off += blen;
+        index++;
+        consumed++;
+    }
+    PyBuffer_Release(&view);
+    PyObject *r = lane_close(&L, off, index, served, ok);
+    if (r == NULL) return NULL;
+    PyObject *t = PyFloat_FromDouble(last_ts);
+    PyObject *out = t ? PyTuple_Pack(5, PyTuple_GET_ITEM(r, 0), PyTuple_GET_ITEM(r, 1), PyTuple_GET_ITEM(r, 2),
+                                     PyTuple_GET_ITEM(r, 3), t) : NULL;
+    Py_XDECREF(t);
+    Py_DECREF(r);
+    return out;
 }
 
 static PyMethodDef module_methods[] = {
     {"serve_pcap", serve_pcap, METH_VARARGS, "Serve consecutive cached records of a pcap buffer."},
+    {"serve_pcapng", serve_pcapng, METH_VARARGS, "Serve consecutive cached packet blocks of a pcapng buffer."},
     {"rewrite", rewrite, METH_VARARGS, "A path's header rewrites applied to another packet of the flow."},
     {NULL}
 };

@@ -144,9 +144,10 @@ class FlowCache:
     def key(self, frame: Frame, dev: Any) -> bytes | tuple | None:
         """The cache key of an Ethernet/IPv4 frame, None when the cache does not apply.
 
-        For a frame with both MACs and no interface name or packet type (a pcap of Ethernet)
-        the key is bytes, built the same way by _fastpath.serve_pcap from the raw record:
-        the ingress is then a function of the destination MAC (Replayer.choose_ingress)."""
+        For an Ethernet frame (both MACs, no packet type) the key is bytes - the pcapng
+        interface name, if any, then the fixed-length rest - built the same way by the C lanes
+        (_fastpath.serve_pcap, serve_pcapng) from the raw record: the ingress is then a
+        function of the interface name and the destination MAC (Replayer.choose_ingress)."""
         if frame.ethertype != 0x0800 or frame.vlan or frame.error is not None:
             return None
         p = frame.payload
@@ -160,8 +161,9 @@ class FlowCache:
         else:
             return None
         head = p[:4] + p[6:10] + p[12:20] + l4
-        if frame.ifname is None and frame.pkt_type is None and frame.dst_mac is not None and frame.src_mac is not None:
-            return frame.dst_mac + frame.src_mac + head + len(p).to_bytes(4, "big")
+        if frame.pkt_type is None and frame.dst_mac is not None and frame.src_mac is not None:
+            name = frame.ifname.encode() if frame.ifname else b""
+            return name + frame.dst_mac + frame.src_mac + head + len(p).to_bytes(4, "big")
         return (dev.name, frame.ifname, frame.dst_mac, frame.src_mac, frame.pkt_type, len(p), head)
 
     def serve(self, key: tuple, frame: Frame, now: float) -> tuple[FlowEntry | None, dict | None]:

@@ -96,9 +96,9 @@ class Replayer:
         """Replay a capture into `counter`, handing each record to `emit` (None: counts only).
 
         `accept` picks the frames this replay runs (replay --jobs: a worker's share); the others
-        are skipped but count towards `limit`.  On a classic pcap with the C accelerator built,
-        runs of cached frames are served straight from the reader's buffer
-        (_fastpath.serve_pcap) without becoming Frames: counted on their flow entries and, given
+        are skipped but count towards `limit`.  With the C accelerator built, runs of cached
+        frames are served straight from the reader's buffer (_fastpath.serve_pcap for a pcap,
+        serve_pcapng for a pcapng) without becoming Frames: counted on their flow entries and, given
         `lines` (a renderer's per-flow templates), written as that renderer's lines; frames of
         flows `accept` refused are skipped there too."""
         cache = self.cache
@@ -106,19 +106,16 @@ class Replayer:
         cursor = getattr(frames, "cursor", None)
         lane = None
         if cache is not None and cache.accel is not None and cursor is not None and (emit is None or lines):
-            lane = cache.accel.serve_pcap
+            lane = cache.accel
         foreign: set[bytes] | None = set() if accept is not None else None
         extra = (lines.template_type, lines.step_text) if lines is not None else (None, None)
         frames = iter(frames)
         n = 0
         while not limit or n < limit:
             if lane is not None:
-                off, index, served, text = lane(cursor.buf, cursor.off, cursor.index, limit - n if limit else 1 << 62,
-                                                cursor.little, cursor.divisor, cursor.hlen, cache.entries, clock,
-                                                *extra, foreign)
-                consumed = index - cursor.index
+                served, consumed, text = cursor.serve(lane, limit - n if limit else 1 << 62, cache.entries, clock,
+                                                      *extra, foreign)
                 if consumed:
-                    cursor.advance(off, index)
                     self.count += served
                     if text:
                         lines.write(text)

@@ -183,10 +183,21 @@ def test_random_conversations_same_with_cache(tmp_path_factory, events):
 
 
 def _write_pcap(frames, path: Path) -> None:
+    """A classic pcap, or for a .pcapng path a pcapng with the router's interface names."""
+    raw = [(f.dst_mac + f.src_mac + f.ethertype.to_bytes(2, "big") + f.payload, f.ts) for f in frames]
+    if path.suffix == ".pcapng":
+        sys.path.insert(0, str(ROOT / "samples"))
+        from make_samples import PcapngWriter
+        w = PcapngWriter(str(path), ["eth0", "eth1"])
+        lan = build.mac_bytes(workload.ROUTER_LAN_MAC)
+        for data, ts in raw:
+            w.write(data, ts, "eth1" if data[:6] == lan else "eth0")
+        w.close()
+        return
     from pathtrace.packet.pcapwriter import PcapWriter
     with PcapWriter(str(path)) as w:
-        for f in frames:
-            w.write(f.dst_mac + f.src_mac + f.ethertype.to_bytes(2, "big") + f.payload, f.ts)
+        for data, ts in raw:
+            w.write(data, ts)
 
 
 def _tally_from_pcap(host_path: Path, frames, path: Path, cache: bool, accel: bool):
@@ -207,16 +218,22 @@ def _tally_from_pcap(host_path: Path, frames, path: Path, cache: bool, accel: bo
 
 
 class _CountingLane:
-    """The C accelerator module, counting the records serve_pcap served."""
+    """The C accelerator module, counting the records its lanes served."""
 
     def __init__(self, accel):
         self.FastEntry = accel.FastEntry
-        self._serve = accel.serve_pcap
+        self.rewrite = accel.rewrite
+        self._accel = accel
         self.served = 0
 
-    def serve_pcap(self, buf, off, index, *rest):
-        out = self._serve(buf, off, index, *rest)
-        self.served += out[1] - index
+    def serve_pcap(self, *args):
+        out = self._accel.serve_pcap(*args)
+        self.served += out[2]
+        return out
+
+    def serve_pcapng(self, *args):
+        out = self._accel.serve_pcapng(*args)
+        self.served += out[2]
         return out
 
 
@@ -233,12 +250,12 @@ SACK_EVENT = st.tuples(*EVENT_FIELDS, st.sampled_from([None, None, 0, 1, 40, 200
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(SACK_EVENT, min_size=1, max_size=40), st.booleans())
-def test_random_conversations_tally_same_from_pcap(tmp_path_factory, events, options):
-    """The C lane reads records straight from the pcap buffer: same counts and state, with
-    and without SACK blocks and window scaling."""
+@given(st.lists(SACK_EVENT, min_size=1, max_size=40), st.booleans(), st.sampled_from(["pcap", "pcapng"]))
+def test_random_conversations_tally_same_from_pcap(tmp_path_factory, events, options, fmt):
+    """The C lane reads records straight from the capture's buffer: same counts and state,
+    with and without SACK blocks and window scaling, from a pcap and from a pcapng."""
     host = _router(tmp_path_factory)
-    cap = Path(tmp_path_factory.mktemp("conv")) / "c.pcap"
+    cap = Path(tmp_path_factory.mktemp("conv")) / f"c.{fmt}"
     assert_tally_same(host, _conversation(events, options=options), cap)
 
 
@@ -249,12 +266,13 @@ def test_random_sack_conversations_same_with_cache(tmp_path_factory, events):
     assert_same(host, _conversation(events, options=True))
 
 
-def test_steady_conversation_tally_is_served_by_the_c_lane(tmp_path):
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+def test_steady_conversation_tally_is_served_by_the_c_lane(tmp_path, fmt):
     pytest.importorskip("pathtrace._fastpath")
     host = tmp_path / "r.yaml"
     host.write_text(workload.host_yaml(20))
     events = [(i & 1, "PA", 0, 0, 100, 0.001 if i != 150 else 9.0, 0) for i in range(300)]
-    assert_tally_same(host, _conversation(events), tmp_path / "c.pcap", min_served=280)
+    assert_tally_same(host, _conversation(events), tmp_path / f"c.{fmt}", min_served=280)
 
 
 def test_steady_sack_conversation_is_served_from_the_cache(tmp_path):
@@ -443,14 +461,15 @@ def test_jsonl_samples_same_as_uncached(name, capture, monkeypatch):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(SACK_EVENT, min_size=1, max_size=30), st.booleans(), st.lists(UDP_EVENT, max_size=10))
-def test_random_conversations_jsonl_same_as_uncached(tmp_path_factory, monkeypatch, events, options, udp):
-    """TCP (with and without SACK) and UDP conversations from a pcap: every JSON line the same."""
+@given(st.lists(SACK_EVENT, min_size=1, max_size=30), st.booleans(), st.lists(UDP_EVENT, max_size=10),
+       st.sampled_from(["pcap", "pcapng"]))
+def test_random_conversations_jsonl_same_as_uncached(tmp_path_factory, monkeypatch, events, options, udp, fmt):
+    """TCP (with and without SACK) and UDP conversations from a pcap or pcapng: every JSON line the same."""
     host = _router(tmp_path_factory)
     frames = _conversation(events, options=options) + _udp_frames(udp, t0=frames_end(events))
     for i, f in enumerate(frames):
         f.index = i
-    cap = Path(tmp_path_factory.mktemp("jsonl")) / "c.pcap"
+    cap = Path(tmp_path_factory.mktemp("jsonl")) / f"c.{fmt}"
     _write_pcap(frames, cap)
     _jsonl_three_ways(monkeypatch, host, cap)
 

@@ -9,7 +9,7 @@ and interface list, as the spec requires.
 from __future__ import annotations
 
 import struct
-from typing import BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator
 
 from pathtrace.errors import CaptureError
 from pathtrace.capture.frame import Frame
@@ -97,65 +97,114 @@ def _frame(index: int, ts: float, iface: Interface | None, buf: bytes, start: in
                  wirelen, end - start, error or l2err)
 
 
-def pcapng_frames(f: BinaryIO, path: str, buf: bytes) -> Iterator[Frame]:
-    """Frames of a pcapng stream; `buf` holds bytes already read from the start of f."""
-    read = getattr(f, "read1", f.read)  # what is there now: a live pipe is not held back
-    off = 0
-    e = "<"
-    u32 = struct.Struct("<I").unpack_from
-    hdr = struct.Struct("<II").unpack_from
-    epb = struct.Struct("<IIIII").unpack_from
-    pb = struct.Struct("<HHIIII").unpack_from
-    ifaces: list[Interface] = []
-    index = 0
-    last_ts = 0.0
-    consumed = 0  # file offset of buf[0], for error messages
-    eof = False
-    while True:
-        avail = len(buf) - off
-        if avail < 12:
-            if eof:
-                return  # clean end, or a partial block header we cannot use
-            more = read(CHUNK)
-            eof = not more
-            consumed += off
-            buf = buf[off:] + more
-            off = 0
-            continue
-        if buf[off:off + 4] == b"\x0a\x0d\x0d\x0a":
-            e = section_endian(buf[off + 8:off + 12])
-            if e is None:
-                raise CaptureError(f"corrupt pcapng section header at byte {consumed + off}", file=path)
-            u32 = struct.Struct(e + "I").unpack_from
-            hdr = struct.Struct(e + "II").unpack_from
-            epb = struct.Struct(e + "IIIII").unpack_from
-            pb = struct.Struct(e + "HHIIII").unpack_from
-            ifaces = []
-        btype, blen = hdr(buf, off)
-        if blen < 12 or blen & 3 or blen > MAX_BLOCK:
-            raise CaptureError(f"corrupt pcapng block at byte {consumed + off} (length {blen})", file=path)
-        truncated = False
-        if blen > avail:
-            if not eof:
-                more = read(max(CHUNK, blen - avail))
-                eof = not more
-                consumed += off
-                buf = buf[off:] + more
-                off = 0
+class PcapngCursor:
+    """A pcapng stream's packets, block by block from a chunk buffer.
+
+    `next_frame` gives them one at a time as Frames; `serve` lets the replay cache's C lane
+    (_fastpath.serve_pcapng) consume Enhanced Packet Blocks straight from the buffer
+    instead, with the current section's byte order and interfaces."""
+
+    def __init__(self, f: BinaryIO, path: str, buf: bytes):
+        self._read = getattr(f, "read1", f.read)  # what is there now: a live pipe is not held back
+        self.path = path
+        self.buf = buf
+        self.off = 0
+        self.index = 0
+        self.last_ts = 0.0
+        self.ifaces: list[Interface] = []
+        self._lane_ifaces: tuple | None = None
+        self._consumed = 0  # file offset of buf[0], for error messages
+        self._eof = False
+        self._done = False
+        self._section("<")
+
+    def _section(self, e: str) -> None:
+        self.little = e == "<"
+        self._e = e
+        self._u32 = struct.Struct(e + "I").unpack_from
+        self._hdr = struct.Struct(e + "II").unpack_from
+        self._epb = struct.Struct(e + "IIIII").unpack_from
+        self._pb = struct.Struct(e + "HHIIII").unpack_from
+        self.ifaces = []
+        self._lane_ifaces = None
+
+    def lane_ifaces(self) -> tuple:
+        """The section's interfaces as serve_pcapng takes them: (linktype, divisor, offset, name)."""
+        if self._lane_ifaces is None:
+            self._lane_ifaces = tuple((i.linktype, i.divisor, i.offset, (i.name or "").encode()) for i in self.ifaces)
+        return self._lane_ifaces
+
+    def serve(self, accel: Any, count: int, *lane: Any) -> tuple[int, int, bytes | None]:
+        """Let the C lane serve packet blocks from here (_fastpath.serve_pcapng; `lane`: the
+        cache's entries, clock, template type, step text and foreign keys); returns
+        (served, consumed, lines) and moves past what it consumed."""
+        if self._done:
+            return 0, 0, None
+        off, index, served, text, last_ts = accel.serve_pcapng(self.buf, self.off, self.index, count, self.little,
+                                                               self.lane_ifaces(), self.last_ts, *lane)
+        consumed = index - self.index
+        self.off, self.index, self.last_ts = off, index, last_ts
+        return served, consumed, text
+
+    def _more(self, need: int) -> bool:
+        more = self._read(max(CHUNK, need))
+        self._eof = not more
+        self._consumed += self.off
+        self.buf = self.buf[self.off:] + more
+        self.off = 0
+        return bool(more)
+
+    def next_frame(self) -> Frame | None:
+        """The next packet as a Frame; None at the end of the stream."""
+        while not self._done:
+            buf, off = self.buf, self.off
+            avail = len(buf) - off
+            if avail < 12:
+                if self._eof or not self._more(0):
+                    return None  # clean end, or a partial block header we cannot use
                 continue
-            if btype not in _PACKET_BLOCKS:
-                return
-            truncated = True
+            if buf[off:off + 4] == b"\x0a\x0d\x0d\x0a":
+                e = section_endian(buf[off + 8:off + 12])
+                if e is None:
+                    raise CaptureError(f"corrupt pcapng section header at byte {self._consumed + off}",
+                                       file=self.path)
+                self._section(e)
+            btype, blen = self._hdr(buf, off)
+            if blen < 12 or blen & 3 or blen > MAX_BLOCK:
+                raise CaptureError(f"corrupt pcapng block at byte {self._consumed + off} (length {blen})",
+                                   file=self.path)
+            truncated = False
+            if blen > avail:
+                if not self._eof and self._more(blen - avail):
+                    continue
+                buf, off = self.buf, self.off
+                if btype not in _PACKET_BLOCKS:
+                    self._done = True
+                    return None
+                truncated = True
+            frame = self._block(btype, blen, buf, off, truncated)
+            if truncated:
+                self._done = True
+            else:
+                self.off = off + blen
+            if frame is not None:
+                return frame
+        return None
+
+    def _block(self, btype: int, blen: int, buf: bytes, off: int, truncated: bool) -> Frame | None:
+        """The packet of the block at buf[off:], None for other blocks (an IDB is taken in)."""
         body = off + 8
         bend = off + blen - 4 if not truncated else len(buf)
+        index = self.index
         if btype == EPB or btype == PB:
             if bend - body < 20:
-                return  # truncated before the packet header: nothing to report
+                self._done = True
+                return None  # truncated before the packet header: nothing to report
             if btype == EPB:
-                ifid, hi, lo, caplen, wirelen = epb(buf, body)
+                ifid, hi, lo, caplen, wirelen = self._epb(buf, body)
             else:
-                ifid, _drops, hi, lo, caplen, wirelen = pb(buf, body)
-            iface = ifaces[ifid] if ifid < len(ifaces) else None
+                ifid, _drops, hi, lo, caplen, wirelen = self._pb(buf, body)
+            iface = self.ifaces[ifid] if ifid < len(self.ifaces) else None
             ticks = (hi << 32) | lo
             ts = ticks / iface.divisor + iface.offset if iface is not None else ticks / 1e6
             start = body + 20
@@ -167,23 +216,21 @@ def pcapng_frames(f: BinaryIO, path: str, buf: bytes) -> Iterator[Frame]:
                 end = bend
             elif iface is None:
                 error = f"packet refers to undefined interface {ifid}"
-            last_ts = ts
+            self.last_ts = ts
+            self.index = index + 1
             if error is None and iface.linktype == 1 and caplen >= 14:
                 # Inlined parse_ethernet for the common untagged case (the hot path).
                 etype = (buf[start + 12] << 8) | buf[start + 13]
                 if etype >= 0x600 and etype not in VLAN_TPIDS:
-                    yield Frame(index, ts, iface.name, 1, buf[start:start + 6], buf[start + 6:start + 12],
-                                None, _NO_VLAN, etype, buf[start + 14:end], wirelen, caplen, None)
-                    index += 1
-                    off += blen
-                    continue
-            yield _frame(index, ts, iface, buf, start, end, wirelen, error)
-            index += 1
-        elif btype == SPB:
+                    return Frame(index, ts, iface.name, 1, buf[start:start + 6], buf[start + 6:start + 12],
+                                 None, _NO_VLAN, etype, buf[start + 14:end], wirelen, caplen, None)
+            return _frame(index, ts, iface, buf, start, end, wirelen, error)
+        if btype == SPB:
             if bend - body < 4:
-                return
-            wirelen = u32(buf, body)[0]
-            iface = ifaces[0] if ifaces else None
+                self._done = True
+                return None
+            wirelen = self._u32(buf, body)[0]
+            iface = self.ifaces[0] if self.ifaces else None
             start = body + 4
             caplen = wirelen
             if iface is not None and iface.snaplen:
@@ -196,14 +243,18 @@ def pcapng_frames(f: BinaryIO, path: str, buf: bytes) -> Iterator[Frame]:
                 end = bend
             if iface is None:
                 error = error or "simple packet block before any interface description"
+            self.index = index + 1
             # An SPB has no timestamp: keep the previous packet's so replay time stays monotonic.
-            yield _frame(index, last_ts, iface, buf, start, end, wirelen, error)
-            index += 1
-        elif btype == IDB:
-            ifaces.append(parse_idb(buf, body, bend, e))
-        if truncated:
-            return
-        off += blen
+            return _frame(index, self.last_ts, iface, buf, start, end, wirelen, error)
+        if btype == IDB:
+            self.ifaces.append(parse_idb(buf, body, bend, self._e))
+            self._lane_ifaces = None
+        return None
+
+
+def pcapng_frames(f: BinaryIO, path: str, buf: bytes) -> Iterator[Frame]:
+    """Frames of a pcapng stream; `buf` holds bytes already read from the start of f."""
+    return iter(PcapngCursor(f, path, buf).next_frame, None)
 
 
 def count_pcapng(f: BinaryIO, path: str, size: int) -> int:

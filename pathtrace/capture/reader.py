@@ -18,12 +18,12 @@ import os
 import struct
 import sys
 import zlib
-from typing import BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator
 
 from pathtrace.errors import CaptureError
 from pathtrace.capture.frame import Frame
 from pathtrace.capture.linktypes import LINKTYPE_ETHERNET, VLAN_TPIDS, parser_for
-from pathtrace.capture.pcapng import CHUNK, count_pcapng, pcapng_frames, section_endian
+from pathtrace.capture.pcapng import CHUNK, PcapngCursor, count_pcapng, section_endian
 
 __all__ = ["Frame", "FrameReader", "read_frames", "count_frames"]
 
@@ -94,9 +94,8 @@ def _sniff(f: BinaryIO, path: str) -> tuple[str, bytes, tuple]:
 class PcapCursor:
     """A classic pcap file's records, parsed in place from a chunk buffer.
 
-    `next_frame` gives them one at a time as Frames.  `buf`, `off` and `index` are the
-    position of the next record, so that a caller may consume records straight from the
-    buffer and `advance` past them (the replay cache's C lane, _fastpath.serve_pcap)."""
+    `next_frame` gives them one at a time as Frames; `serve` lets the replay cache's C lane
+    (_fastpath.serve_pcap) consume records straight from the buffer instead."""
 
     def __init__(self, f: BinaryIO, buf: bytes, endian: str, divisor: float, hlen: int, linktype: int, path: str):
         self._read = getattr(f, "read1", f.read)  # what is there now: a live pipe is not held back
@@ -114,8 +113,17 @@ class PcapCursor:
         self._eof = False
         self._done = False
 
-    def advance(self, off: int, index: int) -> None:
+    def serve(self, accel: Any, count: int, *lane: Any) -> tuple[int, int, bytes | None]:
+        """Let the C lane serve records from here (_fastpath.serve_pcap; `lane`: the cache's
+        entries, clock, template type, step text and foreign keys); returns (served, consumed,
+        lines) and moves past what it consumed."""
+        if self._done:
+            return 0, 0, None
+        off, index, served, text = accel.serve_pcap(self.buf, self.off, self.index, count, self.little,
+                                                    self.divisor, self.hlen, *lane)
+        consumed = index - self.index
         self.off, self.index = off, index
+        return served, consumed, text
 
     def _more(self, need: int) -> bool:
         """Keep the unread part of the buffer and read at least `need` more bytes' worth."""
@@ -179,10 +187,11 @@ class FrameReader:
             self.close()
             raise
         self.format = kind
-        self.cursor: PcapCursor | None = None     # classic pcap: the record position, for raw readers
+        self.cursor: PcapCursor | PcapngCursor | None = None     # the record position, for raw readers
         if kind == "pcapng":
             self.linktype: int | None = None  # per interface
-            gen = pcapng_frames(self._f, path, buf)
+            self.cursor = PcapngCursor(self._f, path, buf)
+            gen = iter(self.cursor.next_frame, None)
         else:
             endian, divisor, hlen, self.linktype = info
             self.cursor = PcapCursor(self._f, buf, endian, divisor, hlen, self.linktype, path)

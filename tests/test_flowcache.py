@@ -118,6 +118,19 @@ def test_corpus_captures_same_with_cache():
         assert_same(ROOT / "rulesets" / "home-router.yaml", frames)
 
 
+def test_corpus_captures_tally_same_through_the_c_lane(monkeypatch):
+    """The C lanes on real captures (several pcapng sections, byte orders, link types, VLANs,
+    truncation): the same summary and state as without the cache, the whole of each file."""
+    host = ROOT / "rulesets" / "home-router.yaml"
+    for cap in CAPTURES:
+        try:
+            read_frames(str(cap)).close()
+        except Exception:
+            continue
+        off = _tally_from_pcap(host, None, cap, cache=False, accel=False)[:2]
+        assert _tally_from_pcap(host, None, cap, cache=True, accel=True)[:2] == off, cap.name
+
+
 # Ethernet headers of frames from the LAN client and from the WAN gateway to bench/workload's router
 LAN_HEADER = build.mac_bytes(workload.ROUTER_LAN_MAC) + build.mac_bytes(workload.CLIENT_MAC) + b"\x08\x00"
 WAN_HEADER = build.mac_bytes(workload.ROUTER_WAN_MAC) + build.mac_bytes(workload.GATEWAY_MAC) + b"\x08\x00"

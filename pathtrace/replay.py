@@ -149,6 +149,7 @@ class Replayer:
             cache.tallied.clear()
 
     def _tally_one(self, frame: Frame, counter: "SummaryCounter", clock: Any) -> None:
+        """Count one frame: on its flow entry when the cache serves it, else by its record."""
         cache = self.cache
         now = frame.ts
         if cache is not None and now < clock.earliest:

@@ -681,7 +681,7 @@ static PyObject *rewrite(PyObject *self, PyObject *args) {
     return out;
 }
 
-/* ---- JSON lines from a flow template (render/jsonl.py FlowTemplate) ---------------------- */
+/* ---- output lines from a flow template (render/template.py FlowTemplate) ----------------- */
 
 typedef struct { char *data; Py_ssize_t len, cap; } Buf;
 
@@ -703,7 +703,7 @@ static int buf_put(Buf *b, const char *s, Py_ssize_t n) {
     return 0;
 }
 
-enum { T_FLAT, T_TCP, T_HLEN, T_TRACKER, T_STEPS, T_L2OUT, T_MANGLE, T_TOTLEN, T_COUNT };
+enum { T_FLATS, T_TCP, T_HLEN, T_TRACKER, T_TIMEFMT, T_L2OUT, T_MANGLE, T_TOTLEN, T_COUNT };
 static PyObject *tpl_name[T_COUNT];
 
 typedef struct { PyTypeObject *type; Py_ssize_t off[T_COUNT]; } TplLayout;
@@ -724,20 +724,24 @@ static Py_ssize_t tget_ssize(TplLayout *lay, PyObject *tpl, int a) {
     return x;
 }
 
-/* FlowTemplate.line for a served record: the template's pieces with index, time, sequence
- * and acknowledgement numbers, the tracker step's text and the emitted frame's hex spliced in. */
+/* FlowTemplate.line (render/template.py) for a served record: the template's flat for the
+ * tracker's detail, with index, time, sequence and acknowledgement numbers and the emitted
+ * frame's hex spliced in.  `flat_for(template, detail)` gives a flat the template lacks. */
 static int append_line(Buf *out, TplLayout *lay, PyObject *tpl, PyObject *detail, Py_ssize_t index, double now,
-                       const unsigned char *p, PyObject *step_text) {
+                       const unsigned char *p, PyObject *flat_for) {
     char num[4][32];
-    Py_ssize_t nlen[4];
     const char *vals[6] = {num[0], NULL, num[2], num[3], "", ""};
     Py_ssize_t vlen[6] = {0, 0, 0, 0, 0, 0};
-    PyObject *flat = NULL, *step = NULL, *l2 = NULL, *mangle = NULL;
+    PyObject *flat = NULL, *l2 = NULL, *mangle = NULL, *key = NULL, *flats = NULL, *tf = NULL;
     char *timestr = NULL, *hex = NULL;
     int rc = -1;
-    nlen[0] = snprintf(num[0], 32, "%zd", index);
-    vlen[0] = nlen[0];
-    timestr = PyOS_double_to_string(now, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+    vlen[0] = snprintf(num[0], 32, "%zd", index);
+    tf = tget(lay, tpl, T_TIMEFMT);
+    if (tf == NULL) goto out;
+    if (PyUnicode_CompareWithASCIIString(tf, "f") == 0)
+        timestr = PyOS_double_to_string(now, 'f', 6, 0, NULL);
+    else
+        timestr = PyOS_double_to_string(now, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
     if (timestr == NULL) goto out;
     vals[1] = timestr;
     vlen[1] = (Py_ssize_t)strlen(timestr);
@@ -754,24 +758,26 @@ static int append_line(Buf *out, TplLayout *lay, PyObject *tpl, PyObject *detail
     Py_ssize_t tracker = tget_ssize(lay, tpl, T_TRACKER);
     if (tracker == -1 && PyErr_Occurred()) goto out;
     if (tracker >= 0) {
-        PyObject *steps = tget(lay, tpl, T_STEPS);
-        if (steps == NULL) goto out;
         PyObject *values = PyDict_Values(detail);
-        PyObject *key = values ? PyList_AsTuple(values) : NULL;
+        key = values ? PyList_AsTuple(values) : NULL;
         Py_XDECREF(values);
-        if (key == NULL) { Py_DECREF(steps); goto out; }
-        step = PyDict_GetItemWithError(steps, key);
-        Py_XINCREF(step);
-        Py_DECREF(key);
-        Py_DECREF(steps);
-        if (step == NULL) {
-            if (PyErr_Occurred()) goto out;
-            step = PyObject_CallFunctionObjArgs(step_text, tpl, detail, NULL);
-            if (step == NULL) goto out;
-        }
-        vals[4] = PyUnicode_AsUTF8AndSize(step, &vlen[4]);
-        if (vals[4] == NULL) goto out;
+    } else {
+        key = PyTuple_New(0);
     }
+    if (key == NULL) goto out;
+    flats = tget(lay, tpl, T_FLATS);
+    if (flats == NULL) goto out;
+    flat = PyDict_GetItemWithError(flats, key);
+    Py_XINCREF(flat);
+    if (flat == NULL) {
+        if (PyErr_Occurred()) goto out;
+        PyObject *empty = tracker >= 0 ? Py_NewRef(detail) : PyDict_New();
+        if (empty == NULL) goto out;
+        flat = PyObject_CallFunctionObjArgs(flat_for, tpl, empty, NULL);
+        Py_DECREF(empty);
+        if (flat == NULL) goto out;
+    }
+    if (!PyTuple_Check(flat)) { PyErr_SetString(PyExc_TypeError, "template flat"); goto out; }
     l2 = tget(lay, tpl, T_L2OUT);
     if (l2 == NULL) goto out;
     if (l2 != Py_None) {
@@ -798,9 +804,6 @@ static int append_line(Buf *out, TplLayout *lay, PyObject *tpl, PyObject *detail
         vals[5] = hex;
         vlen[5] = 2 * n;
     }
-    flat = tget(lay, tpl, T_FLAT);
-    if (flat == NULL) goto out;
-    if (!PyTuple_Check(flat)) { PyErr_SetString(PyExc_TypeError, "template flat"); goto out; }
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(flat); i++) {
         PyObject *x = PyTuple_GET_ITEM(flat, i);
         if (PyLong_CheckExact(x)) {
@@ -817,23 +820,25 @@ static int append_line(Buf *out, TplLayout *lay, PyObject *tpl, PyObject *detail
 out:
     PyMem_Free(timestr);
     PyMem_Free(hex);
+    Py_XDECREF(tf);
+    Py_XDECREF(key);
+    Py_XDECREF(flats);
     Py_XDECREF(flat);
-    Py_XDECREF(step);
     Py_XDECREF(l2);
     Py_XDECREF(mangle);
     return rc;
 }
 
-/* ---- serve_pcap ----------------------------------------------------------------------- */
+/* ---- the lanes over a capture's buffer ----------------------------------------------------- */
 
 static inline uint32_t rd32(const unsigned char *p, int little) {
     return little ? ((uint32_t)p[3] << 24) | ((uint32_t)p[2] << 16) | ((uint32_t)p[1] << 8) | p[0] : be32(p);
 }
 
 /* A replay's cache as the C lanes see it: the entries, the neighbour timers' clock, and
- * for JSON lines the renderer's template type; `foreign`: keys of other workers' flows. */
+ * for per-packet output the renderer's template type; `foreign`: keys of other workers' flows. */
 typedef struct {
-    PyObject *entries, *clock, *step_text, *foreign;
+    PyObject *entries, *clock, *flat_for, *foreign;
     Buf lines;
     TplLayout lay;
     Py_ssize_t clock_off, fast_off, render_off;
@@ -842,12 +847,12 @@ typedef struct {
 
 enum { R_SERVED, R_SKIPPED, R_STOP, R_ERROR };
 
-static int lane_open(Lane *L, PyObject *entries, PyObject *clock, PyObject *template_type, PyObject *step_text,
+static int lane_open(Lane *L, PyObject *entries, PyObject *clock, PyObject *template_type, PyObject *flat_for,
                      PyObject *foreign) {
     memset(L, 0, sizeof(*L));
     L->entries = entries;
     L->clock = clock;
-    L->step_text = step_text;
+    L->flat_for = flat_for;
     L->foreign = foreign;
     L->fast_off = L->render_off = -1;
     if (!PyDict_Check(entries) || (foreign != Py_None && !PySet_Check(foreign))) {
@@ -855,8 +860,8 @@ static int lane_open(Lane *L, PyObject *entries, PyObject *clock, PyObject *temp
         return -1;
     }
     if (template_type != Py_None) {
-        if (!PyType_Check(template_type) || !PyCallable_Check(step_text)) {
-            PyErr_SetString(PyExc_TypeError, "serve: template_type must be a type, step_text callable");
+        if (!PyType_Check(template_type) || !PyCallable_Check(flat_for)) {
+            PyErr_SetString(PyExc_TypeError, "serve: template_type must be a type, flat_for callable");
             return -1;
         }
         L->lay.type = (PyTypeObject *)template_type;
@@ -937,7 +942,7 @@ static int lane_frame(Lane *L, const unsigned char *name, Py_ssize_t nlen, const
             Py_DECREF(tpl);                  /* e holds it */
         }
         if (tpl == NULL || Py_TYPE(tpl) != L->lay.type) return R_STOP;
-        Py_INCREF(tpl);                      /* held while Python code may run (gc, step_text) */
+        Py_INCREF(tpl);                      /* held while Python code may run (gc, flat_for) */
     }
     PyObject *fast = L->fast_off >= 0 ? Py_XNewRef(*(PyObject **)((char *)e + L->fast_off))
                                       : PyObject_GetAttr(e, s_fast);
@@ -949,7 +954,7 @@ static int lane_frame(Lane *L, const unsigned char *name, Py_ssize_t nlen, const
     FastEntry *fe = (FastEntry *)fast;
     PyObject *r = fast_run(fe, p, plen, now);
     int hit = r != NULL && r != Py_None, failed = r == NULL;
-    if (hit && tpl != NULL && append_line(&L->lines, &L->lay, tpl, r, index, now, p, L->step_text) < 0) failed = 1;
+    if (hit && tpl != NULL && append_line(&L->lines, &L->lay, tpl, r, index, now, p, L->flat_for) < 0) failed = 1;
     Py_XDECREF(r);
     Py_XDECREF(tpl);
     if (hit && !failed) {
@@ -960,14 +965,14 @@ static int lane_frame(Lane *L, const unsigned char *name, Py_ssize_t nlen, const
     return failed ? R_ERROR : hit ? R_SERVED : R_STOP;
 }
 
-/* serve_pcap(buf, off, index, count, little, divisor, rec_hlen, entries, clock[, template_type, step_text,
+/* serve_pcap(buf, off, index, count, little, divisor, rec_hlen, entries, clock[, template_type, flat_for,
  *            foreign]) -> (off, index, served, lines)
  *
  * Serves consecutive records of a classic pcap buffer from the cache, as Replayer.stream
  * does for each: an untagged Ethernet/IPv4 TCP or UDP frame, no neighbour timer due,
  * whose key (FlowCache.key) names an entry whose guards pass.  With a template type,
- * only entries whose `render` is such a template (render/jsonl.py FlowTemplate) are
- * served, and `lines` is their JSON lines as ASCII bytes (about 1 MiB at most per call);
+ * only entries whose `render` is such a template (render/template.py FlowTemplate) are
+ * served, and `lines` is their output as UTF-8 bytes (about 1 MiB at most per call);
  * otherwise lines is None.  Records whose key is in the set `foreign` (another worker's
  * flows, replay --jobs) are skipped.  Stops before the first record it can neither serve
  * nor skip (or that is not whole in buf) and after `count` records. */
@@ -976,12 +981,12 @@ static PyObject *serve_pcap(PyObject *self, PyObject *args) {
     Py_ssize_t off, index, count, served = 0, consumed = 0;
     int little, rec_hlen, ok = 1;
     double divisor;
-    PyObject *entries, *clock, *template_type = Py_None, *step_text = Py_None, *foreign = Py_None;
+    PyObject *entries, *clock, *template_type = Py_None, *flat_for = Py_None, *foreign = Py_None;
     Lane L;
     if (!PyArg_ParseTuple(args, "y*nnnpdiOO|OOO", &view, &off, &index, &count, &little, &divisor, &rec_hlen,
-                          &entries, &clock, &template_type, &step_text, &foreign))
+                          &entries, &clock, &template_type, &flat_for, &foreign))
         return NULL;
-    if (lane_open(&L, entries, clock, template_type, step_text, foreign) < 0) {
+    if (lane_open(&L, entries, clock, template_type, flat_for, foreign) < 0) {
         PyBuffer_Release(&view);
         return NULL;
     }
@@ -1004,7 +1009,7 @@ static PyObject *serve_pcap(PyObject *self, PyObject *args) {
     return lane_close(&L, off, index, served, ok);
 }
 
-/* serve_pcapng(buf, off, index, count, little, ifaces, last_ts, entries, clock[, template_type, step_text,
+/* serve_pcapng(buf, off, index, count, little, ifaces, last_ts, entries, clock[, template_type, flat_for,
  *              foreign]) -> (off, index, served, lines, last_ts)
  *
  * serve_pcap for the Enhanced Packet Blocks of a pcapng section in byte order `little`:
@@ -1017,12 +1022,12 @@ static PyObject *serve_pcapng(PyObject *self, PyObject *args) {
     Py_ssize_t off, index, count, served = 0, consumed = 0;
     int little, ok = 1;
     double last_ts;
-    PyObject *ifaces, *entries, *clock, *template_type = Py_None, *step_text = Py_None, *foreign = Py_None;
+    PyObject *ifaces, *entries, *clock, *template_type = Py_None, *flat_for = Py_None, *foreign = Py_None;
     Lane L;
     if (!PyArg_ParseTuple(args, "y*nnnpO!dOO|OOO", &view, &off, &index, &count, &little, &PyTuple_Type, &ifaces,
-                          &last_ts, &entries, &clock, &template_type, &step_text, &foreign))
+                          &last_ts, &entries, &clock, &template_type, &flat_for, &foreign))
         return NULL;
-    if (lane_open(&L, entries, clock, template_type, step_text, foreign) < 0) {
+    if (lane_open(&L, entries, clock, template_type, flat_for, foreign) < 0) {
         PyBuffer_Release(&view);
         return NULL;
     }
@@ -1090,7 +1095,8 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
         "now", "last_gc",
     };
     for (int a = 0; a < A_COUNT; a++) INTERN(attr_name[a], names[a]);
-    static const char *tnames[T_COUNT] = {"flat", "tcp", "hlen", "tracker", "steps", "l2_out", "mangle", "tot_len"};
+    static const char *tnames[T_COUNT] = {"flats", "tcp", "hlen", "tracker", "time_format", "l2_out", "mangle",
+                                          "tot_len"};
     for (int a = 0; a < T_COUNT; a++) INTERN(tpl_name[a], tnames[a]);
     if (PyType_Ready(&FastEntryType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);

@@ -127,10 +127,10 @@ def _replay_one(replayer, frames, fmt: str, verbose: bool, limit: int, write_pca
                 writer.write(e.frame, record.time)
     emit = write_record if fmt != "none" or writer is not None else None
     lines = None
-    if fmt == "jsonl" and writer is None:
-        # cached frames' lines come from their flows' templates (written by the C lane when built)
-        from pathtrace.render.jsonl import FlowTemplate, step_text
-        lines = LineLane(FlowTemplate, step_text, _bytes_writer(out))
+    if fmt in ("jsonl", "text") and writer is None and _utf8(out):
+        # cached frames' output comes from their flows' templates (written by the C lane when built)
+        from pathtrace.render.template import FlowTemplate, flat_for
+        lines = LineLane(FlowTemplate, flat_for, _bytes_writer(out))
     try:
         replayer.stream(frames, counter, limit, progress.tick, emit, lines)
     except PathtraceError as exc:
@@ -142,11 +142,16 @@ def _replay_one(replayer, frames, fmt: str, verbose: bool, limit: int, write_pca
     progress.done()
 
 
+def _utf8(out) -> bool:
+    """Whether `out` writes UTF-8, the encoding of the C lane's output (JSON lines are ASCII)."""
+    return (getattr(out, "encoding", None) or "utf-8").lower().replace("-", "").replace("_", "") == "utf8"
+
+
 def _bytes_writer(out):
-    """A write function for ASCII bytes on the text stream `out` (its binary buffer when it has one)."""
+    """A write function for UTF-8 bytes on the text stream `out` (its binary buffer when it has one)."""
     raw = getattr(out, "buffer", None)
     if raw is None:
-        return lambda data: out.write(data.decode("ascii"))
+        return lambda data: out.write(data.decode("utf-8"))
 
     def write(data: bytes) -> None:
         out.flush()

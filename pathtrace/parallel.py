@@ -131,7 +131,7 @@ def run_worker(job: Job, wid: int) -> dict:
     from pathtrace.capture import read_frames
     from pathtrace.host.loader import load_host
     from pathtrace.render.summary import SummaryCounter
-    from pathtrace.render.jsonl import FlowTemplate, step_text
+    from pathtrace.render.template import FlowTemplate, flat_for
     from pathtrace.render.record import render_record
     from pathtrace.replay import LineLane, Replayer, ReplayOptions, create_namespace
 
@@ -170,7 +170,8 @@ def run_worker(job: Job, wid: int) -> dict:
             def lines_chunk(data: bytes) -> None:
                 text = data.decode("ascii")
                 spool.write(f"L {len(text)} 0\n{text}")
-            lines = LineLane(FlowTemplate, step_text, lines_chunk) if job.fmt == "jsonl" else None
+            # JSON lines only: the merge finds each record's index at the start of its line
+            lines = LineLane(FlowTemplate, flat_for, lines_chunk) if job.fmt == "jsonl" else None
             replayer.stream(read_frames(job.capture), counter, job.limit, emit=emit, lines=lines, accept=mine)
     replayer.flush()
     return {"verdicts": counter.verdicts, "emitted": counter.emitted, "packets": counter.packets,

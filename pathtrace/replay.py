@@ -30,12 +30,12 @@ SLL_PKT_TYPES = {0: PACKET_HOST, 1: PACKET_BROADCAST, 2: PACKET_MULTICAST, 3: PA
 
 @dataclass(slots=True)
 class LineLane:
-    """A renderer's per-flow line templates for the C lane (render/jsonl.py FlowTemplate):
-    cached frames whose flow entry has a template get their lines written without a record
-    (`write` takes them as ASCII bytes)."""
+    """A renderer's per-flow output templates for the C lane (render/template.py FlowTemplate):
+    cached frames whose flow entry has a template get their output written without a record
+    (`write` takes it as UTF-8 bytes)."""
 
     template_type: type
-    step_text: Callable[..., str]
+    flat_for: Callable[..., tuple]
     write: Callable[[bytes], Any]
 
 
@@ -108,7 +108,7 @@ class Replayer:
         if cache is not None and cache.accel is not None and cursor is not None and (emit is None or lines):
             lane = cache.accel
         foreign: set[bytes] | None = set() if accept is not None else None
-        extra = (lines.template_type, lines.step_text) if lines is not None else (None, None)
+        extra = (lines.template_type, lines.flat_for) if lines is not None else (None, None)
         frames = iter(frames)
         n = 0
         while not limit or n < limit:

@@ -437,13 +437,13 @@ def test_jsonl_writer_equals_plain_json_dumps():
                 assert buf.getvalue() == json.dumps(record_to_dict(rec), separators=(",", ":"), default=str) + "\n"
 
 
-def _jsonl_three_ways(monkeypatch, host, cap, *extra: str) -> str:
-    """replay --format jsonl: with the C lane and templates, with the Python closures, without the cache."""
-    c_lane = _cli(str(host), str(cap), "--format", "jsonl", *extra)
+def _output_three_ways(monkeypatch, host, cap, *extra: str, fmt: tuple[str, ...] = ("--format", "jsonl")) -> str:
+    """replay's per-packet output: with the C lane and templates, with the Python closures, without the cache."""
+    c_lane = _cli(str(host), str(cap), *fmt, *extra)
     monkeypatch.setenv("PATHTRACE_PURE_PYTHON", "1")
-    python = _cli(str(host), str(cap), "--format", "jsonl", *extra)
+    python = _cli(str(host), str(cap), *fmt, *extra)
     monkeypatch.delenv("PATHTRACE_PURE_PYTHON")
-    uncached = _cli(str(host), str(cap), "--format", "jsonl", "--no-cache", *extra)
+    uncached = _cli(str(host), str(cap), *fmt, "--no-cache", *extra)
     assert c_lane[0] == python[0] == uncached[0] == 0
     for name, out in (("C lane", c_lane[1]), ("Python closures", python[1])):
         same = out == uncached[1]           # not `assert a == b`: pytest would diff megabytes
@@ -458,33 +458,46 @@ def _first_difference(a: str, b: str) -> str:
     return f"(line counts {len(a.splitlines())} and {len(b.splitlines())})"
 
 
+FORMATS = [("--format", "jsonl"), ("--format", "text"), ("--format", "text", "--verbose")]
+
+
 def test_jsonl_from_flow_templates_same_as_uncached(bench_files, monkeypatch):
     """Cached records' lines come from per-flow templates (in C on a pcap): byte for byte the same."""
     host, cap = bench_files
-    out = _jsonl_three_ways(monkeypatch, host, cap)
+    out = _output_three_ways(monkeypatch, host, cap)
     assert len(out.splitlines()) == 3000
-    limited = _jsonl_three_ways(monkeypatch, host, cap, "--limit", "1234")
+    limited = _output_three_ways(monkeypatch, host, cap, "--limit", "1234")
     assert len(limited.splitlines()) == 1234
 
 
+@pytest.mark.parametrize("fmt", FORMATS[1:])
+def test_text_from_flow_templates_same_as_uncached(bench_files, monkeypatch, fmt):
+    host, cap = bench_files
+    out = _output_three_ways(monkeypatch, host, cap, fmt=fmt)
+    assert out.count("\n#") == 2999
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("name,capture", [("web-server", "web-server.pcap"), ("home-router", "home-router.pcapng"),
                                           ("two-uplink", "two-uplink.pcapng")])
-def test_jsonl_samples_same_as_uncached(name, capture, monkeypatch):
-    _jsonl_three_ways(monkeypatch, ROOT / "rulesets" / f"{name}.yaml", ROOT / "samples" / capture)
+def test_jsonl_samples_same_as_uncached(name, capture, monkeypatch, fmt):
+    _output_three_ways(monkeypatch, ROOT / "rulesets" / f"{name}.yaml", ROOT / "samples" / capture, fmt=fmt)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(SACK_EVENT, min_size=1, max_size=30), st.booleans(), st.lists(UDP_EVENT, max_size=10),
-       st.sampled_from(["pcap", "pcapng"]))
-def test_random_conversations_jsonl_same_as_uncached(tmp_path_factory, monkeypatch, events, options, udp, fmt):
-    """TCP (with and without SACK) and UDP conversations from a pcap or pcapng: every JSON line the same."""
+       st.sampled_from(["pcap", "pcapng"]), st.sampled_from(FORMATS))
+def test_random_conversations_jsonl_same_as_uncached(tmp_path_factory, monkeypatch, events, options, udp, fmt,
+                                                     output):
+    """TCP (with and without SACK) and UDP conversations from a pcap or pcapng: every JSON line
+    and text block the same."""
     host = _router(tmp_path_factory)
     frames = _conversation(events, options=options) + _udp_frames(udp, t0=frames_end(events))
     for i, f in enumerate(frames):
         f.index = i
     cap = Path(tmp_path_factory.mktemp("jsonl")) / f"c.{fmt}"
     _write_pcap(frames, cap)
-    _jsonl_three_ways(monkeypatch, host, cap)
+    _output_three_ways(monkeypatch, host, cap, fmt=output)
 
 
 def frames_end(events) -> float:

@@ -10,7 +10,8 @@ from the parent's side without Python start-up, with its peak RSS; dpkt's bare p
 loop on the same file gives the reference ratio.  Figures:
 
   summary   replay --summary, 1M packets: packets/s and ratio to dpkt's read loop
-  jsonl     replay --format jsonl (full paths) to /dev/null, on the summary's capture and a short one
+  jsonl     replay --format jsonl (full paths) to /dev/null, on the summary's capture and a short one;
+            --format text on the summary's capture
   python    the summary run with the C accelerator off (PATHTRACE_PURE_PYTHON=1)
   rules     the same capture through 10 and 10,000 rules (--summary): slowdown factor
   memory    peak RSS at 1M and 10M packets
@@ -112,9 +113,10 @@ def main() -> None:
               f"dpkt read loop {bare:,.0f}/s; ratio {pps / bare:.3f} (target >= 0.5 and >= 200,000/s)", flush=True)
     if "jsonl" in only:
         # the same workload as `summary`, then a short capture where handshakes weigh 5x more
-        for name, n in (("jsonl", main_n), ("jsonl_short", jsonl_n)):
+        for name, n in (("jsonl", main_n), ("jsonl_short", jsonl_n), ("text", main_n)):
+            fmt = "text" if name == "text" else "jsonl"
             with open("/dev/null", "w") as null:
-                r = replay([str(h1000), str(capture(args.out, n, flows)), "--format", "jsonl", "--no-progress"],
+                r = replay([str(h1000), str(capture(args.out, n, flows)), "--format", fmt, "--no-progress"],
                            stdout=null)
             pps = n / r["elapsed"]
             results[name] = {"packets": n, "pps": round(pps)}

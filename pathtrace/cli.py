@@ -88,9 +88,13 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
                                            emit_frames=need_frames, cache=not no_cache))
     counter = SummaryCounter()
     out = sys.stdout
-    if jobs > 1 and not _replay_jobs(host, capture, jobs, ingress, strict_mac, fmt, verbose, limit, no_cache,
-                                     write_pcap, net, counter, replayer, out):
-        jobs = 1
+    try:
+        if jobs > 1 and not _replay_jobs(host, capture, jobs, ingress, strict_mac, fmt, verbose, limit, no_cache,
+                                         write_pcap, net, counter, replayer, out):
+            jobs = 1
+    except PathtraceError as exc:
+        _fail(exc)
+        return
     if jobs <= 1:
         _replay_one(replayer, frames, fmt, verbose, limit, write_pcap, counter, out, not no_progress)
     replayer.flush()

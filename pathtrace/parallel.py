@@ -126,8 +126,10 @@ def _counter_cells(net: Any) -> Iterator[Any]:
             yield from chain.rules
 
 
-def run_worker(job: Job, wid: int) -> dict:
-    """One worker: replay the frames of share `wid`, spool their rendered records, return totals."""
+def run_worker(job: Job, wid: int, net: Any = None) -> dict:
+    """One worker: replay the frames of share `wid`, spool their rendered records, return totals.
+    `net`: the parent's untouched namespace, this process's own copy through fork (None: load
+    job.host)."""
     from pathtrace.capture import read_frames
     from pathtrace.host.loader import load_host
     from pathtrace.render.summary import SummaryCounter
@@ -137,7 +139,8 @@ def run_worker(job: Job, wid: int) -> dict:
 
     import gc
     gc.set_threshold(100_000, 50, 100)
-    net = create_namespace(load_host(job.host))
+    if net is None:
+        net = create_namespace(load_host(job.host))
     gc.freeze()
     plan = ShardPlan.for_net(net)
     start = net.shared_state()
@@ -211,6 +214,19 @@ def _spooled(path: str) -> Iterator[tuple[int, str, str]]:
             yield int(index), fh.read(int(size)), fh.read(int(alt))
 
 
+def _worker_process(job: Job, wid: int, net: Any, send: Any) -> None:
+    """A worker process's body: run_worker's totals, or its exception, back through the pipe."""
+    try:
+        send.send(("ok", run_worker(job, wid, net)))
+    except BaseException as exc:     # re-raised in the parent (a CaptureError keeps its message)
+        try:
+            send.send(("error", exc))
+        except Exception:
+            send.send(("error", RuntimeError(f"--jobs worker {wid}: {type(exc).__name__}: {exc}")))
+    finally:
+        send.close()
+
+
 def replay_parallel(job: Job, net: Any, counter: Any, replayer: Any, out: TextIO) -> bool:
     """Run the workers; on success write the merged records to `out`, add their totals to
     `counter`, `net` and `replayer` and return True.  False: shared state was touched, nothing
@@ -218,8 +234,21 @@ def replay_parallel(job: Job, net: Any, counter: Any, replayer: Any, out: TextIO
     ctx = multiprocessing.get_context("fork")
     with tempfile.TemporaryDirectory(prefix="pathtrace-jobs-") as spool_dir:
         job.spool_dir = spool_dir
-        with ctx.Pool(job.jobs) as pool:
-            results = pool.starmap(run_worker, [(job, w) for w in range(job.jobs)])
+        workers = []
+        for w in range(job.jobs):      # forked, each with its own copy of the untouched namespace
+            receive, send = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_worker_process, args=(job, w, net, send))
+            proc.start()
+            send.close()
+            workers.append((proc, receive))
+        replies = []
+        for proc, receive in workers:
+            replies.append(receive.recv())
+            proc.join()
+        errors = [value for status, value in replies if status != "ok"]
+        if errors:
+            raise errors[0]                 # e.g. a CaptureError: the caller reports it as for one process
+        results = [value for _, value in replies]
         if any(r["coupled"] for r in results):
             return False
         first: dict = {}

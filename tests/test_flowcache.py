@@ -511,3 +511,19 @@ def test_accelerator_is_built_in_ci():
     if os.environ.get("CI") != "true":
         pytest.skip("only checked in CI")
     assert importlib.util.find_spec("pathtrace._fastpath") is not None
+
+
+def test_jobs_report_a_corrupt_capture_as_one_process_does(bench_files, tmp_path):
+    """A worker's CaptureError ends the replay with the same one-line error and exit code 2."""
+    host, cap = bench_files
+    data = bytearray(cap.read_bytes())
+    off = 24
+    for _ in range(500):
+        off += 16 + struct.unpack_from("<I", data, off + 8)[0]
+    struct.pack_into("<I", data, off + 8, 0x7FFFFFFF)
+    bad = tmp_path / "corrupt.pcap"
+    bad.write_bytes(bytes(data))
+    one = _cli(str(host), str(bad), "--summary")
+    two = _cli(str(host), str(bad), "--summary", "--jobs", "2")
+    assert one[0] == two[0] == 2
+    assert one[2] == two[2] and one[2].count("\n") == 1 and "corrupt pcap record 500" in one[2]

@@ -274,15 +274,21 @@ def _first_match(rules: list[Rule], order: list[int] | None, k: int, skb: "SkBuf
     n = len(order) if order is not None else len(rules)
     while k < n:
         rule = rules[order[k]] if order is not None else rules[k]
-        for m in rule.checks:
-            if not m.check(skb, par):
-                break
-        else:
+        if _failing_check(rule, skb, par) is None:
             return k, rule, False
         if par.hotdrop:
             return k, rule, True
         k += 1
     return k, None, False
+
+
+def _failing_check(rule: Rule, skb: "SkBuff", par: XtParam) -> "XtMatch | None":
+    """The first of the rule's matches that does not match (in order, as ipt_do_table runs
+    them); None when all match."""
+    for m in rule.checks:
+        if not m.check(skb, par):
+            return m
+    return None
 
 
 def _first_match_recording(chain: Chain, k: int, skb: "SkBuff", par: XtParam, misses: list[str],
@@ -306,10 +312,8 @@ def _first_match_recording(chain: Chain, k: int, skb: "SkBuff", par: XtParam, mi
         if k in known:
             m = rule.checks[0]
         else:
-            for m in rule.checks:
-                if not m.check(skb, par):
-                    break
-            else:
+            m = _failing_check(rule, skb, par)
+            if m is None:
                 return k, rule, False
             if par.hotdrop:
                 return k, rule, True

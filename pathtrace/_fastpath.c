@@ -511,23 +511,20 @@ static int FastEntry_init(FastEntry *fe, PyObject *args, PyObject *kw) {
     return 0;
 }
 
+/* Every reference a FastEntry owns: one list for traverse and clear. */
+#define FE_OWNED(X) X(ct) X(st) X(table) X(status) X(mark) X(labels) X(pstate) X(neigh) X(nstate) X(nhh) \
+    X(nlladdr) X(ntimer) X(neigh_entries) X(nkey) X(udp_timeout) X(udp_stream_timeout) X(sender) X(receiver) \
+    X(t_est) X(t_retrans) X(t_unack) X(no_detail) X(slow)
+#define FE_VISIT(field) Py_VISIT(fe->field);
+#define FE_CLEAR(field) Py_CLEAR(fe->field);
+
 static int FastEntry_traverse(FastEntry *fe, visitproc visit, void *arg) {
-    Py_VISIT(fe->ct); Py_VISIT(fe->st); Py_VISIT(fe->table); Py_VISIT(fe->status); Py_VISIT(fe->mark);
-    Py_VISIT(fe->labels); Py_VISIT(fe->pstate); Py_VISIT(fe->neigh); Py_VISIT(fe->nstate); Py_VISIT(fe->nhh);
-    Py_VISIT(fe->nlladdr); Py_VISIT(fe->ntimer); Py_VISIT(fe->neigh_entries); Py_VISIT(fe->nkey);
-    Py_VISIT(fe->udp_timeout); Py_VISIT(fe->udp_stream_timeout); Py_VISIT(fe->sender); Py_VISIT(fe->receiver);
-    Py_VISIT(fe->t_est); Py_VISIT(fe->t_retrans); Py_VISIT(fe->t_unack); Py_VISIT(fe->no_detail);
-    Py_VISIT(fe->slow);
+    FE_OWNED(FE_VISIT)
     return 0;
 }
 
 static int FastEntry_clear(FastEntry *fe) {
-    Py_CLEAR(fe->ct); Py_CLEAR(fe->st); Py_CLEAR(fe->table); Py_CLEAR(fe->status); Py_CLEAR(fe->mark);
-    Py_CLEAR(fe->labels); Py_CLEAR(fe->pstate); Py_CLEAR(fe->neigh); Py_CLEAR(fe->nstate); Py_CLEAR(fe->nhh);
-    Py_CLEAR(fe->nlladdr); Py_CLEAR(fe->ntimer); Py_CLEAR(fe->neigh_entries); Py_CLEAR(fe->nkey);
-    Py_CLEAR(fe->udp_timeout); Py_CLEAR(fe->udp_stream_timeout); Py_CLEAR(fe->sender); Py_CLEAR(fe->receiver);
-    Py_CLEAR(fe->t_est); Py_CLEAR(fe->t_retrans); Py_CLEAR(fe->t_unack); Py_CLEAR(fe->no_detail);
-    Py_CLEAR(fe->slow);
+    FE_OWNED(FE_CLEAR)
     return 0;
 }
 

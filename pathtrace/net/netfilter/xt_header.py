@@ -16,6 +16,15 @@ DSCP_CLASSES = {"CS0": 0, "CS1": 8, "CS2": 16, "CS3": 24, "CS4": 32, "CS5": 40, 
                 "AF33": 30, "AF41": 34, "AF42": 36, "AF43": 38, "EF": 46}
 
 
+def parse_dscp(arg: str, by_class: bool, who: str) -> int:
+    """A DSCP as --dscp/--set-dscp (0-63) or --dscp-class/--set-dscp-class (CS1, AF41, EF...) spell it."""
+    if by_class:
+        if arg.upper() not in DSCP_CLASSES:
+            raise XtError(f"{who}: unknown class {arg!r}")
+        return DSCP_CLASSES[arg.upper()]
+    return parse_int(arg, 0, 0x3F, "DSCP")
+
+
 def _last(opts: list[Opt], what: str) -> Opt:
     if not opts:
         raise XtError(f"{what} match: an option is required")
@@ -63,12 +72,7 @@ def build_tos(opts: list[Opt], ctx: RuleCtx) -> XtMatch:
 
 def build_dscp(opts: list[Opt], ctx: RuleCtx) -> XtMatch:
     o = _last(opts, "dscp")
-    if o.name == "--dscp-class":
-        if o.arg.upper() not in DSCP_CLASSES:
-            raise XtError(f"dscp: unknown class {o.arg!r}")
-        v = DSCP_CLASSES[o.arg.upper()]
-    else:
-        v = parse_int(o.arg, 0, 0x3F, "DSCP")
+    v = parse_dscp(o.arg, o.name == "--dscp-class", "dscp")
     inv = o.invert
     return XtMatch("dscp", lambda skb, par: ((skb.iph.tos >> 2) == v) != inv,
                    lambda skb, par: f"dscp {'! ' if inv else ''}{v:#x}: {skb.iph.tos >> 2:#x}")

@@ -13,7 +13,7 @@ from pathtrace.net.netfilter.x_tables import (
     NF_DROP, NF_INET_FORWARD, NF_INET_LOCAL_OUT, NF_INET_POST_ROUTING, XT_CONTINUE, ExtSpec, Opt, RuleCtx, XtError,
     XtTarget, hook_mask,
 )
-from pathtrace.net.netfilter.xt_header import DSCP_CLASSES, TOS_NAMES
+from pathtrace.net.netfilter.xt_header import TOS_NAMES, parse_dscp
 from pathtrace.net.netfilter.xt_util import parse_int
 
 TCPOPT_MSS, TCPOLEN_MSS = 2, 4
@@ -112,12 +112,7 @@ def build_dscp(opts: list[Opt], ctx: RuleCtx) -> XtTarget:
     if len(opts) != 1:
         raise XtError("DSCP target: exactly one of --set-dscp, --set-dscp-class")
     o = opts[0]
-    if o.name == "--set-dscp-class":
-        if o.arg.upper() not in DSCP_CLASSES:
-            raise XtError(f"DSCP: unknown class {o.arg!r}")
-        dscp = DSCP_CLASSES[o.arg.upper()]
-    else:
-        dscp = parse_int(o.arg, 0, 0x3F, "DSCP")
+    dscp = parse_dscp(o.arg, o.name == "--set-dscp-class", "DSCP")
 
     def fn(skb, par) -> int:
         if (skb.iph.tos >> 2) != dscp:

@@ -12,7 +12,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 if TYPE_CHECKING:  # pragma: no cover
     from pathtrace.render.summary import SummaryCounter
 
+from pathtrace.agreement import Agreement
 from pathtrace.capture.frame import Frame
+from pathtrace.direction import Direction
+from pathtrace.sent import sent_frame
 from pathtrace.errors import PathtraceError
 from pathtrace.flowcache import FlowCache
 from pathtrace.host.model import HostConfig
@@ -46,6 +49,7 @@ class ReplayOptions:
     record: bool = True                # keep path steps (off for --summary only)
     emit_frames: bool = True           # build the bytes of frames that leave
     cache: bool = True                 # reuse flows' paths (pathtrace/flowcache.py); --no-cache
+    sent_frames: bool = False          # the capture shows frames the host sent (decided by a look ahead)
 
 
 def create_namespace(host: HostConfig) -> Net:
@@ -66,6 +70,17 @@ class Replayer:
         self.readdressed = 0
         self.count = 0
         self.cache = FlowCache(self) if self.options.cache else None
+        self.agreement = Agreement(net.local_addrs)
+        self.direction = Direction(net, self.options.ingress)
+        self.sent_seen = False
+        if self.options.sent_frames:
+            self._start_matching()
+
+    def _start_matching(self) -> None:
+        """From now on every frame the host emits is kept as a prediction to match against the capture:
+        frames need their bytes, and the C lane (which keeps no records) is off."""
+        self.sent_seen = True
+        self.options.emit_frames = True
 
     def choose_ingress(self, frame: Frame) -> tuple[NetDevice, str]:
         """--in, then the pcapng interface name, then the destination MAC, then the first interface."""
@@ -105,13 +120,16 @@ class Replayer:
         clock = self.net.neigh.clock
         cursor = getattr(frames, "cursor", None)
         lane = None
-        if cache is not None and cache.accel is not None and cursor is not None and (emit is None or lines):
+        if cache is not None and cache.accel is not None and cursor is not None and (emit is None or lines) \
+                and not self.sent_seen:
             lane = cache.accel
         foreign: set[bytes] | None = set() if accept is not None else None
         extra = (lines.template_type, lines.flat_for) if lines is not None else (None, None)
         frames = iter(frames)
         n = 0
         while not limit or n < limit:
+            if lane is not None and self.sent_seen:
+                lane = None
             if lane is not None:
                 served, consumed, text = cursor.serve(lane, limit - n if limit else 1 << 62, cache.entries, clock,
                                                       *extra, foreign)
@@ -137,6 +155,8 @@ class Replayer:
                 record = replay_frame(self, frame)
                 emit(record, frame)
                 counter.add(record)
+            elif self.sent_seen:
+                counter.add(replay_frame(self, frame))
             else:
                 self._tally_one(frame, counter, clock)
             if tick is not None and not n & 1023:
@@ -168,6 +188,27 @@ class Replayer:
             self.cache.flush()
 
     def process(self, frame: Frame) -> PacketRecord:
+        out_dev = self.direction.sent_by_host(frame)
+        if out_dev is not None:
+            if not self.sent_seen:
+                self._start_matching()
+            return self.process_sent(frame, out_dev)
+        record = self.process_received(frame)
+        if self.sent_seen:
+            self.agreement.expire(frame.ts)
+            self.agreement.predict(record.index, frame.ts, record.emitted)
+        return record
+
+    def process_sent(self, frame: Frame, dev: NetDevice) -> PacketRecord:
+        """A frame the capture shows the host sending: matched against the model's predictions, else
+        replayed through the application's send path (pathtrace/net/socket.py)."""
+        self.count += 1
+        ctx = PacketContext(frame.ts, record=self.options.record, emit_frames=True, net=self.net)
+        self._run_timers(ctx)
+        self.agreement.expire(frame.ts)
+        return sent_frame(ctx, frame, dev, self.agreement)
+
+    def process_received(self, frame: Frame) -> PacketRecord:
         opts = self.options
         dev, why = self.choose_ingress(frame)
         self.count += 1

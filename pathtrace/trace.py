@@ -18,6 +18,7 @@ CONSUMED = "CONSUMED"             # consumed without error (ARP processed, TCP R
 QUEUED = "QUEUED"                 # held in a neighbour's arp_queue waiting for resolution
 STOLEN = "STOLEN"                 # taken by netfilter (NFQUEUE) – left the model's view
 TRANSMIT = "TRANSMIT"             # host-generated packet left on an interface
+SENT = "SENT"                     # a frame the capture shows the host sending, which the model sends too
 
 
 @dataclass(slots=True)
@@ -52,6 +53,7 @@ class PacketRecord:
     warnings: list[str]
     rules: list[dict] = field(default_factory=list)  # deciding netfilter rules (table/chain/rule)
     flow: Any = None            # the replay cache's entry this record was served from (renderers key caches on it)
+    agreement: dict | None = None   # frames the host sent (pathtrace/sent.py): prediction, differences
 
 
 class PacketContext:

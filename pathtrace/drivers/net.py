@@ -16,6 +16,7 @@ class DriverOps:
     napi: bool                   # hands packets to napi_gro_receive (else __netif_rx / backlog)
     xmit: str                    # ndo_start_xmit
     qdisc: str                   # default root qdisc (noqueue for virtual devices)
+    partial_csum: bool = False   # hands over the sender's skb: a CHECKSUM_PARTIAL packet stays one
 
 
 DRIVERS: dict[str, DriverOps] = {
@@ -33,8 +34,8 @@ DRIVERS: dict[str, DriverOps] = {
     "bnxt_en": DriverOps(("bnxt_msix", "bnxt_poll", "bnxt_rx_pkt"), True, "bnxt_start_xmit", "mq"),
     "tg3": DriverOps(("tg3_msi", "tg3_poll", "tg3_rx"), True, "tg3_start_xmit", "pfifo_fast"),
     "r8169": DriverOps(("rtl8169_interrupt", "rtl8169_poll", "rtl_rx"), True, "rtl8169_start_xmit", "pfifo_fast"),
-    "veth": DriverOps(("veth_xmit", "veth_forward_skb", "__netif_rx"), False, "veth_xmit", "noqueue"),
-    "loopback": DriverOps(("loopback_xmit", "__netif_rx"), False, "loopback_xmit", "noqueue"),
+    "veth": DriverOps(("veth_xmit", "veth_forward_skb", "__netif_rx"), False, "veth_xmit", "noqueue", True),
+    "loopback": DriverOps(("loopback_xmit", "__netif_rx"), False, "loopback_xmit", "noqueue", True),
 }
 
 

@@ -46,3 +46,20 @@ def csum_replace(check: int, old: int, new: int, width: int = 16) -> int:
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return (~total) & 0xFFFF
+
+
+def is_partial_csum(l3: bytes) -> bool:
+    """Whether an IPv4 TCP/UDP packet carries a CHECKSUM_PARTIAL checksum: only the pseudo header's
+    folded sum, which the sender's stack leaves for the NIC to complete.  A capture shows it on frames
+    a host sent with checksum offload, and on frames received over veth, where the peer's skb arrives
+    still CHECKSUM_PARTIAL and the receiver verifies nothing (skb_csum_unnecessary)."""
+    if len(l3) < 20 or l3[0] >> 4 != 4 or l3[9] not in (6, 17) or struct.unpack_from("!H", l3, 6)[0] & 0x3FFF:
+        return False
+    ihl = (l3[0] & 15) * 4
+    tot_len = min(struct.unpack_from("!H", l3, 2)[0], len(l3))
+    off = ihl + (16 if l3[9] == 6 else 6)
+    if tot_len < off + 2:
+        return False
+    saddr, daddr = struct.unpack_from("!II", l3, 12)
+    partial = (~csum_fold(pseudo_header_sum(saddr, daddr, l3[9], tot_len - ihl))) & 0xFFFF
+    return struct.unpack_from("!H", l3, off)[0] == partial

@@ -22,6 +22,7 @@ def record_to_dict(record: PacketRecord) -> dict[str, Any]:
                     for e in record.emitted],
         "rules": record.rules,
         "warnings": record.warnings,
+        **({"agreement": record.agreement} if record.agreement is not None else {}),
     }
 
 
@@ -56,5 +57,6 @@ def write_jsonl(record: PacketRecord, out: TextIO) -> None:
     path = ",".join([s.json or _step_json(s) for s in record.path])
     emitted = _dumps([{"dev": e.dev, "kind": e.kind, "frame": e.frame.hex(), "packet": emitted_summary(e)}
                       for e in record.emitted])
+    tail = f',"agreement":{_dumps(record.agreement)}' if record.agreement is not None else ""
     out.write(f'{head[:-1]},"path":[{path}],"emitted":{emitted},"rules":{_dumps(record.rules)},'
-              f'"warnings":{_dumps(record.warnings)}}}\n')
+              f'"warnings":{_dumps(record.warnings)}{tail}}}\n')

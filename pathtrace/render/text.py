@@ -8,7 +8,9 @@ from pathtrace.trace import PacketRecord
 
 
 def write_text(record: PacketRecord, out: TextIO, verbose: bool = False) -> None:
-    out.write(f"#{record.index} {record.time:.6f} {record.ingress}  {record.packet}\n")
+    sent = record.agreement
+    where = f"{record.ingress} out" if sent is not None else record.ingress
+    out.write(f"#{record.index} {record.time:.6f} {where}  {record.packet}\n")
     for step in record.path:
         indent = "  " * (step.depth + 1)
         detail = step.detail
@@ -26,8 +28,19 @@ def write_text(record: PacketRecord, out: TextIO, verbose: bool = False) -> None
     if record.egress:
         verdict += f" -> {record.egress}"
     out.write(f"  => {verdict}\n")
+    if sent is not None:
+        out.write(f"  ~ {agreement_text(sent)}\n")
+        for d in sent.get("differences", ()):
+            out.write(f"  ~ differs: {d}\n")
     for e in record.emitted:
         out.write(f"  <= {e.dev} [{e.kind}] {emitted_summary(e)}\n")
     for w in record.warnings:
         out.write(f"  ! {w}\n")
     out.write("\n")
+
+
+def agreement_text(info: dict) -> str:
+    """One line on how a frame the host sent compares with the model."""
+    if info.get("predicted_by") is not None:
+        return f"predicted as #{info['predicted_by']}'s {info.get('as') or 'reply'}"
+    return f"not predicted by the model ({info.get('origin', 'unknown')} frame)"

@@ -10,8 +10,9 @@ import struct
 from typing import TYPE_CHECKING
 
 from pathtrace.drivers.net import driver_ops
+from pathtrace.lib.checksum import is_partial_csum
 from pathtrace.net.core.skbuff import (
-    ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, PACKET_BROADCAST, PACKET_HOST, PACKET_MULTICAST, PACKET_OTHERHOST,
+    CHECKSUM_PARTIAL, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, PACKET_BROADCAST, PACKET_HOST, PACKET_MULTICAST, PACKET_OTHERHOST,
     PKT_TYPE_NAMES, SkBuff, kfree_skb_reason,
 )
 from pathtrace.trace import Emitted
@@ -43,9 +44,12 @@ def netif_receive(skb: SkBuff, dev: "NetDevice", pkt_type_known: bool = False) -
             ctx.step(fn, dev=dev.name)
     if not pkt_type_known:
         eth_type_trans(skb, dev)
+    if ops.partial_csum and skb.protocol == ETH_P_IP and is_partial_csum(skb.raw):
+        skb.ip_summed = CHECKSUM_PARTIAL     # the peer's offloaded checksum was never filled in
     if ctx.record:
         ctx.step("eth_type_trans", pkt_type=PKT_TYPE_NAMES[skb.pkt_type], protocol=f"0x{skb.protocol:04x}",
-                 readdressed_from=skb.cb.get("readdressed_from", ""))
+                 readdressed_from=skb.cb.get("readdressed_from", ""),
+                 **({"ip_summed": "CHECKSUM_PARTIAL"} if skb.ip_summed == CHECKSUM_PARTIAL else {}))
     if ops.napi:
         ctx.step("napi_gro_receive", dev=dev.name)
         ctx.step("__netif_receive_skb_core", dev=dev.name)

@@ -70,11 +70,13 @@ def neigh_resolve_output(skb: SkBuff, n: Neighbour, dev: "NetDevice") -> None:
     dev_queue_xmit(skb, dev, n.lladdr)
 
 
-def __neigh_event_send(net: "Net", n: Neighbour, skb: SkBuff | None, dev: "NetDevice") -> bool:
-    """True when the packet did not go out now (queued or dropped)."""
+def __neigh_event_send(net: "Net", n: Neighbour, skb: SkBuff | None, dev: "NetDevice",
+                       ctx: "PacketContext | None" = None) -> bool:
+    """True when the packet did not go out now (queued or dropped).  Without an skb (a capture shows
+    the host resolving for a packet the model has not seen yet) only the entry's state and probe run."""
     if n.state in NUD_CONNECTED or n.state in (NUD_DELAY, NUD_PROBE):
         return False
-    ctx = skb.ctx if skb is not None else None
+    ctx = skb.ctx if skb is not None else ctx
     now = ctx.now if ctx else 0.0
     parms = net.neigh.parms
     immediate_probe = False
@@ -87,7 +89,8 @@ def __neigh_event_send(net: "Net", n: Neighbour, skb: SkBuff | None, dev: "NetDe
             immediate_probe = True
         else:
             n.state = NUD_FAILED
-            kfree_skb_reason(skb, "NEIGH_FAILED")
+            if skb is not None:
+                kfree_skb_reason(skb, "NEIGH_FAILED")
             return True
     elif n.state == NUD_STALE:
         n.state = NUD_DELAY
@@ -109,7 +112,7 @@ def __neigh_event_send(net: "Net", n: Neighbour, skb: SkBuff | None, dev: "NetDe
             skb.verdict = skb.verdict if skb.verdict not in (None, "TRANSMIT") else "QUEUED"
             skb.cb["egress"] = dev.name
             ctx.step("__skb_queue_tail", queue="arp_queue", neighbour=ntoa(n.addr), queued=len(n.arp_queue))
-        if immediate_probe:
+        if immediate_probe and ctx is not None:
             neigh_probe(net, n, dev, ctx, skb)
         return True
     return False

@@ -41,6 +41,9 @@ IP_DF = 0x4000
 IP_MF = 0x2000
 IP_OFFSET = 0x1FFF
 
+CHECKSUM_NONE = 0
+CHECKSUM_PARTIAL = 3
+
 _L4_CSUM_OFFSET = {IPPROTO_TCP: 16, IPPROTO_UDP: 6}
 
 
@@ -97,6 +100,7 @@ class SkBuff:
     reason: str | None = None
     nf_trace: bool = False
     queue_mapping: int = 0
+    ip_summed: int = 0                      # CHECKSUM_NONE, or CHECKSUM_PARTIAL as a veth peer hands it over
     cb: dict = field(default_factory=dict)  # per-layer scratch, like skb->cb
 
     @property

@@ -139,3 +139,27 @@ def arp_send(net: "Net", op: int, dest_ip: int, dev: "NetDevice", src_ip: int, d
     skb = SkBuff(ctx=ctx, dev=dev, protocol=ETH_P_ARP, raw=body)
     skb.generated_by = "arp_send_dst"
     dev_queue_xmit(skb, dev, dest_hw or BROADCAST_MAC, ETH_P_ARP, kind="generated")
+
+
+def arp_send_from_capture(ctx: "PacketContext", dev: "NetDevice", body: bytes) -> None:
+    """An ARP frame the capture shows the host sending that the model did not predict.
+
+    A request means some packet of the host's waited for this neighbour (neigh_resolve_output →
+    __neigh_event_send → neigh_probe → arp_solicit): the entry is created INCOMPLETE so that the
+    reply resolves it, as it did on the host.  A reply answered a request the model did not answer."""
+    from pathtrace.net.core.neighbour_output import __neigh_event_send, _arp_constructor
+    net = ctx.net
+    if len(body) < 28:
+        return
+    op = struct.unpack_from("!H", body, 6)[0]
+    sip, tip = struct.unpack_from("!I", body, 14)[0], struct.unpack_from("!I", body, 24)[0]
+    if op == ARPOP_REQUEST:
+        n = net.neigh.lookup(tip, dev.name)
+        if n is None:
+            n = net.neigh.create(tip, dev.name)
+            _arp_constructor(net, n, dev)
+            ctx.step("__neigh_create", neighbour=ntoa(tip), dev=dev.name, state=n.state)
+        ctx.step("neigh_resolve_output", neighbour=ntoa(tip), state=n.state)
+        __neigh_event_send(net, n, None, dev, ctx)
+    elif op == ARPOP_REPLY:
+        arp_send(net, ARPOP_REPLY, tip, dev, sip, body[18:24], dev.mac, body[18:24], ctx)

@@ -122,3 +122,18 @@ def ip_finish_output2(skb: SkBuff) -> None:
     if ctx.record:
         ctx.step("ip_finish_output2", nexthop=ntoa(nexthop), dev=rt.dev.name)
     neigh_output_for(skb, rt.dev, nexthop)
+
+
+def ip_push_pending_frames(skb: SkBuff) -> None:
+    """ip_push_pending_frames → __ip_make_skb → ip_send_skb (ping and raw sockets)."""
+    skb.ctx.step("ip_push_pending_frames")
+    skb.ctx.step("__ip_make_skb")
+    ip_send_skb(skb)
+
+
+def ip_send_skb(skb: SkBuff) -> None:
+    """ip_send_skb → ip_local_out; a LOCAL_OUT or POST_ROUTING drop is the sender's EPERM."""
+    skb.ctx.step("ip_send_skb")
+    ip_local_out(skb)
+    if skb.verdict == "DROP" and skb.reason == "NETFILTER_DROP":
+        skb.ctx.warnings.append("netfilter dropped the host's own packet: the sender's call fails with EPERM")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import struct
 
 from pathtrace.lib.checksum import l4_checksum
-from pathtrace.net.core.skbuff import IPPROTO_UDP, SkBuff, kfree_skb_reason
+from pathtrace.net.core.skbuff import CHECKSUM_PARTIAL, IPPROTO_UDP, SkBuff, kfree_skb_reason
 
 
 def lookup_udp(net, daddr: int, dport: int, dev: str):
@@ -35,7 +35,7 @@ def udp_rcv(skb: SkBuff) -> None:
         kfree_skb_reason(skb, "PKT_TOO_SMALL")
         return
     segment = bytes(data[:ulen])
-    if check and l4_checksum(skb.iph.saddr, skb.iph.daddr, IPPROTO_UDP, segment):
+    if check and skb.ip_summed != CHECKSUM_PARTIAL and l4_checksum(skb.iph.saddr, skb.iph.daddr, IPPROTO_UDP, segment):
         ctx.step("__udp4_lib_rcv", result="bad UDP checksum")
         kfree_skb_reason(skb, "UDP_CSUM")
         return
@@ -61,3 +61,17 @@ def udp_rcv(skb: SkBuff) -> None:
     from pathtrace.net.ipv4.icmp import ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, icmp_send
     icmp_send(skb, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH)
     kfree_skb_reason(skb, "NO_SOCKET")
+
+
+def udp_sendmsg(skb: SkBuff) -> None:
+    """udp_sendmsg → ip_route_output_flow → ip_make_skb → udp_send_skb → ip_send_skb: a datagram the host sent."""
+    from pathtrace.net.ipv4.ip_output import ip_send_skb
+    from pathtrace.net.socket import route_for_send
+    ctx = skb.ctx
+    if ctx.record:
+        ctx.step("udp_sendmsg", sport=skb.sport, dport=skb.dport)
+    if not route_for_send(skb):
+        return
+    ctx.step("ip_make_skb")
+    ctx.step("udp_send_skb", len=len(skb.payload))
+    ip_send_skb(skb)

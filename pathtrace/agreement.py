@@ -1,0 +1,293 @@
+"""Capture agreement: the frames a capture shows the host sending, against the frames the model sent.
+
+A capture taken on a real host holds both what the host received and what it sent.
+The model predicts part of what it sent (kernel replies: SYN-ACK, ACK, RST, ICMP,
+ARP; forwarded copies of received frames).  Every frame the capture shows leaving is
+looked up among the model's pending predictions on the same interface; a match makes
+the frame "predicted as #N's reply/forward" and lists how the two differ.  A
+prediction nobody matched within PREDICTION_TTL seconds (or by the end) counts as
+"not in the capture" when the capture covers its interface (shows the host sending
+on it at all).  This turns every bidirectional capture into a check of the model.
+
+This is the replay engine's bookkeeping, not a model of the kernel: it never changes
+the model's state, and the model never reads it.
+"""
+from __future__ import annotations
+
+import struct
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+PREDICTION_TTL = 3.0        # seconds a prediction waits for its frame (delayed ACKs, ARP retries fit)
+
+ETH_P_IP = 0x0800
+ETH_P_ARP = 0x0806
+TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+IP_MF, IP_OFFSET, IP_DF = 0x2000, 0x1FFF, 0x4000
+
+
+@dataclass(slots=True)
+class Identity:
+    """What names a frame for matching (`key`) and the fields compared once matched (`fields`)."""
+
+    key: tuple
+    fields: dict[str, Any]
+    origin: str          # kernel | application | forwarded | unknown: who would have built it
+
+
+def _tcp_options(opts: bytes) -> tuple[list[str], dict[str, int]]:
+    kinds: list[str] = []
+    values: dict[str, int] = {}
+    i = 0
+    names = {2: "mss", 3: "wscale", 4: "sackOK", 5: "sack", 8: "TS", 1: "nop", 0: "eol"}
+    while i < len(opts):
+        kind = opts[i]
+        if kind == 0:
+            break
+        if kind == 1:
+            kinds.append("nop")
+            i += 1
+            continue
+        if i + 1 >= len(opts) or opts[i + 1] < 2:
+            kinds.append(f"bad{kind}")
+            break
+        length = opts[i + 1]
+        body = opts[i + 2:i + length]
+        kinds.append(names.get(kind, f"opt{kind}"))
+        if kind == 2 and len(body) == 2:
+            values["mss"] = struct.unpack("!H", body)[0]
+        elif kind == 3 and len(body) == 1:
+            values["wscale"] = body[0]
+        elif kind == 8 and len(body) == 8:
+            values["tsecr"] = struct.unpack("!I", body[4:])[0]
+        i += length
+    return kinds, values
+
+
+def identify(ethertype: int, l3: bytes, local_addrs: set[int]) -> Identity | None:
+    """The identity of a frame the host sent (L3 bytes after the link header); None if unparsable."""
+    if ethertype == ETH_P_ARP:
+        if len(l3) < 28:
+            return None
+        op = struct.unpack_from("!H", l3, 6)[0]
+        spa, tpa = struct.unpack_from("!I", l3, 14)[0], struct.unpack_from("!I", l3, 24)[0]
+        return Identity(("arp", op, spa, tpa), {"arp_op": op, "tha": l3[18:24].hex() if op == 2 else ""}, "kernel")
+    if ethertype != ETH_P_IP or len(l3) < 20 or l3[0] >> 4 != 4:
+        return None
+    ihl = (l3[0] & 15) * 4
+    tot_len, ip_id, frag_off, ttl, proto = struct.unpack_from("!HHHBB", l3, 2)
+    saddr, daddr = struct.unpack_from("!II", l3, 12)
+    l4 = l3[ihl:tot_len] if ihl <= tot_len <= len(l3) else l3[ihl:]
+    fields: dict[str, Any] = {"tot_len": tot_len, "ttl": ttl, "df": bool(frag_off & IP_DF), "tos": l3[1]}
+    local = saddr in local_addrs
+    origin = "application" if local else "forwarded"
+    if frag_off & (IP_MF | IP_OFFSET):
+        fields["ip_id"] = ip_id
+        return Identity(("ip", saddr, daddr, proto, "frag", ip_id, frag_off & IP_OFFSET), fields, origin)
+    if proto == 6 and len(l4) >= 20:
+        sport, dport, seq, ack = struct.unpack_from("!HHII", l4)
+        doff = (l4[12] >> 4) * 4
+        flags = l4[13]
+        kinds, values = _tcp_options(l4[20:doff])
+        fields.update(seq=seq, ack=ack, window=struct.unpack_from("!H", l4, 14)[0], options=",".join(kinds),
+                      data=max(0, len(l4) - doff), **values)
+        if local:
+            # a segment without data, or a SYN-ACK/RST, is the kernel's; data, SYN, FIN are an application's doing
+            if flags & TCP_RST or (flags & TCP_SYN and flags & TCP_ACK) or (
+                    not flags & (TCP_SYN | TCP_FIN) and len(l4) <= doff):
+                origin = "kernel"
+        key = ("ip", saddr, daddr, proto, sport, dport, flags & 0x3F)
+        if not local:
+            key += (seq,)
+        return Identity(key, fields, origin)
+    if proto == 17 and len(l4) >= 8:
+        sport, dport, ulen = struct.unpack_from("!HHH", l4)
+        fields["udp_len"] = ulen
+        return Identity(("ip", saddr, daddr, proto, sport, dport, ip_id if not local else None), fields, origin)
+    if proto == 1 and len(l4) >= 8:
+        itype, code = l4[0], l4[1]
+        if itype in (0, 8, 13, 14):
+            ident, seq = struct.unpack_from("!HH", l4, 4)
+            key = ("ip", saddr, daddr, proto, itype, code, ident, seq)
+            if local and itype == 0:
+                origin = "kernel"                 # echo replies are icmp_echo's
+        else:
+            inner = l4[8:]
+            quoted: tuple = ()
+            if len(inner) >= 20:
+                ihl2 = (inner[0] & 15) * 4
+                quoted = (inner[9], inner[12:20].hex(), inner[ihl2:ihl2 + 4].hex())
+            key = ("ip", saddr, daddr, proto, itype, code) + quoted
+            if local:
+                origin = "kernel"                 # errors are __icmp_send's
+        fields["icmp"] = f"{itype}/{code}"
+        return Identity(key, fields, origin)
+    return Identity(("ip", saddr, daddr, proto, ip_id), fields, origin)
+
+
+# Fields that a model cannot know and a real host chooses at random or by clock.
+_UNKNOWABLE = {"seq", "ip_id", "window"}
+
+
+def differences(predicted: Identity, seen: Identity, forwarded: bool) -> list[str]:
+    """How a matched prediction differs from the captured frame, as 'field: model X, capture Y'."""
+    out = []
+    for name, value in seen.fields.items():
+        if name in _UNKNOWABLE and not forwarded:
+            continue
+        mine = predicted.fields.get(name)
+        if mine != value:
+            out.append(f"{name}: model {mine}, capture {value}")
+    return out
+
+
+@dataclass(slots=True)
+class Prediction:
+    index: int                    # the input record whose processing emitted it
+    time: float
+    dev: str
+    kind: str                     # generated | forwarded | released
+    identity: Identity
+    frame: bytes
+
+
+@dataclass
+class Agreement:
+    """Pending predictions per (device, key) and the running figures for --summary and JSON."""
+
+    local_addrs: set[int]
+    pending: dict[tuple, deque] = field(default_factory=dict)
+    expiry: deque = field(default_factory=deque)          # predictions in time order, for expiring
+    sent_devices: set[str] = field(default_factory=set)   # interfaces the capture shows the host sending on
+    sent: int = 0                                         # frames the capture shows the host sending
+    by_origin: dict[str, int] = field(default_factory=dict)
+    predicted: int = 0
+    differ: int = 0
+    unpredicted_kernel: int = 0
+    examples: list[str] = field(default_factory=list)     # the first differences, for the summary
+    predictions: dict[str, int] = field(default_factory=dict)   # per device: predictions made
+    unseen: dict[str, int] = field(default_factory=dict)        # per device: never matched
+    unseen_examples: list[str] = field(default_factory=list)
+
+    # ---- predictions -----------------------------------------------------------------
+    def predict(self, index: int, time: float, emitted: list) -> None:
+        """Note the frames the model sent while processing input record `index`."""
+        for e in emitted:
+            frame = e.frame
+            if len(frame) < 14:
+                continue
+            ethertype = struct.unpack_from("!H", frame, 12)[0]
+            ident = identify(ethertype, frame[14:], self.local_addrs)
+            if ident is None:
+                continue
+            p = Prediction(index, time, e.dev, e.kind, ident, frame)
+            self.pending.setdefault((e.dev, ident.key), deque()).append(p)
+            self.expiry.append(p)
+            self.predictions[e.dev] = self.predictions.get(e.dev, 0) + 1
+
+    def expire(self, now: float) -> None:
+        """Predictions older than PREDICTION_TTL that nothing matched are not in the capture."""
+        while self.expiry and self.expiry[0].time < now - PREDICTION_TTL:
+            self._drop(self.expiry.popleft())
+
+    def _drop(self, p: Prediction) -> None:
+        queue = self.pending.get((p.dev, p.identity.key))
+        if queue and p in queue:
+            queue.remove(p)
+            if not queue:
+                del self.pending[(p.dev, p.identity.key)]
+            self.unseen[p.dev] = self.unseen.get(p.dev, 0) + 1
+            if len(self.unseen_examples) < 5:
+                self.unseen_examples.append(f"#{p.index} {p.dev} {p.kind} {_describe_key(p.identity.key)}")
+
+    def forget_arp_request(self, dev: str, target: int) -> None:
+        """Pending ARP requests for `target` were the model's guesses about neighbour state from before
+        the capture began (the capture shows the host already had the entry): not disagreements."""
+        for key in [k for k in self.pending if k[0] == dev and k[1][0] == "arp" and k[1][1] == 1 and k[1][3] == target]:
+            for p in self.pending.pop(key):
+                self.expiry.remove(p)
+                self.predictions[dev] -= 1
+
+    def finish(self) -> None:
+        while self.expiry:
+            self._drop(self.expiry.popleft())
+
+    # ---- frames the capture shows the host sending ----------------------------------------
+    def match(self, dev: str, ident: Identity) -> Prediction | None:
+        """The oldest pending prediction of this frame on this interface (same ack first for TCP)."""
+        queue = self.pending.get((dev, ident.key))
+        if not queue:
+            return None
+        best = queue[0]
+        ack = ident.fields.get("ack")
+        if ack is not None and best.identity.fields.get("ack") != ack:
+            best = next((p for p in queue if p.identity.fields.get("ack") == ack), best)
+        queue.remove(best)
+        if not queue:
+            del self.pending[(dev, ident.key)]
+        try:
+            self.expiry.remove(best)
+        except ValueError:  # pragma: no cover - expired and matched are exclusive
+            pass
+        return best
+
+    def note_sent(self, index: int, dev: str, ident: Identity | None, prediction: Prediction | None,
+                  diffs: list[str]) -> None:
+        self.sent += 1
+        self.sent_devices.add(dev)
+        origin = ident.origin if ident is not None else "unknown"
+        self.by_origin[origin] = self.by_origin.get(origin, 0) + 1
+        if prediction is not None:
+            self.predicted += 1
+            if diffs:
+                self.differ += 1
+                if len(self.examples) < 5:
+                    self.examples.append(f"#{index} ({'; '.join(diffs)})")
+        elif origin in ("kernel", "forwarded"):
+            self.unpredicted_kernel += 1
+            if len(self.examples) < 5:
+                self.examples.append(f"#{index} not predicted ({origin})")
+
+    # ---- figures -------------------------------------------------------------------------
+    def figures(self) -> dict[str, Any]:
+        covered = sorted(self.sent_devices)
+        made = sum(n for d, n in self.predictions.items() if d in self.sent_devices)
+        lost = sum(n for d, n in self.unseen.items() if d in self.sent_devices)
+        expected = self.by_origin.get("kernel", 0) + self.by_origin.get("forwarded", 0)
+        return {"sent": self.sent, "by_origin": dict(sorted(self.by_origin.items())),
+                "predicted": self.predicted, "differ": self.differ,
+                "kernel_or_forwarded": expected, "unpredicted_kernel_or_forwarded": self.unpredicted_kernel,
+                "covered_interfaces": covered, "model_predictions_on_covered": made,
+                "model_predictions_not_in_capture": lost,
+                "examples": list(self.examples), "not_in_capture_examples": list(self.unseen_examples)}
+
+    def summary_text(self) -> str:
+        f = self.figures()
+        if not f["sent"]:
+            return ("the capture shows no frame sent by the host (one-way capture): "
+                    "the model's own frames were not checked against it")
+        lines = [f"the capture shows {f['sent']:,} frames sent by the host "
+                 f"({', '.join(f'{n:,} {o}' for o, n in f['by_origin'].items())}); "
+                 f"the model predicted {f['predicted']:,}; {f['differ']:,} of them differ"]
+        if f["kernel_or_forwarded"]:
+            share = 100.0 * (f["kernel_or_forwarded"] - f["unpredicted_kernel_or_forwarded"]) / f["kernel_or_forwarded"]
+            lines.append(f"of the {f['kernel_or_forwarded']:,} the kernel built or forwarded, "
+                         f"{f['unpredicted_kernel_or_forwarded']:,} were not predicted ({share:.1f}% predicted)")
+        if f["model_predictions_on_covered"]:
+            seen = f["model_predictions_on_covered"] - f["model_predictions_not_in_capture"]
+            lines.append(f"the model sent {f['model_predictions_on_covered']:,} frames on captured interfaces "
+                         f"({', '.join(f['covered_interfaces'])}); {seen:,} are in the capture, "
+                         f"{f['model_predictions_not_in_capture']:,} are not")
+        for ex in f["examples"]:
+            lines.append(f"  differs: {ex}")
+        for ex in f["not_in_capture_examples"]:
+            lines.append(f"  not in capture: {ex}")
+        return "\n".join(lines)
+
+
+def _describe_key(key: tuple) -> str:
+    from pathtrace.lib.inet import ntoa
+    if key[0] == "arp":
+        return f"ARP op {key[1]} {ntoa(key[2])} -> {ntoa(key[3])}"
+    return f"IP {ntoa(key[1])} > {ntoa(key[2])} proto {key[3]} {' '.join(str(k) for k in key[4:] if k is not None)}"

@@ -1,0 +1,144 @@
+"""The record of a frame the capture shows the host sending.
+
+Predicted frames (the model sent the same frame while handling an earlier input) get
+verdict SENT and "predicted as #N's reply/forward", with any differences.  Frames the
+model did not predict are replayed where they came from: the host's own packets through
+an application's send path (net/socket.py), ARP through the neighbour code; forwarded
+frames the model did not forward cannot be replayed and are reported as not predicted.
+The model never decides from this module; it only routes frames into the model.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pathtrace.agreement import ETH_P_ARP, ETH_P_IP, Agreement, differences, identify
+from pathtrace.capture.frame import Frame
+from pathtrace.lib.inet import ntoa
+from pathtrace.trace import SENT, Emitted, PacketContext, PacketRecord
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pathtrace.net.core.netdevice import NetDevice
+
+ORIGIN_WORDS = {"generated": "reply", "forwarded": "forward", "released": "release after ARP"}
+
+
+def sent_frame(ctx: PacketContext, frame: Frame, dev: "NetDevice", agreement: Agreement) -> PacketRecord:
+    """The record of a host-sent frame; frames the model sent on the way become predictions."""
+    net = ctx.net
+    ident = identify(frame.ethertype, frame.payload, net.local_addrs) if not frame.error else None
+    if ident is not None and frame.ethertype == ETH_P_IP:
+        _learn_neighbour(ctx, frame, dev, agreement)
+    agreement.predict(frame.index, frame.ts, ctx.emitted)      # timers and released queues, until now
+    fired = len(ctx.emitted)
+    prediction = agreement.match(dev.name, ident) if ident is not None else None
+    info: dict = {"direction": "out", "origin": ident.origin if ident is not None else "unknown"}
+    verdict, reason, egress = SENT, None, dev.name
+    diffs: list[str] = []
+    if prediction is not None:
+        diffs = differences(prediction.identity, ident, prediction.kind == "forwarded")
+        info.update(predicted_by=prediction.index, as_=ORIGIN_WORDS.get(prediction.kind, prediction.kind))
+        _observe_tcp(net, frame)
+    elif frame.error or ident is None:
+        verdict = "NOT_MODELLED"
+        info["predicted_by"] = None
+    elif frame.ethertype == ETH_P_ARP:
+        from pathtrace.net.ipv4.arp import arp_send_from_capture
+        info["predicted_by"] = None
+        arp_send_from_capture(ctx, dev, bytes(frame.payload))
+    elif ident.origin == "forwarded":
+        info["predicted_by"] = None
+        ctx.warnings.append("the capture shows the host forwarding this frame; the model did not forward it")
+    else:
+        from pathtrace.net.socket import skb_from_sent, sock_sendmsg
+        info["predicted_by"] = None
+        skb = skb_from_sent(ctx, bytes(frame.payload), dev)
+        if skb is None:
+            verdict = "NOT_MODELLED"
+        else:
+            if skb.iph.protocol == 6:
+                _observe_tcp(net, frame)
+            sock_sendmsg(skb)
+            verdict, reason = _sent_verdict(skb)
+            egress = skb.cb.get("egress")
+            if verdict == "DROP":
+                diffs.append(f"the capture shows it leaving {dev.name}; the model drops it ({reason})")
+            elif egress is not None and egress != dev.name:
+                diffs.append(f"egress: model {egress}, capture {dev.name}")
+    own = _own_emission(ctx.emitted[fired:], dev.name, ident, net.local_addrs) if prediction is None else None
+    agreement.predict(frame.index, frame.ts, [e for e in ctx.emitted[fired:] if e is not own])
+    if diffs:
+        info["differences"] = diffs
+    info["as"] = info.pop("as_", None)
+    agreement.note_sent(frame.index, dev.name, ident, prediction, diffs)
+    record = PacketRecord(index=frame.index, time=frame.ts, ingress=dev.name, packet="", verdict=verdict,
+                          reason=reason, egress=egress if verdict in (SENT, "QUEUED") else None, path=ctx.steps,
+                          emitted=ctx.emitted, warnings=ctx.warnings, rules=ctx.verdicts, agreement=info)
+    return record
+
+
+def _learn_neighbour(ctx: PacketContext, frame: Frame, dev: "NetDevice", agreement: Agreement) -> None:
+    """A unicast IP frame the host sent proves it had its next hop resolved to the frame's destination
+    MAC.  When the model has no valid entry (the host resolved it before the capture began) the entry
+    is updated as an ARP reply would (releasing what waited in its queue)."""
+    from pathtrace.net.core.neighbour import NUD_VALID
+    from pathtrace.net.core.neighbour_output import _arp_constructor, neigh_update
+    from pathtrace.net.ipv4.route import ip_route_output
+    mac = frame.dst_mac
+    if mac is None or mac[0] & 1 or len(frame.payload) < 20 or dev.loopback:
+        return
+    net = ctx.net
+    rt = ip_route_output(net, int.from_bytes(frame.payload[16:20], "big"))
+    if rt.error or rt.dev is not dev or rt.type != "unicast":
+        return
+    nexthop = rt.nexthop(int.from_bytes(frame.payload[16:20], "big"))
+    n = net.neigh.lookup(nexthop, dev.name)
+    if n is not None and (n.state in NUD_VALID or n.state == "NOARP" or n.state == "PERMANENT"):
+        return
+    if n is None:
+        n = net.neigh.create(nexthop, dev.name)
+        _arp_constructor(net, n, dev)
+        if n.state == "NOARP":
+            return
+    ctx.warnings.append(f"neighbour {ntoa(nexthop)} on {dev.name} taken from this frame's destination MAC: "
+                        "the host had resolved it")
+    agreement.forget_arp_request(dev.name, nexthop)
+    neigh_update(net, n, mac, "REACHABLE", override=True, ctx=ctx)
+
+
+def _sent_verdict(skb) -> tuple[str, str | None]:
+    verdict = skb.verdict or "DROP"
+    if verdict == "TRANSMIT":
+        return SENT, None
+    if verdict == "DROP":
+        return "DROP", skb.reason or "NOT_SPECIFIED"
+    return verdict, None
+
+
+def _own_emission(emitted: list[Emitted], dev: str, ident, local_addrs: set[int]) -> Emitted | None:
+    """The model's copy of the captured frame itself among what its send path emitted."""
+    if ident is None:
+        return None
+    for e in emitted:
+        if e.dev == dev and len(e.frame) >= 14:
+            other = identify(int.from_bytes(e.frame[12:14], "big"), e.frame[14:], local_addrs)
+            if other is not None and other.key == ident.key:
+                return e
+    return None
+
+
+def _observe_tcp(net, frame: Frame) -> None:
+    """Tell the TCP model what the host really sent (its ISN, timestamps, window, data, FIN)."""
+    if frame.ethertype != ETH_P_IP or len(frame.payload) < 40 or frame.payload[9] != 6:
+        return
+    try:
+        from pathtrace.net.ipv4.tcp_output import tcp_observe_sent
+    except ImportError:   # pragma: no cover - the TCP socket model predates this hook
+        return
+    l3 = bytes(frame.payload)
+    ihl = (l3[0] & 15) * 4
+    tot = min(int.from_bytes(l3[2:4], "big"), len(l3))
+    tcp = l3[ihl:tot]
+    doff = (tcp[12] >> 4) * 4 if len(tcp) >= 13 else 20
+    tcp_observe_sent(net, int.from_bytes(l3[12:16], "big"), int.from_bytes(tcp[0:2], "big"),
+                     int.from_bytes(l3[16:20], "big"), int.from_bytes(tcp[2:4], "big"), tcp[:doff],
+                     max(0, len(tcp) - doff))

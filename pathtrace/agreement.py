@@ -170,7 +170,21 @@ class Agreement:
     unseen: dict[str, int] = field(default_factory=dict)        # per device: never matched
     unseen_examples: list[str] = field(default_factory=list)
 
+    recent: deque = field(default_factory=deque)          # (index, time, emitted) before the first sent frame
+
     # ---- predictions -----------------------------------------------------------------
+    def stash(self, index: int, time: float, emitted: list) -> None:
+        """Keep what the model sent before the capture showed any frame of the host's: cheap, and
+        turned into predictions (`predict`) if a sent frame follows within PREDICTION_TTL."""
+        recent = self.recent
+        recent.append((index, time, emitted))
+        while recent[0][1] < time - PREDICTION_TTL:
+            recent.popleft()
+
+    def take_stash(self) -> None:
+        while self.recent:
+            self.predict(*self.recent.popleft())
+
     def predict(self, index: int, time: float, emitted: list) -> None:
         """Note the frames the model sent while processing input record `index`."""
         for e in emitted:

@@ -85,7 +85,8 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
     gc.freeze()     # the host's objects live for the whole run: keep the cyclic collector off them
     need_frames = fmt != "none" or write_pcap is not None
     replayer = Replayer(net, ReplayOptions(ingress=ingress, strict_mac=strict_mac, record=fmt != "none",
-                                           emit_frames=need_frames, cache=not no_cache))
+                                           emit_frames=need_frames, cache=not no_cache,
+                                           sent_frames=_shows_sent_frames(capture, net, ingress)))
     counter = SummaryCounter()
     out = sys.stdout
     try:
@@ -102,8 +103,10 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
     if replayer.count and replayer.otherhost_drops * 2 > replayer.count:
         warnings.append(f"{replayer.otherhost_drops} of {replayer.count} frames were dropped as PACKET_OTHERHOST: "
                         "the capture was probably taken on another host; try --in IFACE")
+    replayer.agreement.finish()
     if summary:
         out.write(counter.render(net, warnings))
+        out.write("\n" + replayer.agreement.summary_text() + "\n")
     else:
         for w in warnings:
             click.echo(f"warning: {w}", err=True)
@@ -113,6 +116,23 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
         out.write(f"\nrules no packet hit: {len(unhit)}\n")
         for c in unhit:
             out.write(f"  {c['table']}/{c['chain']} rule {c['rule']}: {c['text']}\n")
+
+
+def _shows_sent_frames(capture: str, net, ingress: str | None, look: int = 2000) -> bool:
+    """Whether the first frames of CAPTURE include one the host sent (pathtrace/direction.py): then the
+    model's frames are kept from the start to be matched against the capture.  A pipe is not read
+    twice: the replay finds out at its first sent frame."""
+    import itertools
+    import os
+    from pathtrace.capture import read_frames
+    from pathtrace.direction import Direction
+    if capture == "-" or not os.path.isfile(capture):
+        return False
+    direction = Direction(net, ingress)
+    try:
+        return any(direction.sent_by_host(f) is not None for f in itertools.islice(read_frames(capture), look))
+    except PathtraceError:
+        return False
 
 
 def _replay_one(replayer, frames, fmt: str, verbose: bool, limit: int, write_pcap: str | None, counter,

@@ -81,6 +81,7 @@ class Replayer:
         frames need their bytes, and the C lane (which keeps no records) is off."""
         self.sent_seen = True
         self.options.emit_frames = True
+        self.agreement.take_stash()
 
     def choose_ingress(self, frame: Frame) -> tuple[NetDevice, str]:
         """--in, then the pcapng interface name, then the destination MAC, then the first interface."""
@@ -194,9 +195,12 @@ class Replayer:
                 self._start_matching()
             return self.process_sent(frame, out_dev)
         record = self.process_received(frame)
-        if self.sent_seen:
-            self.agreement.expire(frame.ts)
-            self.agreement.predict(record.index, frame.ts, record.emitted)
+        if record.emitted:
+            if self.sent_seen:
+                self.agreement.expire(frame.ts)
+                self.agreement.predict(record.index, frame.ts, record.emitted)
+            else:
+                self.agreement.stash(record.index, frame.ts, record.emitted)
         return record
 
     def process_sent(self, frame: Frame, dev: NetDevice) -> PacketRecord:

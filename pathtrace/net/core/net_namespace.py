@@ -52,6 +52,7 @@ class Net:
     rt_error_peers: dict[int, list[float]] = field(default_factory=dict)
     ip_frags: dict = field(default_factory=dict)
     tcp_conns: dict = field(default_factory=dict)       # request and established socks by 4-tuple
+    ping_socks: dict[int, str] = field(default_factory=dict)   # ICMP echo identifier -> ping socket
     ip_id: int = 0
 
     @property

@@ -74,8 +74,8 @@ def icmp_rcv(skb: SkBuff) -> None:
     elif itype == ICMP_TIMESTAMP:
         icmp_timestamp(skb)
     elif itype == ICMP_ECHOREPLY:
-        ctx.step("ping_rcv", id=skb.icmp_id, result="no ping socket")
-        kfree_skb_reason(skb, "NO_SOCKET")
+        from pathtrace.net.ipv4.ping import ping_rcv
+        ping_rcv(skb)
     elif itype in ERROR_TYPES:
         ctx.step("icmp_redirect" if itype == ICMP_REDIRECT else "icmp_unreach", note="error delivered to the socket it quotes (icmp_socket_deliver)")
         consume_skb(skb, "LOCAL_DELIVER")

@@ -68,10 +68,23 @@ def udp_sendmsg(skb: SkBuff) -> None:
     from pathtrace.net.ipv4.ip_output import ip_send_skb
     from pathtrace.net.socket import route_for_send
     ctx = skb.ctx
+    net = ctx.net
     if ctx.record:
         ctx.step("udp_sendmsg", sport=skb.sport, dport=skb.dport)
+    if _bound(net, skb.iph.saddr, skb.sport) is None:
+        from pathtrace.lib.inet import ntoa
+        from pathtrace.net.core.net_namespace import Socket
+        ctx.step("inet_autobind")
+        ctx.step("udp_v4_get_port", port=skb.sport)
+        net.sockets.append(Socket("udp", skb.iph.saddr, skb.sport, None,
+                                  f"udp {ntoa(skb.iph.saddr)}:{skb.sport} (the capture shows the host sending from it)"))
     if not route_for_send(skb):
         return
     ctx.step("ip_make_skb")
     ctx.step("udp_send_skb", len=len(skb.payload))
     ip_send_skb(skb)
+
+
+def _bound(net, addr: int, port: int):
+    """The socket bound to addr:port (or the wildcard) that a datagram from that port was sent on."""
+    return next((s for s in net.sockets if s.proto == "udp" and s.port == port and s.addr in (0, addr)), None)

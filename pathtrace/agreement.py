@@ -142,22 +142,40 @@ def differences(predicted: Identity, seen: Identity, forwarded: bool) -> list[st
     return out
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Prediction:
     index: int                    # the input record whose processing emitted it
     time: float
     dev: str
     kind: str                     # generated | forwarded | released
-    identity: Identity
     frame: bytes
+    identity: Identity | None = None    # computed only when an exact match failed while it waited
+    matched: bool = False
+
+
+def l3_of(ethertype: int, l3: bytes) -> bytes:
+    """The network-layer bytes without Ethernet padding (IPv4 tot_len, ARP's 28 bytes)."""
+    if ethertype == ETH_P_IP and len(l3) >= 4:
+        return bytes(l3[:struct.unpack_from("!H", l3, 2)[0]])
+    if ethertype == ETH_P_ARP:
+        return bytes(l3[:28])
+    return bytes(l3)
 
 
 @dataclass
 class Agreement:
-    """Pending predictions per (device, key) and the running figures for --summary and JSON."""
+    """Pending predictions and the running figures for --summary and JSON.
+
+    A captured frame is first looked up by its exact bytes on its interface (forwarded copies
+    and most replies match so, at the cost of one dict lookup); only when that fails are the
+    waiting predictions identified (`identify`) and matched by identity, with differences.
+    Matched predictions are flagged and dropped lazily from the queues, so memory is bounded
+    by what the model sent in the last PREDICTION_TTL seconds that the capture did not show."""
 
     local_addrs: set[int]
-    pending: dict[tuple, deque] = field(default_factory=dict)
+    exact: dict[tuple, deque] = field(default_factory=dict)     # (dev, ethertype, l3 bytes) -> predictions
+    pending: dict[tuple, deque] = field(default_factory=dict)   # (dev, identity key) -> predictions
+    unidentified: list = field(default_factory=list)            # predictions not yet in `pending`
     expiry: deque = field(default_factory=deque)          # predictions in time order, for expiring
     sent_devices: set[str] = field(default_factory=set)   # interfaces the capture shows the host sending on
     sent: int = 0                                         # frames the capture shows the host sending
@@ -169,7 +187,6 @@ class Agreement:
     predictions: dict[str, int] = field(default_factory=dict)   # per device: predictions made
     unseen: dict[str, int] = field(default_factory=dict)        # per device: never matched
     unseen_examples: list[str] = field(default_factory=list)
-
     recent: deque = field(default_factory=deque)          # (index, time, emitted) before the first sent frame
 
     # ---- predictions -----------------------------------------------------------------
@@ -187,70 +204,100 @@ class Agreement:
 
     def predict(self, index: int, time: float, emitted: list) -> None:
         """Note the frames the model sent while processing input record `index`."""
+        predictions = self.predictions
         for e in emitted:
             frame = e.frame
             if len(frame) < 14:
                 continue
-            ethertype = struct.unpack_from("!H", frame, 12)[0]
-            ident = identify(ethertype, frame[14:], self.local_addrs)
-            if ident is None:
-                continue
-            p = Prediction(index, time, e.dev, e.kind, ident, frame)
-            self.pending.setdefault((e.dev, ident.key), deque()).append(p)
+            ethertype = (frame[12] << 8) | frame[13]
+            p = Prediction(index, time, e.dev, e.kind, frame)
+            self.exact.setdefault((e.dev, ethertype, l3_of(ethertype, frame[14:])), deque()).append(p)
+            self.unidentified.append(p)
             self.expiry.append(p)
-            self.predictions[e.dev] = self.predictions.get(e.dev, 0) + 1
+            predictions[e.dev] = predictions.get(e.dev, 0) + 1
+
+    def _identify_waiting(self) -> None:
+        for p in self.unidentified:
+            if p.matched:
+                continue
+            ethertype = (p.frame[12] << 8) | p.frame[13]
+            p.identity = identify(ethertype, p.frame[14:], self.local_addrs)
+            if p.identity is not None:
+                self.pending.setdefault((p.dev, p.identity.key), deque()).append(p)
+        self.unidentified.clear()
 
     def expire(self, now: float) -> None:
         """Predictions older than PREDICTION_TTL that nothing matched are not in the capture."""
-        while self.expiry and self.expiry[0].time < now - PREDICTION_TTL:
-            self._drop(self.expiry.popleft())
+        expiry = self.expiry
+        limit = now - PREDICTION_TTL
+        while expiry and (expiry[0].matched or expiry[0].time < limit):
+            p = expiry.popleft()
+            if not p.matched:
+                self._unseen(p)
 
-    def _drop(self, p: Prediction) -> None:
-        queue = self.pending.get((p.dev, p.identity.key))
-        if queue and p in queue:
-            queue.remove(p)
-            if not queue:
-                del self.pending[(p.dev, p.identity.key)]
-            self.unseen[p.dev] = self.unseen.get(p.dev, 0) + 1
-            if len(self.unseen_examples) < 5:
-                self.unseen_examples.append(f"#{p.index} {p.dev} {p.kind} {_describe_key(p.identity.key)}")
+    def _unseen(self, p: Prediction) -> None:
+        p.matched = True                       # out of every queue (dropped lazily)
+        self.unseen[p.dev] = self.unseen.get(p.dev, 0) + 1
+        if len(self.unseen_examples) < 5:
+            ethertype = (p.frame[12] << 8) | p.frame[13]
+            ident = p.identity or identify(ethertype, p.frame[14:], self.local_addrs)
+            self.unseen_examples.append(f"#{p.index} {p.dev} {p.kind} "
+                                        f"{_describe_key(ident.key) if ident else p.frame[14:].hex()}")
 
     def forget_arp_request(self, dev: str, target: int) -> None:
         """Pending ARP requests for `target` were the model's guesses about neighbour state from before
         the capture began (the capture shows the host already had the entry): not disagreements."""
-        for key in [k for k in self.pending if k[0] == dev and k[1][0] == "arp" and k[1][1] == 1 and k[1][3] == target]:
-            for p in self.pending.pop(key):
-                self.expiry.remove(p)
+        for p in self.expiry:
+            if (not p.matched and p.dev == dev and p.frame[12:14] == b"\x08\x06" and len(p.frame) >= 42
+                    and p.frame[20:22] == b"\x00\x01" and struct.unpack_from("!I", p.frame, 38)[0] == target):
+                p.matched = True
                 self.predictions[dev] -= 1
 
     def finish(self) -> None:
-        while self.expiry:
-            self._drop(self.expiry.popleft())
+        self.expire(float("inf"))
 
     # ---- frames the capture shows the host sending ----------------------------------------
+    def match_exact(self, dev: str, ethertype: int, l3: bytes) -> Prediction | None:
+        """The oldest waiting prediction with exactly these bytes on this interface."""
+        key = (dev, ethertype, l3_of(ethertype, l3))
+        queue = self.exact.get(key)
+        while queue:
+            p = queue.popleft()
+            if not p.matched:
+                if not queue:
+                    del self.exact[key]
+                p.matched = True
+                return p
+        if queue is not None:
+            del self.exact[key]
+        return None
+
     def match(self, dev: str, ident: Identity) -> Prediction | None:
-        """The oldest pending prediction of this frame on this interface (same ack first for TCP)."""
-        queue = self.pending.get((dev, ident.key))
-        if not queue:
+        """The oldest waiting prediction of this frame on this interface by identity (same ack first
+        for TCP), once exact bytes found none."""
+        self._identify_waiting()
+        key = (dev, ident.key)
+        queue = self.pending.get(key)
+        if queue is None:
             return None
-        best = queue[0]
+        live = [p for p in queue if not p.matched]
+        if not live:
+            del self.pending[key]
+            return None
+        best = live[0]
         ack = ident.fields.get("ack")
         if ack is not None and best.identity.fields.get("ack") != ack:
-            best = next((p for p in queue if p.identity.fields.get("ack") == ack), best)
+            best = next((p for p in live if p.identity.fields.get("ack") == ack), best)
+        best.matched = True
         queue.remove(best)
         if not queue:
-            del self.pending[(dev, ident.key)]
-        try:
-            self.expiry.remove(best)
-        except ValueError:  # pragma: no cover - expired and matched are exclusive
-            pass
+            del self.pending[key]
         return best
 
-    def note_sent(self, index: int, dev: str, ident: Identity | None, prediction: Prediction | None,
+    def note_sent(self, index: int, dev: str, origin: str, prediction: Prediction | None,
                   diffs: list[str]) -> None:
         self.sent += 1
         self.sent_devices.add(dev)
-        origin = ident.origin if ident is not None else "unknown"
         self.by_origin[origin] = self.by_origin.get(origin, 0) + 1
         if prediction is not None:
             self.predicted += 1
@@ -298,6 +345,17 @@ class Agreement:
         for ex in f["not_in_capture_examples"]:
             lines.append(f"  not in capture: {ex}")
         return "\n".join(lines)
+
+
+def origin_of(ident: Identity | None, prediction: Prediction | None) -> str:
+    """Who built a sent frame: the prediction knows (a masqueraded forward has a local source)."""
+    if ident is None:
+        return "unknown"
+    if prediction is not None:
+        if prediction.kind == "forwarded" or (prediction.kind == "released" and ident.origin == "forwarded"):
+            return "forwarded"
+        return "kernel"
+    return ident.origin
 
 
 def _describe_key(key: tuple) -> str:

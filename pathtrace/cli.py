@@ -188,6 +188,8 @@ def _replay_jobs(host: str, capture: str, jobs: int, ingress, strict_mac: bool, 
     """--jobs N; False (with a note on stderr) when the replay has to run in one process."""
     from pathtrace.parallel import Job, replay_parallel, single_process_reasons
     reasons = single_process_reasons(net, write_pcap)
+    if replayer.options.sent_frames:
+        reasons.append("the capture shows frames the host sent, matched against earlier frames of any flow")
     if reasons:
         click.echo(f"pathtrace: --jobs {jobs}: one process ({'; '.join(reasons[:3])})", err=True)
         return False

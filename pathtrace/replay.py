@@ -73,6 +73,7 @@ class Replayer:
         self.agreement = Agreement(net.local_addrs)
         self.direction = Direction(net, self.options.ingress)
         self.sent_seen = False
+        self.next_hops: dict = {}      # daddr -> (dev, next hop) of the host's route, for sent frames
         if self.options.sent_frames:
             self._start_matching()
 
@@ -210,7 +211,7 @@ class Replayer:
         ctx = PacketContext(frame.ts, record=self.options.record, emit_frames=True, net=self.net)
         self._run_timers(ctx)
         self.agreement.expire(frame.ts)
-        return sent_frame(ctx, frame, dev, self.agreement)
+        return sent_frame(ctx, frame, dev, self.agreement, self.next_hops)
 
     def process_received(self, frame: Frame) -> PacketRecord:
         opts = self.options
@@ -285,15 +286,20 @@ class Replayer:
         return None
 
     def _run_timers(self, ctx: PacketContext) -> bool:
-        """Fire every neighbour timer due by now, in time order, including re-armed ones."""
+        """Fire every neighbour and TCP timer due by now, in time order, including re-armed ones."""
+        from pathtrace.net.ipv4.tcp_timer import next_due, run_timer
         net = self.net
         fired = False
         for _ in range(10000):
             due = net.neigh.pending_timers(ctx.now)
-            if not due:
+            tcp = next_due(net, ctx.now)
+            if not due and tcp is None:
                 break
             fired = True
-            neigh_timer_handler(net, due[0], ctx)
+            if tcp is not None and (not due or tcp[0] < due[0].timer):
+                run_timer(net, ctx, tcp)
+            else:
+                neigh_timer_handler(net, due[0], ctx)
         return fired
 
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pathtrace.agreement import ETH_P_ARP, ETH_P_IP, Agreement, differences, identify
+from pathtrace.agreement import ETH_P_ARP, ETH_P_IP, Agreement, differences, identify, origin_of
 from pathtrace.capture.frame import Frame
 from pathtrace.lib.inet import ntoa
+from pathtrace.net.core.neighbour import NUD_VALID
+from pathtrace.net.core.neighbour_output import _arp_constructor, neigh_update
+from pathtrace.net.ipv4.route import ip_route_output
 from pathtrace.trace import SENT, Emitted, PacketContext, PacketRecord
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -22,22 +25,33 @@ if TYPE_CHECKING:  # pragma: no cover
 ORIGIN_WORDS = {"generated": "reply", "forwarded": "forward", "released": "release after ARP"}
 
 
-def sent_frame(ctx: PacketContext, frame: Frame, dev: "NetDevice", agreement: Agreement) -> PacketRecord:
+def sent_frame(ctx: PacketContext, frame: Frame, dev: "NetDevice", agreement: Agreement,
+               next_hops: dict) -> PacketRecord:
     """The record of a host-sent frame; frames the model sent on the way become predictions."""
     net = ctx.net
-    ident = identify(frame.ethertype, frame.payload, net.local_addrs) if not frame.error else None
-    if ident is not None and frame.ethertype == ETH_P_IP:
-        _learn_neighbour(ctx, frame, dev, agreement)
+    if frame.ethertype == ETH_P_IP and not frame.error:
+        _learn_neighbour(ctx, frame, dev, agreement, next_hops)
     agreement.predict(frame.index, frame.ts, ctx.emitted)      # timers and released queues, until now
     fired = len(ctx.emitted)
-    prediction = agreement.match(dev.name, ident) if ident is not None else None
-    info: dict = {"direction": "out", "origin": ident.origin if ident is not None else "unknown"}
+    info: dict = {"direction": "out"}
     verdict, reason, egress = SENT, None, dev.name
     diffs: list[str] = []
+    prediction = None if frame.error else agreement.match_exact(dev.name, frame.ethertype, frame.payload)
+    ident = None
+    if prediction is None and not frame.error:
+        ident = identify(frame.ethertype, frame.payload, net.local_addrs)
+        prediction = agreement.match(dev.name, ident) if ident is not None else None
+        if prediction is not None:
+            diffs = differences(prediction.identity, ident, prediction.kind == "forwarded")
+    elif prediction is not None:
+        ident = prediction.identity         # exact bytes: the same frame, no differences
+    origin = origin_of(ident, prediction) if ident is not None or prediction is None else \
+        ("forwarded" if prediction.kind == "forwarded" else "kernel")
+    info["origin"] = origin
     if prediction is not None:
-        diffs = differences(prediction.identity, ident, prediction.kind == "forwarded")
         info.update(predicted_by=prediction.index, as_=ORIGIN_WORDS.get(prediction.kind, prediction.kind))
-        _observe_tcp(net, frame)
+        if origin != "forwarded":
+            _observe_tcp(net, frame)
     elif frame.error or ident is None:
         verdict = "NOT_MODELLED"
         info["predicted_by"] = None
@@ -55,8 +69,6 @@ def sent_frame(ctx: PacketContext, frame: Frame, dev: "NetDevice", agreement: Ag
         if skb is None:
             verdict = "NOT_MODELLED"
         else:
-            if skb.iph.protocol == 6:
-                _observe_tcp(net, frame)
             sock_sendmsg(skb)
             verdict, reason = _sent_verdict(skb)
             egress = skb.cb.get("egress")
@@ -69,28 +81,32 @@ def sent_frame(ctx: PacketContext, frame: Frame, dev: "NetDevice", agreement: Ag
     if diffs:
         info["differences"] = diffs
     info["as"] = info.pop("as_", None)
-    agreement.note_sent(frame.index, dev.name, ident, prediction, diffs)
-    record = PacketRecord(index=frame.index, time=frame.ts, ingress=dev.name, packet="", verdict=verdict,
-                          reason=reason, egress=egress if verdict in (SENT, "QUEUED") else None, path=ctx.steps,
-                          emitted=ctx.emitted, warnings=ctx.warnings, rules=ctx.verdicts, agreement=info)
-    return record
+    agreement.note_sent(frame.index, dev.name, origin, prediction, diffs)
+    return PacketRecord(index=frame.index, time=frame.ts, ingress=dev.name, packet="", verdict=verdict,
+                        reason=reason, egress=egress if verdict in (SENT, "QUEUED") else None, path=ctx.steps,
+                        emitted=ctx.emitted, warnings=ctx.warnings, rules=ctx.verdicts, agreement=info)
 
 
-def _learn_neighbour(ctx: PacketContext, frame: Frame, dev: "NetDevice", agreement: Agreement) -> None:
+def _learn_neighbour(ctx: PacketContext, frame: Frame, dev: "NetDevice", agreement: Agreement,
+                     next_hops: dict) -> None:
     """A unicast IP frame the host sent proves it had its next hop resolved to the frame's destination
     MAC.  When the model has no valid entry (the host resolved it before the capture began) the entry
     is updated as an ARP reply would (releasing what waited in its queue)."""
-    from pathtrace.net.core.neighbour import NUD_VALID
-    from pathtrace.net.core.neighbour_output import _arp_constructor, neigh_update
-    from pathtrace.net.ipv4.route import ip_route_output
     mac = frame.dst_mac
     if mac is None or mac[0] & 1 or len(frame.payload) < 20 or dev.loopback:
         return
     net = ctx.net
-    rt = ip_route_output(net, int.from_bytes(frame.payload[16:20], "big"))
-    if rt.error or rt.dev is not dev or rt.type != "unicast":
+    daddr = int.from_bytes(frame.payload[16:20], "big")
+    nexthop = next_hops.get(daddr, -1)
+    if nexthop == -1:                       # routes do not change during a replay: one lookup per address
+        rt = ip_route_output(net, daddr)
+        ok = not rt.error and rt.type == "unicast" and rt.dev is not None
+        nexthop = next_hops[daddr] = (rt.dev.name, rt.nexthop(daddr)) if ok else None
+        if len(next_hops) > 1 << 16:
+            next_hops.clear()
+    if nexthop is None or nexthop[0] != dev.name:
         return
-    nexthop = rt.nexthop(int.from_bytes(frame.payload[16:20], "big"))
+    nexthop = nexthop[1]
     n = net.neigh.lookup(nexthop, dev.name)
     if n is not None and (n.state in NUD_VALID or n.state == "NOARP" or n.state == "PERMANENT"):
         return

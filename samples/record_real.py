@@ -345,7 +345,7 @@ class Servers:
 
     def _serve(self, conn: socket.socket, who: str, port: int, peer: str) -> None:
         """HTTP on 80/8080 (GET /close: the server closes first), a banner on 22, else one reply."""
-        entry: dict[str, Any] = {"server": who, "port": port, "peer": peer, "received": 0, "sent": 0}
+        entry: dict[str, Any] = {"server": who, "proto": "tcp", "port": port, "peer": peer, "received": 0, "sent": 0}
         conn.settimeout(5)
         try:
             data = b""
@@ -385,7 +385,8 @@ class Servers:
                 data, peer = s.recvfrom(65536)
             except (socket.timeout, OSError):
                 continue
-            entry = {"server": who, "port": port, "peer": f"{peer[0]}:{peer[1]}", "received": len(data), "sent": 0}
+            entry = {"server": who, "proto": "udp", "port": port, "peer": f"{peer[0]}:{peer[1]}",
+                     "received": len(data), "sent": 0}
             if port == 53 and len(data) > 12:
                 reply = dns_answer(data)
                 s.sendto(reply, peer)
@@ -1021,9 +1022,9 @@ def main(argv: list[str] | None = None) -> int:
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     rulesets = args.rulesets or (os.path.join(REPO, "rulesets") if out == HERE else out)
-    for name in args.only or list(SCENARIOS):
+    for number, name in enumerate(args.only or list(SCENARIOS)):
         sc = SCENARIOS[name]()
-        tag = f"rr{os.getpid() % 100000}{name[:3]}"
+        tag = f"rr{os.getpid()}n{number}"
         truth = record(sc, out, tag)
         if name in HOST_FILES:
             fname, spec = HOST_FILES[name]

@@ -91,6 +91,9 @@ class Replayer:
             return devices[self.options.ingress], "--in"
         if frame.ifname and frame.ifname in devices:
             return devices[frame.ifname], "pcapng if_name"
+        index = getattr(frame, "ifindex", None)
+        if index is not None and index in self.direction.ifindex:
+            return devices[self.direction.ifindex[index]], "interface index"
         if frame.dst_mac is not None and frame.dst_mac in self.net.by_mac:
             return self.net.by_mac[frame.dst_mac], "destination MAC"
         return self.default_dev, "default (first interface)"

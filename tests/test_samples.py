@@ -102,7 +102,11 @@ def test_web_server_verdicts() -> None:
     assert synack[0] == "eth0" and "203.0.113.10.80 > 198.51.100.23.51514: TCP [S.]" in synack[2]
     assert recs[2]["rules"][0]["chain"] == "INPUT" and "--dports 22,80,443" in recs[2]["rules"][0]["text"]
     assert "ESTABLISHED" in recs[3]["rules"][0]["text"]
-    (reply,) = sent(recs[6])
+    (ack_of_get,) = sent(recs[4])                  # quick ACK of the request
+    assert "203.0.113.10.80 > 198.51.100.23.51514: TCP [.]" in ack_of_get[2]
+    assert sent(recs[5]) == []                      # the FIN's ACK is delayed (CLOSE_WAIT: interactive mode)...
+    delayed, reply = sent(recs[6])                  # ...and its timer fires before the ping is handled
+    assert "203.0.113.10.80 > 198.51.100.23.51514: TCP [.]" in delayed[2]
     assert reply[0] == "eth0" and "203.0.113.10 > 198.51.100.23: ICMP echo reply id 7978 seq 1" in reply[2]
     assert sent(recs[7]) == [] and sent(recs[8]) == []
     (unreach,) = sent(recs[9])

@@ -65,9 +65,17 @@ class Neighbour:
 
 @dataclass(slots=True)
 class TimerClock:
-    """The earliest neighbour timer, so a replay need not scan every entry before each packet."""
+    """The earliest pending timer (neighbour or TCP), so a replay need not scan every entry before each
+    packet: the replay cache serves packets only while `now < earliest`.  `tcp` keeps the TCP timers'
+    minimum (tcp_timer.py) so a recomputation of the neighbour minimum cannot forget them."""
 
     earliest: float = float("inf")
+    tcp: float = float("inf")
+
+    def arm(self, when: float) -> None:
+        """A timer was set for `when`: lower the earliest deadline."""
+        if when < self.earliest:
+            self.earliest = when
 
 
 @dataclass(slots=True)
@@ -91,7 +99,7 @@ class NeighTable:
         if now < self.clock.earliest:
             return []
         live = [n.timer for n in self.entries.values() if n.timer is not None]
-        self.clock.earliest = min(live, default=float("inf"))
+        self.clock.earliest = min(min(live, default=float("inf")), self.clock.tcp)
         due = [n for n in self.entries.values() if n.timer is not None and n.timer <= now]
         due.sort(key=lambda n: n.timer)
         return due

@@ -21,6 +21,11 @@ GLOBAL_DEFAULTS: dict[str, int] = {
     "icmp_errors_use_inbound_ifaddr": 0,
     "ip_no_pmtu_disc": 0,
     "tcp_syncookies": 1,
+    "tcp_sack": 1,                   # SACK_PERM in SYN-ACKs, SACK blocks in ACKs
+    "tcp_timestamps": 1,             # TSval/TSecr (1: with a per-connection random offset)
+    "tcp_window_scaling": 1,
+    "tcp_dsack": 1,                  # D-SACK blocks in ACKs of duplicate data
+    "tcp_ecn": 2,                    # answer ECN-setup SYNs, do not ask for ECN
     "ipfrag_time": 30,
     "ip_nonlocal_bind": 0,
 }

@@ -137,3 +137,27 @@ def ip_send_skb(skb: SkBuff) -> None:
     ip_local_out(skb)
     if skb.verdict == "DROP" and skb.reason == "NETFILTER_DROP":
         skb.ctx.warnings.append("netfilter dropped the host's own packet: the sender's call fails with EPERM")
+
+
+def ip_queue_xmit(skb: SkBuff) -> None:
+    """ip_queue_xmit → __ip_queue_xmit: a connected socket's segment, routed by the socket's cached
+    dst (or ip_route_output_ports on first use), then ip_local_out.  The IP header is the caller's:
+    the socket's own for segments it builds, the captured one for segments the capture shows."""
+    from pathtrace.net.ipv4.route import ip_route_output
+    ctx = skb.ctx
+    ctx.step("ip_queue_xmit")
+    ctx.step("__ip_queue_xmit")
+    sk = skb.sk
+    rt = skb.dst if skb.dst is not None else getattr(sk, "dst", None)
+    if rt is None:
+        iph = skb.iph
+        ctx.step("ip_route_output_ports", daddr=ntoa(iph.daddr), saddr=ntoa(iph.saddr))
+        rt = ip_route_output(ctx.net, iph.daddr, iph.saddr, mark=skb.mark, tos=iph.tos, ctx=ctx)
+        if rt.error:
+            ctx.step("__ip_queue_xmit", result=f"no route ({rt.error})")
+            kfree_skb_reason(skb, "IP_OUTNOROUTES")
+            return
+        if sk is not None and hasattr(sk, "dst"):
+            sk.dst = rt
+    skb.dst = rt
+    ip_local_out(skb)

@@ -1,0 +1,103 @@
+"""net/ipv4/tcp_minisocks.c: a request sock meets the segments that follow its SYN (tcp_check_req)
+and becomes a full socket (tcp_create_openreq_child).
+
+The request sock's ISN and timestamp offset are provisional (the kernel draws them from a
+secret): the peer's first ACK tells the real ISN (ack - 1) and its TSecr the real TSval, and
+the model adopts them instead of resetting a handshake the real host completed.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pathtrace.net.core.skbuff import SkBuff, consume_skb, kfree_skb_reason
+from pathtrace.net.ipv4.tcp_input import Seg
+from pathtrace.net.ipv4.tcp_sock import TCP_ACK, TCP_RST, TCP_SYN, TcpConn, after, before, seq_add
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pathtrace.trace import PacketContext
+
+
+def tcp_check_req(net, ctx: "PacketContext", skb: SkBuff, conn: TcpConn, now: float) -> None:
+    """A segment for a request sock (SYN_RECV)."""
+    from pathtrace.net.ipv4.tcp_ipv4 import _send_reset, tcp_v4_send_ack, tcp_v4_send_synack
+    seg = Seg(skb)
+    flags = seg.flags
+    ctx.step("tcp_check_req")
+    if seg.seq == seq_add(conn.rcv_nxt, -1) and flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN:
+        # a retransmitted SYN: the request sock sends its SYN-ACK again (inet_rtx_syn_ack)
+        if conn.last_oow_ack >= 0 and now - conn.last_oow_ack < 0.5:
+            ctx.step("tcp_check_req", result="SYN-ACK retransmission rate limited (tcp_oow_rate_limited)")
+        else:
+            conn.last_oow_ack = now
+            ctx.step("tcp_rtx_synack")
+            tcp_v4_send_synack(skb, conn)
+        kfree_skb_reason(skb, "NOT_SPECIFIED")
+        return
+    if flags & TCP_ACK and seg.ack != seq_add(conn.iss, 1):
+        if conn.iss_provisional and not flags & (TCP_RST | TCP_SYN):
+            conn.iss = seq_add(seg.ack, -1)
+            conn.snd_una = conn.snd_nxt = conn.write_seq = seg.ack
+            ctx.step("tcp_check_req", adopted_isn=conn.iss, why="the peer acknowledges the real host's ISN")
+        else:
+            # not for this request sock: the listener answers (tcp_rcv_state_process LISTEN → reset)
+            ctx.step("tcp_v4_do_rcv", state="LISTEN")
+            ctx.step("tcp_rcv_state_process", state="LISTEN")
+            _send_reset(skb)
+            kfree_skb_reason(skb, "TCP_FLAGS")
+            return
+    conn.iss_provisional = False
+    window = conn.rcv_wnd
+    in_window = not before(seg.end_seq, conn.rcv_nxt) and not after(seg.seq, seq_add(conn.rcv_nxt, window))
+    if not in_window:
+        if not flags & TCP_RST:
+            if conn.last_oow_ack < 0 or now - conn.last_oow_ack >= 0.5:
+                conn.last_oow_ack = now
+                tcp_v4_send_ack(skb, conn, now)
+        kfree_skb_reason(skb, "NOT_SPECIFIED")
+        return
+    if flags & (TCP_RST | TCP_SYN):
+        # embryonic reset: a SYN in the window gets a reset; either way the request sock is freed
+        if not flags & TCP_RST:
+            _send_reset(skb)
+        ctx.step("inet_csk_reqsk_queue_drop_and_put")
+        net.tcp_conns.pop(conn.key, None)
+        kfree_skb_reason(skb, "NOT_SPECIFIED")
+        return
+    if not flags & TCP_ACK:
+        kfree_skb_reason(skb, "NOT_SPECIFIED")
+        return
+    if conn.tstamp_ok and seg.opts.tsval is not None and conn.ts_provisional:
+        # the peer echoes the TSval the real host put in its SYN-ACK
+        conn.ts_off = (seg.opts.tsecr - int(conn.synack_at * 1000)) & 0xFFFFFFFF
+        conn.ts_provisional = False
+    ctx.step("tcp_v4_syn_recv_sock")
+    tcp_create_openreq_child(ctx, conn, seg)
+    ctx.step("inet_csk_complete_hashdance")
+    ctx.step("tcp_child_process")
+    ctx.step("tcp_rcv_state_process", state="SYN_RECV")
+    conn.state = "ESTABLISHED"
+    ctx.step("tcp_set_state", old="SYN_RECV", new="ESTABLISHED")
+    ctx.step("tcp_init_transfer")
+    conn.snd_una = seg.ack
+    conn.snd_wnd = seg.window << conn.snd_wscale
+    conn.max_window = conn.snd_wnd
+    if conn.tstamp_ok and seg.opts.tsval is not None:
+        conn.ts_recent = seg.opts.tsval
+    conn.last_event = now
+    from pathtrace.net.ipv4.tcp_input import tcp_ack_snd_check, tcp_data_queue
+    tcp_data_queue(net, ctx, skb, conn, seg, now)
+    if skb.verdict is None:
+        consume_skb(skb, "LOCAL_DELIVER")
+    tcp_ack_snd_check(net, ctx, conn, now)
+
+
+def tcp_create_openreq_child(ctx: "PacketContext", conn: TcpConn, seg: Seg) -> None:
+    """The child inherits the request's negotiated options; its delayed-ACK engine starts cold."""
+    ctx.step("tcp_create_openreq_child")
+    conn.rcv_wup = conn.rcv_nxt
+    conn.rcv_mss = max(88, min(conn.advmss, conn.rcv_wnd // 2, 536))
+    conn.quick = 0
+    conn.ato = 0.0
+    conn.pingpong = 0
+    conn.last_oow_ack = -1.0
+

@@ -246,15 +246,16 @@ def check_refusals(rec: Recording) -> None:
                 assert any(p.sent and p.icmp == (err["type"], err["code"]) and p.src == err["from"]
                            and p.inner and p.inner[1] == e["dst"] for p in pkts), e
             continue
-        if e["result"] not in ("ECONNREFUSED", "EHOSTUNREACH"):
-            continue
         src, sport = split(e["src"])
         dst, dport = split(e["dst"])
         rst = [p for p in pkts if p.sent and p.proto == 6 and p.flags & 0x04 and (p.src, p.sport, p.dst, p.dport)
                == (dst, dport, src, sport)]
         icmp = [p for p in pkts if p.sent and p.inner and p.inner[3:] == (sport, dport) and p.dst == src]
-        want = (3, 3) if e["result"] == "ECONNREFUSED" else (11, 0)
-        assert len(rst) + len([p for p in icmp if p.icmp == want]) == 1, e
+        if e["result"] in ("ECONNREFUSED", "EHOSTUNREACH"):
+            want = (3, 3) if e["result"] == "ECONNREFUSED" else (11, 0)
+            assert len(rst) + len([p for p in icmp if p.icmp == want]) == 1 and len(icmp) <= 1, e
+        else:   # connected, answered, timed out or refused locally: nothing refused it on the wire
+            assert not icmp and (e["result"] == "connected" or not rst), e
 
 
 def check_pings(rec: Recording) -> None:

@@ -65,8 +65,11 @@ def _tcp_options(opts: bytes) -> tuple[list[str], dict[str, int]]:
     return kinds, values
 
 
-def identify(ethertype: int, l3: bytes, local_addrs: set[int]) -> Identity | None:
-    """The identity of a frame the host sent (L3 bytes after the link header); None if unparsable."""
+def identify(ethertype: int, l3: bytes, local_addrs: set[int], default_ttl: int = 64) -> Identity | None:
+    """The identity of a frame the host sent (L3 bytes after the link header); None if unparsable.
+
+    A frame from a local address with another TTL than the host's ip_default_ttl is taken for a
+    forwarded one whose source NAT rewrote (MASQUERADE): the host's own sockets use the default."""
     if ethertype == ETH_P_ARP:
         if len(l3) < 28:
             return None
@@ -80,7 +83,7 @@ def identify(ethertype: int, l3: bytes, local_addrs: set[int]) -> Identity | Non
     saddr, daddr = struct.unpack_from("!II", l3, 12)
     l4 = l3[ihl:tot_len] if ihl <= tot_len <= len(l3) else l3[ihl:]
     fields: dict[str, Any] = {"tot_len": tot_len, "ttl": ttl, "df": bool(frag_off & IP_DF), "tos": l3[1]}
-    local = saddr in local_addrs
+    local = saddr in local_addrs and ttl == default_ttl
     origin = "application" if local else "forwarded"
     if frag_off & (IP_MF | IP_OFFSET):
         fields["ip_id"] = ip_id
@@ -173,6 +176,7 @@ class Agreement:
     by what the model sent in the last PREDICTION_TTL seconds that the capture did not show."""
 
     local_addrs: set[int]
+    default_ttl: int = 64
     exact: dict[tuple, deque] = field(default_factory=dict)     # (dev, ethertype, l3 bytes) -> predictions
     pending: dict[tuple, deque] = field(default_factory=dict)   # (dev, identity key) -> predictions
     unidentified: list = field(default_factory=list)            # predictions not yet in `pending`
@@ -186,8 +190,10 @@ class Agreement:
     examples: list[str] = field(default_factory=list)     # the first differences, for the summary
     predictions: dict[str, int] = field(default_factory=dict)   # per device: predictions made
     unseen: dict[str, int] = field(default_factory=dict)        # per device: never matched
-    unseen_examples: list[str] = field(default_factory=list)
+    unseen_examples: list[tuple[str, str]] = field(default_factory=list)   # (device, text)
     recent: deque = field(default_factory=deque)          # (index, time, emitted) before the first sent frame
+    inferred: int = 0                 # forwarded frames whose arrival the capture does not show
+    inferred_forwarded: int = 0       # of those, the model forwarded as captured
 
     # ---- predictions -----------------------------------------------------------------
     def stash(self, index: int, time: float, emitted: list) -> None:
@@ -221,7 +227,7 @@ class Agreement:
             if p.matched:
                 continue
             ethertype = (p.frame[12] << 8) | p.frame[13]
-            p.identity = identify(ethertype, p.frame[14:], self.local_addrs)
+            p.identity = identify(ethertype, p.frame[14:], self.local_addrs, self.default_ttl)
             if p.identity is not None:
                 self.pending.setdefault((p.dev, p.identity.key), deque()).append(p)
         self.unidentified.clear()
@@ -238,11 +244,11 @@ class Agreement:
     def _unseen(self, p: Prediction) -> None:
         p.matched = True                       # out of every queue (dropped lazily)
         self.unseen[p.dev] = self.unseen.get(p.dev, 0) + 1
-        if len(self.unseen_examples) < 5:
+        if sum(1 for dev, _ in self.unseen_examples if dev == p.dev) < 5:
             ethertype = (p.frame[12] << 8) | p.frame[13]
-            ident = p.identity or identify(ethertype, p.frame[14:], self.local_addrs)
-            self.unseen_examples.append(f"#{p.index} {p.dev} {p.kind} "
-                                        f"{_describe_key(ident.key) if ident else p.frame[14:].hex()}")
+            ident = p.identity or identify(ethertype, p.frame[14:], self.local_addrs, self.default_ttl)
+            self.unseen_examples.append((p.dev, f"#{p.index} {p.dev} {p.kind} "
+                                                f"{_describe_key(ident.key) if ident else p.frame[14:].hex()}"))
 
     def forget_arp_request(self, dev: str, target: int) -> None:
         """Pending ARP requests for `target` were the model's guesses about neighbour state from before
@@ -295,7 +301,10 @@ class Agreement:
         return best
 
     def note_sent(self, index: int, dev: str, origin: str, prediction: Prediction | None,
-                  diffs: list[str]) -> None:
+                  diffs: list[str], inferred: bool = False) -> None:
+        if inferred:
+            self.inferred += 1
+            self.inferred_forwarded += prediction is not None
         self.sent += 1
         self.sent_devices.add(dev)
         self.by_origin[origin] = self.by_origin.get(origin, 0) + 1
@@ -321,7 +330,8 @@ class Agreement:
                 "kernel_or_forwarded": expected, "unpredicted_kernel_or_forwarded": self.unpredicted_kernel,
                 "covered_interfaces": covered, "model_predictions_on_covered": made,
                 "model_predictions_not_in_capture": lost,
-                "examples": list(self.examples), "not_in_capture_examples": list(self.unseen_examples)}
+                "inferred_arrivals": self.inferred, "inferred_arrivals_forwarded": self.inferred_forwarded,
+                "examples": list(self.examples), "not_in_capture_examples": [t for d, t in self.unseen_examples if d in self.sent_devices][:5]}
 
     def summary_text(self) -> str:
         f = self.figures()
@@ -335,6 +345,9 @@ class Agreement:
             share = 100.0 * (f["kernel_or_forwarded"] - f["unpredicted_kernel_or_forwarded"]) / f["kernel_or_forwarded"]
             lines.append(f"of the {f['kernel_or_forwarded']:,} the kernel built or forwarded, "
                          f"{f['unpredicted_kernel_or_forwarded']:,} were not predicted ({share:.1f}% predicted)")
+        if f["inferred_arrivals"]:
+            lines.append(f"{f['inferred_arrivals']:,} forwarded frames arrived on interfaces the capture does not cover: "
+                         f"replayed as received there, {f['inferred_arrivals_forwarded']:,} were forwarded as captured")
         if f["model_predictions_on_covered"]:
             seen = f["model_predictions_on_covered"] - f["model_predictions_not_in_capture"]
             lines.append(f"the model sent {f['model_predictions_on_covered']:,} frames on captured interfaces "

@@ -70,10 +70,11 @@ class Replayer:
         self.readdressed = 0
         self.count = 0
         self.cache = FlowCache(self) if self.options.cache else None
-        self.agreement = Agreement(net.local_addrs)
+        self.agreement = Agreement(net.local_addrs, net.sysctl.glob["ip_default_ttl"])
         self.direction = Direction(net, self.options.ingress)
         self.sent_seen = False
         self.next_hops: dict = {}      # daddr -> (dev, next hop) of the host's route, for sent frames
+        self.seen_devices: set[str] = set()   # interfaces the capture has shown a frame on
         if self.options.sent_frames:
             self._start_matching()
 
@@ -214,11 +215,27 @@ class Replayer:
         ctx = PacketContext(frame.ts, record=self.options.record, emit_frames=True, net=self.net)
         self._run_timers(ctx)
         self.agreement.expire(frame.ts)
-        return sent_frame(ctx, frame, dev, self.agreement, self.next_hops)
+        self.seen_devices.add(dev.name)
+        return sent_frame(ctx, frame, dev, self.agreement, self.next_hops, self._infer_arrival)
 
-    def process_received(self, frame: Frame) -> PacketRecord:
+    def _infer_arrival(self, frame: Frame, out_dev: NetDevice) -> PacketRecord | None:
+        """The arrival a forwarded frame implies, replayed as received, when the capture does not cover
+        the interface it came in on (a router captured on one side): conntrack gives the addresses
+        before NAT, the route back to its source the interface, and the TTL is one more.  None when the
+        capture covers that interface (then the model's not forwarding it is a disagreement)."""
+        from pathtrace.sent import arrival_frame, assume_resolved
+        made = arrival_frame(self.net, frame, out_dev)
+        if made is None or made.ifname in self.seen_devices:
+            return None
+        ctx = PacketContext(frame.ts, record=False, emit_frames=True, net=self.net)
+        assume_resolved(ctx, self.net.devices[made.ifname], made.payload, self.next_hops)
+        return self.process_received(made, inferred=True)
+
+    def process_received(self, frame: Frame, inferred: bool = False) -> PacketRecord:
         opts = self.options
         dev, why = self.choose_ingress(frame)
+        if not inferred:
+            self.seen_devices.add(dev.name)
         self.count += 1
         now = frame.ts
         cache = self.cache

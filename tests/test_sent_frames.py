@@ -89,6 +89,9 @@ def test_forwarded_copy_that_differs_is_reported(tmp_path):
 
 def test_forward_the_model_did_not_make_is_not_predicted(tmp_path):
     rig = Rig(tmp_path, ROUTER)
+    # the capture covers lan0 (a frame arrived there), so the model must have seen this one arrive
+    rig.send("lan0", build.arp("request", "02:00:00:00:01:10", "192.168.1.10", "00:00:00:00:00:00", "192.168.1.1"),
+             src_mac="02:00:00:00:01:10", dst_mac=b"\xff" * 6, ethertype=0x0806)
     fwd = build.icmp_packet("192.168.1.10", "192.0.2.99", id=11, seq=1, ttl=63)
     rec = _out(rig, "wan0", fwd, "02:00:00:00:02:fe")
     assert rec.agreement["predicted_by"] is None and rec.agreement["origin"] == "forwarded"
@@ -182,3 +185,27 @@ def test_sent_frame_from_an_ethernet_pcap_is_told_by_source_mac(tmp_path):
     sent = rig.replayer.direction.sent_by_host(eth_frame(build.ether(GW_MAC, HOST_MAC, 0x0800, l3), 1.0))
     received = rig.replayer.direction.sent_by_host(eth_frame(build.ether(HOST_MAC, GW_MAC, 0x0800, l3), 1.0))
     assert sent is not None and sent.name == "eth0" and received is None
+
+
+def test_forward_from_an_interface_the_capture_does_not_cover_is_replayed_as_its_arrival(tmp_path):
+    rig = Rig(tmp_path, ROUTER)
+    out = rig.send("lan0", build.icmp_packet("192.168.1.10", "192.0.2.99", id=12, seq=1, ttl=64),
+                   src_mac="02:00:00:00:01:10")
+    rig.send_frame(_forwarded_copy(out), 0.0001)          # wan0: the capture covers it too now
+    # the reply as it left lan0 (de-masqueraded): the capture covers lan0 and wan0, no inference
+    reply = build.icmp_packet("192.0.2.99", "192.168.1.10", type=0, id=12, seq=1, ttl=63)
+    rec = _out(rig, "lan0", reply, "02:00:00:00:01:10")
+    assert rec.agreement["predicted_by"] is None and "inferred_arrival" not in rec.agreement
+
+
+def test_reply_forwarded_out_of_the_only_captured_interface_is_inferred_through_conntrack(tmp_path):
+    rig = Rig(tmp_path, ROUTER)
+    rig.send("lan0", build.icmp_packet("192.168.1.10", "192.0.2.99", id=13, seq=1, ttl=64),
+             src_mac="02:00:00:00:01:10")                 # forwarded out of wan0, masqueraded
+    reply = build.icmp_packet("192.0.2.99", "192.168.1.10", type=0, id=13, seq=1, ttl=63)
+    rec = _out(rig, "lan0", reply, "02:00:00:00:01:10")
+    assert rec.agreement["inferred_arrival"] == "wan0"
+    assert rec.verdict == "SENT" and rec.agreement["predicted_by"] == rec.index
+    ip_rcv = [s.detail for s in rec.path if s.fn == "ip_rcv_core"][0]
+    assert ip_rcv["daddr"] == "198.51.100.2" and ip_rcv["ttl"] == 64      # before de-masquerading, one hop earlier
+    assert rig.replayer.agreement.figures()["inferred_arrivals_forwarded"] == 1

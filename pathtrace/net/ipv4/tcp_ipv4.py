@@ -346,7 +346,7 @@ def tcp_observe_segment(net, key: tuple, hdr: bytes, paylen: int, now: float | N
     if opts.tsval is not None:
         conn.ts_off = (opts.tsval - int(when * 1000)) & 0xFFFFFFFF
         conn.ts_provisional = False
-    if iph is not None and iph.frag_off & 0x4000 and iph.id and not flags & TCP_SYN:
+    if iph is not None and iph.frag_off & 0x4000 and iph.id:
         conn.ip_id = (iph.id + 1) & 0xFFFF
         conn.ip_id_provisional = False
     if after(end, conn.snd_nxt):

@@ -45,8 +45,11 @@ byte counts, ping replies and ICMP errors, ``iptables -L -v -x -n`` counters, ``
 -L`` at the end, the capture tools' packet counts, the interfaces' ifindexes.
 
 Decisions: IPv6 is disabled in every namespace (no RS/MLD/DAD chatter; pathtrace models
-IPv4).  Offloads are left as veth has them, so TCP/UDP checksums of frames the host sent
-are partial (CHECKSUM_PARTIAL) in the captures, as on a real NIC's host.  IPv4 sysctls
+IPv4).  The host's offloads are left as veth has them, so TCP/UDP checksums of frames the
+host sent are partial (CHECKSUM_PARTIAL) in its captures, as on a real host with a NIC that
+offloads them.  The stations' transmit checksum offload is turned off (ETHTOOL_STXCSUM ioctl):
+a veth would otherwise hand the host the peer's partial checksums, which frames from a real
+wire never carry.  IPv4 sysctls
 are reset to the kernel defaults first (a new namespace copies conf/all and conf/default
 from the initial one), then set as the host file says.  Fixed MACs, addresses and ports
 make the captures the same shape on every run; ISNs, IP IDs, timestamps and timings are
@@ -55,6 +58,8 @@ the kernel's and differ.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import fcntl
 import json
 import os
 import re
@@ -83,6 +88,8 @@ from pathtrace.verify.netns import in_netns, ns_exec, run, write_sysctl  # noqa:
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 TOOLS = ("ip", "iptables-restore", "iptables-save", "iptables", "conntrack", "tcpdump", "dumpcap")
+SIOCETHTOOL = 0x8946
+ETHTOOL_STXCSUM = 0x17   # linux/ethtool.h: set TX hw csum enable
 IP_RECVERR = 11       # linux/in.h; not exported by the socket module
 SETTLE = 1.3          # seconds of quiet before the captures stop: more than libpcap's 1 s block timeout
 
@@ -179,7 +186,24 @@ def build_host(world: World, host: HostConfig, links: dict[str, list[Station]]) 
     return hns
 
 
+def tx_checksum_off(ns: str, ifname: str) -> None:
+    """`ethtool -K IFNAME tx off` through the ETHTOOL_STXCSUM ioctl (ethtool may not be installed).
+
+    For the stations only: a veth hands its peer the sender's CHECKSUM_PARTIAL skbs, so without
+    this every frame the host receives would carry a partial checksum, which no frame from a
+    real wire does.  The host's own interfaces keep their offloads (outgoing checksums partial)."""
+    value = ctypes.create_string_buffer(struct.pack("II", ETHTOOL_STXCSUM, 0), 8)
+    ifreq = struct.pack("16sP16x", ifname.encode(), ctypes.addressof(value))
+    with in_netns(ns):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        fcntl.ioctl(s.fileno(), SIOCETHTOOL, ifreq)
+    finally:
+        s.close()
+
+
 def _configure_station(ns: str, st: Station) -> None:
+    tx_checksum_off(ns, "eth0")
     run(["ip", "-n", ns, "addr", "add", st.address, "dev", "eth0"])
     run(["ip", "-n", ns, "link", "set", "eth0", "up"])
     for extra in st.extra:

@@ -382,6 +382,36 @@ def test_router_forwarding_matches_the_counters() -> None:
     assert not [p for p in wan if p.dport == 33434 or p.icmp == (8, 0) and p.ttl == 0]
 
 
+def l4_checksum_ok(data: bytes) -> bool:
+    """The TCP/UDP checksum of an IPv4 packet verifies (one's-complement sum over pseudo-header and segment)."""
+    ihl = (data[0] & 0x0F) * 4
+    total = struct.unpack("!H", data[2:4])[0]
+    seg = data[ihl:total]
+    buf = data[12:20] + struct.pack("!BBH", 0, data[9], len(seg)) + seg + b"\0" * (len(seg) % 2)
+    acc = sum(struct.unpack(f"!{len(buf) // 2}H", buf))
+    while acc >> 16:
+        acc = (acc & 0xFFFF) + (acc >> 16)
+    return acc == 0xFFFF
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_checksums_as_on_a_real_wire(name: str) -> None:
+    """Frames from the peers carry full checksums; the host's own TCP/UDP frames partial ones (tx offload)."""
+    rec = Recording.load(name, SAMPLES)
+    best = max(rec.files(), key=lambda p: p.suffix == ".pcapng")
+    received, own_partial = [], 0
+    for iface, etype, data, sent in rec.frames_by_iface(best):
+        if etype != ETH_P_IP or data[9] not in (6, 17) or struct.unpack("!H", data[6:8])[0] & 0x3FFF:
+            continue
+        if not sent:
+            received.append(l4_checksum_ok(data))
+        elif data[12:16] in {socket.inet_aton(a) for a in rec.host_addresses()}:
+            own_partial += not l4_checksum_ok(data)
+    assert received and all(received)
+    if any(e["server"] == "host" for e in rec.truth["host_sockets"]):   # the router only forwards TCP/UDP
+        assert own_partial > 0
+
+
 def test_bidirectional_samples_are_bidirectional() -> None:
     for name in ("web-server-bidir", "home-router-bidir", "two-uplink-bidir"):
         pkts = Recording.load(name, SAMPLES).packets()

@@ -341,8 +341,9 @@ def tcp_observe_segment(net, key: tuple, hdr: bytes, paylen: int, now: float | N
             conn.rcv_wscale = opts.wscale or 0
             conn.tstamp_ok = opts.tsval is not None
             conn.rcv_wnd = conn.rcv_ssthresh = window
-        if not after(conn.snd_una, seq):
-            conn.snd_una = seq
+        # the host's real ISN replaces the provisional one everywhere it was used
+        conn.snd_una = seq
+        conn.snd_nxt = conn.write_seq = end
     if opts.tsval is not None:
         conn.ts_off = (opts.tsval - int(when * 1000)) & 0xFFFFFFFF
         conn.ts_provisional = False

@@ -1006,6 +1006,19 @@ static PyObject *serve_pcap(PyObject *self, PyObject *args) {
     return lane_close(&L, off, index, served, ok);
 }
 
+/* Whether an EPB's options o[:end - o] hold epb_flags (code 2) with direction bits 10, outbound:
+ * a frame the host sent, which Python must look at (capture/pcapng.py epb_direction). */
+static int epb_outbound(const unsigned char *o, const unsigned char *end, int little) {
+    while (o + 4 <= end) {
+        uint32_t code = little ? (uint32_t)(o[0] | (o[1] << 8)) : be16(o);
+        uint32_t olen = little ? (uint32_t)(o[2] | (o[3] << 8)) : be16(o + 2);
+        if (code == 0 || o + 4 + olen > end) return 0;
+        if (code == 2 && olen == 4) return (rd32(o + 4, little) & 3) == 2;
+        o += 4 + ((olen + 3) & ~3u);
+    }
+    return 0;
+}
+
 /* serve_pcapng(buf, off, index, count, little, ifaces, last_ts, entries, clock[, template_type, flat_for,
  *              foreign]) -> (off, index, served, lines, last_ts)
  *
@@ -1013,7 +1026,8 @@ static PyObject *serve_pcap(PyObject *self, PyObject *args) {
  * `ifaces` is the section's interfaces as (linktype, divisor, offset, name bytes), and a
  * packet's time is ticks / divisor + offset, as capture/pcapng.py computes it.  Stops at
  * any other block (section and interface headers, statistics, simple packets) and at
- * packets Python must look at: another link type, an unknown interface, a bad length. */
+ * packets Python must look at: another link type, an unknown interface, a bad length, an
+ * epb_flags option saying the host sent it (outbound). */
 static PyObject *serve_pcapng(PyObject *self, PyObject *args) {
     Py_buffer view;
     Py_ssize_t off, index, count, served = 0, consumed = 0;
@@ -1037,6 +1051,8 @@ static PyObject *serve_pcapng(PyObject *self, PyObject *args) {
         uint32_t ifid = rd32(h + 8, little), caplen = rd32(h + 20, little);
         uint64_t ticks = ((uint64_t)rd32(h + 12, little) << 32) | rd32(h + 16, little);
         if ((Py_ssize_t)caplen > (Py_ssize_t)blen - 32 || ifid >= (uint32_t)nif) break;
+        Py_ssize_t opts = 28 + (((Py_ssize_t)caplen + 3) & ~(Py_ssize_t)3);
+        if (opts + 4 <= (Py_ssize_t)blen - 4 && epb_outbound(h + opts, h + blen - 4, little)) break;
         PyObject *iface = PyTuple_GET_ITEM(ifaces, ifid);
         int linktype;
         double divisor;

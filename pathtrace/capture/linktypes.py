@@ -81,6 +81,13 @@ def parse_linux_sll2(buf: bytes, start: int, end: int) -> L2Result:
     return None, src, pkt_type, vlan, etype, buf[pos:end], err
 
 
+def sll2_ifindex(buf: bytes, start: int, end: int) -> int | None:
+    """The interface index of a LINUX_SLL2 header (the capturing host's ifindex), None if cut short."""
+    if end - start < 8:
+        return None
+    return int.from_bytes(buf[start + 4:start + 8], "big")
+
+
 def parse_raw(buf: bytes, start: int, end: int) -> L2Result:
     """Raw IP of either version: the version nibble decides."""
     if end <= start:

@@ -12,8 +12,8 @@ import struct
 from typing import Any, BinaryIO, Iterator
 
 from pathtrace.errors import CaptureError
-from pathtrace.capture.frame import Frame
-from pathtrace.capture.linktypes import VLAN_TPIDS, L2Parser, parser_for
+from pathtrace.capture.frame import DIR_UNKNOWN, Frame, sll_direction
+from pathtrace.capture.linktypes import LINKTYPE_LINUX_SLL2, VLAN_TPIDS, L2Parser, parser_for, sll2_ifindex
 
 SHB = 0x0A0D0D0A
 IDB = 0x00000001
@@ -26,6 +26,7 @@ OPT_ENDOFOPT = 0
 IF_NAME = 2
 IF_TSRESOL = 9
 IF_TSOFFSET = 14
+EPB_FLAGS = 2          # epb_flags: bits 0-1 direction (01 inbound, 10 outbound), 2-4 reception type
 
 BOM_LE = b"\x4d\x3c\x2b\x1a"
 BOM_BE = b"\x1a\x2b\x3c\x4d"
@@ -86,15 +87,35 @@ def parse_idb(buf: bytes, pos: int, end: int, e: str) -> Interface:
     return Interface(linktype, name, divisor, offset, snaplen)
 
 
+def epb_direction(buf: bytes, pos: int, end: int, e: str) -> int:
+    """The direction bits of an EPB's epb_flags option in buf[pos:end] (its options), 0 without one.
+
+    Value 3 is invalid in the spec and read as unknown."""
+    while pos + 4 <= end:
+        code, length = struct.unpack_from(e + "HH", buf, pos)
+        if code == OPT_ENDOFOPT:
+            break
+        pos += 4
+        if pos + length > end:
+            break
+        if code == EPB_FLAGS and length == 4:
+            bits = struct.unpack_from(e + "I", buf, pos)[0] & 3
+            return bits if bits != 3 else DIR_UNKNOWN
+        pos += (length + 3) & ~3
+    return DIR_UNKNOWN
+
+
 def _frame(index: int, ts: float, iface: Interface | None, buf: bytes, start: int, end: int,
-           wirelen: int, error: str | None) -> Frame:
-    """Build a Frame from the packet bytes buf[start:end]; `error` overrides the L2 one."""
+           wirelen: int, error: str | None, direction: int = DIR_UNKNOWN) -> Frame:
+    """Build a Frame from the packet bytes buf[start:end]; `error` overrides the L2 one, and
+    the EPB flags' `direction`, when known, the one of an SLL/SLL2 packet type."""
     if iface is None or iface.linktype < 0:
         return Frame(index, ts, None, -1, None, None, None, _NO_VLAN, 0, b"", wirelen,
-                     end - start, error or "malformed interface description block")
+                     end - start, error or "malformed interface description block", direction)
     dst, src, pkt_type, vlan, etype, payload, l2err = iface.parse(buf, start, end)
+    ifindex = sll2_ifindex(buf, start, end) if iface.linktype == LINKTYPE_LINUX_SLL2 else None
     return Frame(index, ts, iface.name, iface.linktype, dst, src, pkt_type, vlan, etype, payload,
-                 wirelen, end - start, error or l2err)
+                 wirelen, end - start, error or l2err, direction or sll_direction(pkt_type), ifindex)
 
 
 class PcapngCursor:
@@ -218,13 +239,18 @@ class PcapngCursor:
                 error = f"packet refers to undefined interface {ifid}"
             self.last_ts = ts
             self.index = index + 1
+            direction = DIR_UNKNOWN
+            if btype == EPB:
+                opts = start + ((caplen + 3) & ~3)
+                if opts + 4 <= bend:
+                    direction = epb_direction(buf, opts, bend, self._e)
             if error is None and iface.linktype == 1 and caplen >= 14:
                 # Inlined parse_ethernet for the common untagged case (the hot path).
                 etype = (buf[start + 12] << 8) | buf[start + 13]
                 if etype >= 0x600 and etype not in VLAN_TPIDS:
                     return Frame(index, ts, iface.name, 1, buf[start:start + 6], buf[start + 6:start + 12],
-                                 None, _NO_VLAN, etype, buf[start + 14:end], wirelen, caplen, None)
-            return _frame(index, ts, iface, buf, start, end, wirelen, error)
+                                 None, _NO_VLAN, etype, buf[start + 14:end], wirelen, caplen, None, direction)
+            return _frame(index, ts, iface, buf, start, end, wirelen, error, direction)
         if btype == SPB:
             if bend - body < 4:
                 self._done = True

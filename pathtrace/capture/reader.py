@@ -21,8 +21,10 @@ import zlib
 from typing import Any, BinaryIO, Iterator
 
 from pathtrace.errors import CaptureError
-from pathtrace.capture.frame import Frame
-from pathtrace.capture.linktypes import LINKTYPE_ETHERNET, VLAN_TPIDS, parser_for
+from pathtrace.capture.frame import Frame, sll_direction
+from pathtrace.capture.linktypes import (
+    LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, VLAN_TPIDS, parser_for, sll2_ifindex,
+)
 from pathtrace.capture.pcapng import CHUNK, PcapngCursor, count_pcapng, section_endian
 
 __all__ = ["Frame", "FrameReader", "read_frames", "count_frames"]
@@ -117,7 +119,8 @@ class PcapCursor:
         """Let the C lane serve records from here (_fastpath.serve_pcap; `lane`: the cache's
         entries, clock, template type, step text and foreign keys); returns (served, consumed,
         lines) and moves past what it consumed."""
-        if self._done:
+        if self._done or not self.ether:     # the lane takes Ethernet only; cooked SLL/SLL2 records
+                                             # carry a direction that Python must look at
             return 0, 0, None
         off, index, served, text = accel.serve_pcap(self.buf, self.off, self.index, count, self.little,
                                                     self.divisor, self.hlen, *lane)
@@ -156,7 +159,8 @@ class PcapCursor:
                 end = len(buf)
                 dst, src, pkt_type, vlan, etype, payload, _err = self._parse(buf, start, end)
                 return Frame(index, ts, None, self.linktype, dst, src, pkt_type, vlan, etype, payload, wirelen,
-                             end - start, f"truncated record ({end - start} of {caplen} bytes)")
+                             end - start, f"truncated record ({end - start} of {caplen} bytes)",
+                             sll_direction(pkt_type), self._ifindex(buf, start, end))
             self.off = end
             self.index = index + 1
             if self.ether and caplen >= 14:
@@ -167,8 +171,11 @@ class PcapCursor:
                                  _NO_VLAN, etype, buf[start + 14:end], wirelen, caplen, None)
             dst, src, pkt_type, vlan, etype, payload, err = self._parse(buf, start, end)
             return Frame(index, ts, None, self.linktype, dst, src, pkt_type, vlan, etype, payload, wirelen,
-                         caplen, err)
+                         caplen, err, sll_direction(pkt_type), self._ifindex(buf, start, end))
         return None
+
+    def _ifindex(self, buf: bytes, start: int, end: int) -> int | None:
+        return sll2_ifindex(buf, start, end) if self.linktype == LINKTYPE_LINUX_SLL2 else None
 
 
 class FrameReader:

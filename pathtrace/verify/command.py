@@ -47,11 +47,12 @@ def verify(host: str, capture: str, ingress: str | None, strict_mac: bool, wait:
     except (PathtraceError, LabError) as exc:
         click.echo(f"pathtrace verify: {exc}", err=True)
         sys.exit(EXIT_ERROR)
-    rows = agreements([i.text for i in injections], kernel, model)
+    rows = agreements([i.text for i in injections], kernel, model, [i.expected_summaries() for i in injections])
     if as_json:
         for r in rows:
             click.echo(json.dumps({"index": r.index, "packet": r.packet, "kernel": r.kernel.to_json(),
-                                   "model": r.model.to_json(), "differences": r.differences}, sort_keys=True))
+                                   "model": r.model.to_json(), "differences": r.differences,
+                                   "capture_out": r.expected or [], "capture_matches": r.capture_matches}, sort_keys=True))
     else:
         click.echo(render(rows), nl=False)
     sys.exit(0 if all(r.agrees for r in rows) else EXIT_DISAGREE)

@@ -13,7 +13,7 @@ import signal
 import socket
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 from pathtrace.capture.frame import Frame
@@ -23,8 +23,9 @@ from pathtrace.packet.decode import describe_frame
 from pathtrace.replay import Replayer, ReplayOptions, create_namespace
 from pathtrace.verify.lab import Lab
 from pathtrace.verify.netns import check_available
-from pathtrace.verify.observe import Observation, classify_kernel, from_model
-from pathtrace.verify.tracing import DropTracer
+from pathtrace.verify.isn import SeqShift
+from pathtrace.verify.observe import Observation, classify_kernel, from_model, summarize_frame
+from pathtrace.verify.tracing import DropTracer, netns_inode
 
 DEFAULT_WAIT = 0.15
 MAX_GAP = 2.0
@@ -38,6 +39,12 @@ class Injection:
     frame: Frame          # what the model gets
     wire: bytes           # what the kernel gets (Ethernet, re-addressed like the model)
     text: str             # one-line description for tables
+    # frames of the capture the HOST sent after this one (src MAC is a host interface's): what the
+    # kernel is expected to send, never injected; (interface, Ethernet bytes)
+    expected: list[tuple[str, bytes]] = field(default_factory=list)
+
+    def expected_summaries(self) -> list[str]:
+        return sorted(summarize_frame(dev, data) for dev, data in self.expected)
 
 
 def frame_from_ether(data: bytes, index: int, ts: float, ifname: str | None = None) -> Frame:
@@ -47,10 +54,20 @@ def frame_from_ether(data: bytes, index: int, ts: float, ifname: str | None = No
 
 def plan(host: HostConfig, frames: Iterable[Frame], ingress: str | None = None,
          strict_mac: bool = False) -> list[Injection]:
-    """Decide each frame's interface and wire bytes the way `pathtrace replay` would."""
+    """Decide each frame's interface and wire bytes the way `pathtrace replay` would.
+
+    A frame whose source MAC is one of the host's interfaces is the host's own output: it is
+    attached to the injection before it (the first one, for frames before any) as expected output."""
     chooser = Replayer(create_namespace(host), ReplayOptions(ingress=ingress, strict_mac=strict_mac))
-    out = []
+    own = {i.mac: i.name for i in host.interfaces if i.name != "lo"}
+    out: list[Injection] = []
+    early: list[tuple[str, bytes]] = []
     for frame in frames:
+        if frame.src_mac is not None and frame.src_mac in own:
+            data = build.ether(frame.dst_mac or b"\xff" * 6, frame.src_mac, frame.ethertype, frame.payload,
+                               vlan=list(frame.vlan) or None)
+            (out[-1].expected if out else early).append((own[frame.src_mac], data))
+            continue
         dev, _ = chooser.choose_ingress(frame)
         dst = frame.dst_mac
         if dst is None:
@@ -60,6 +77,8 @@ def plan(host: HostConfig, frames: Iterable[Frame], ingress: str | None = None,
         wire = build.ether(dst, frame.src_mac or WIRE_SRC_MAC, frame.ethertype, frame.payload,
                            vlan=list(frame.vlan) or None)
         out.append(Injection(frame.index, dev.name, frame, wire, describe_frame(frame)))
+    if out:
+        out[0].expected[:0] = early
     return out
 
 
@@ -99,10 +118,13 @@ def run_kernel(host: HostConfig, injections: list[Injection], wait: float = DEFA
     local = {socket.inet_aton(f"{a >> 24 & 255}.{a >> 16 & 255}.{a >> 8 & 255}.{a & 255}")
              for i in host.interfaces for a, _ in i.addresses}
     results = []
+    shift = SeqShift({i.mac for i in host.interfaces if i.name != "lo"})
+    shift.learn_capture([f for inj in injections for f in (inj.wire, *(d for _, d in inj.expected))])
     with _signals_raise():
         tracer = DropTracer(tag)
         try:
             with Lab(host, tag=tag) as lab:
+                tracer.limit_to(netns_inode(lab.host_ns))
                 start = time.monotonic()
                 offset = 0.0
                 for n, inj in enumerate(injections):
@@ -112,8 +134,9 @@ def run_kernel(host: HostConfig, injections: list[Injection], wait: float = DEFA
                     lab.drain(0.0)
                     lab.deliveries()
                     tracer.clear()
-                    lab.inject(inj.ingress, inj.wire)
+                    lab.inject(inj.ingress, shift.rewrite(inj.wire))
                     frames = lab.drain(wait)
+                    shift.learn_kernel([f for _, f in frames])
                     delivered = [f"{d.proto} {d.local} {d.event}" for d in lab.deliveries()]
                     drops = [(e.reason, e.location) for e in tracer.read()]
                     results.append(classify_kernel(inj.frame.ethertype, inj.frame.payload, local, frames,

@@ -1,14 +1,24 @@
-"""Drop reasons from the skb:kfree_skb tracepoint, in a tracing instance of our own.
+"""Drop reasons from the skb:kfree_skb tracepoint, limited to the lab's host namespace.
 
-An instance keeps our buffer, filter and enable bits apart from anyone else using
-tracefs; the reason enum is mapped through the tracepoint's own print fmt so the
-names are the running kernel's, not a copied table.
+With bpftrace installed, a small BPF program on the tracepoint prints every drop with the
+network namespace (inode) of the skb's device, else of its socket, else of the tracepoint's
+rx_sk; only drops in the lab's host namespace are kept, so busy namespaces elsewhere on the
+machine cannot be charged to a packet.  A fence (a getsid(2) call with a counter, which the
+same program prints) marks "everything before this point has been read".
+Without bpftrace, a tracefs instance of our own with a protocol filter is the fallback
+(tracefs filters cannot select a namespace).  The reason enum is mapped through the
+tracepoint's own print fmt so the names are the running kernel's, not a copied table.
 """
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+import select
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Callable
 
 from pathtrace.verify.netns import Unavailable, run
 
@@ -44,11 +54,12 @@ def _tracefs_root() -> tuple[str, bool]:
     return root, True
 
 
-class DropTracer:
+class TracefsDropTracer:
     """One tracing instance with only skb:kfree_skb enabled, filtered to IPv4 and ARP."""
 
     def __init__(self, tag: str):
         self.root, self.mounted = _tracefs_root()
+        self.netns: int | None = None
         self.dir = os.path.join(self.root, "instances", tag)
         event = os.path.join(self.root, "events", "skb", "kfree_skb", "format")
         if not os.path.exists(event):
@@ -75,6 +86,10 @@ class DropTracer:
 
     def clear(self) -> None:
         self._write(os.path.join(self.dir, "trace"), "")
+
+    def limit_to(self, netns_inode: int) -> None:
+        """tracefs cannot filter on a namespace: every namespace's drops stay visible."""
+        self.netns = netns_inode
 
     def read(self) -> list[DropEvent]:
         """Events since the last clear(), oldest first."""
@@ -107,3 +122,148 @@ class DropTracer:
             os.rmdir(self.dir)
         except OSError:
             pass
+
+
+FENCE_BASE = 1_000_000_000
+FENCE_TIMEOUT = 2.0
+START_TIMEOUT = 20.0
+_BPF_LINE = re.compile(r"^D (\S+) (\d+) (\d+) (\d+) (\S+)$")
+_BPF_PROGRAM = """
+tracepoint:skb:kfree_skb {
+  $skb = (struct sk_buff *)args->skbaddr;
+  $ns = (uint32)0;
+  if ($skb->dev != 0) { $ns = $skb->dev->nd_net.net->ns.inum; }
+  else if ($skb->sk != 0) { $ns = $skb->sk->__sk_common.skc_net.net->ns.inum; }
+  else if (args->rx_sk != 0) { $ns = ((struct sock *)args->rx_sk)->__sk_common.skc_net.net->ns.inum; }
+  printf("D %llx %u %u %d %s\\n", args->skbaddr, args->protocol, $ns, args->reason, ksym(args->location));
+}
+tracepoint:syscalls:sys_enter_getsid /pid == PID && args->pid < -FENCE/ {
+  printf("F %d\\n", -args->pid - FENCE);
+}
+"""
+
+
+def netns_inode(name: str) -> int:
+    """The inode that identifies a named namespace (struct net's ns.inum)."""
+    return os.stat(f"/run/netns/{name}").st_ino
+
+
+@dataclass
+class BpfDropTracer:
+    """bpftrace on skb:kfree_skb; keeps drops of IPv4/ARP skbs in one namespace (limit_to)."""
+
+    reasons: dict[int, str]
+    proc: subprocess.Popen
+    netns: int | None = None
+    fences: int = 0
+    _buf: bytes = b""
+    _events: list[DropEvent] = field(default_factory=list)
+
+    @classmethod
+    def start(cls) -> "BpfDropTracer":
+        root = next((r for r in TRACEFS if os.path.exists(os.path.join(r, "events", "skb", "kfree_skb"))), None)
+        if root is None:
+            raise Unavailable("this kernel has no skb:kfree_skb tracepoint")
+        with open(os.path.join(root, "events", "skb", "kfree_skb", "format"), encoding="utf-8") as fh:
+            reasons = reason_table(fh.read())
+        program = _BPF_PROGRAM.replace("PID", str(os.getpid())).replace("FENCE", str(FENCE_BASE))
+        proc = subprocess.Popen(["bpftrace", "-B", "none", "-e", program], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        tracer = cls(reasons, proc)
+        try:
+            tracer._await(lambda line: line.startswith("Attaching"), START_TIMEOUT)
+            deadline = time.monotonic() + START_TIMEOUT
+            while True:                        # "Attaching" is printed before the probes are live
+                try:
+                    tracer.fence(0.2)
+                    break
+                except Unavailable:
+                    if tracer.proc.poll() is not None or time.monotonic() > deadline:
+                        raise
+        except BaseException:
+            tracer.close()
+            raise
+        return tracer
+
+    def limit_to(self, netns_inode: int) -> None:
+        self.netns = netns_inode
+
+    def _lines(self, done: "Callable[[str], bool]") -> bool:
+        """Parse the complete lines buffered so far; True once `done(line)` was seen."""
+        while b"\n" in self._buf:
+            raw, self._buf = self._buf.split(b"\n", 1)
+            line = raw.decode("utf-8", "replace")
+            if done(line):
+                return True
+            self._parse(line)
+        return False
+
+    def _await(self, done: "Callable[[str], bool]", timeout: float) -> None:
+        """Read lines until `done(line)`; drop lines are parsed on the way."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while not self._lines(done):
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None:
+                raise Unavailable("bpftrace did not answer (kfree_skb tracer)")
+            if select.select([fd], [], [], left)[0]:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    raise Unavailable("bpftrace exited (kfree_skb tracer)")
+                self._buf += chunk
+
+    def _parse(self, line: str) -> None:
+        m = _BPF_LINE.match(line)
+        if not m or self.netns is None or int(m.group(3)) != self.netns:
+            return
+        proto, reason = int(m.group(2)), int(m.group(4))
+        name = self.reasons.get(reason, str(reason))
+        if proto in (ETH_P_IP, ETH_P_ARP) and name not in IGNORED_REASONS:
+            self._events.append(DropEvent(m.group(1), proto, m.group(5).split("+")[0], name))
+
+    def fence(self, timeout: float = FENCE_TIMEOUT) -> None:
+        """Return once every drop traced before this call has been read."""
+        self.fences += 1
+        marker = f"F {self.fences}"
+        try:
+            os.getsid(-(FENCE_BASE + self.fences))
+        except OSError:
+            pass
+        self._await(lambda line: line == marker, timeout)
+
+    def clear(self) -> None:
+        """Forget what was read so far, without waiting for a fence (read() fences)."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        while select.select([fd], [], [], 0)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            self._buf += chunk
+        self._lines(lambda line: False)
+        self._events.clear()
+
+    def read(self) -> list[DropEvent]:
+        self.fence()
+        events, self._events = self._events, []
+        return events
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def DropTracer(tag: str) -> "BpfDropTracer | TracefsDropTracer":
+    """The namespace-limited BPF tracer when bpftrace is installed, else the tracefs instance
+    (PATHTRACE_VERIFY_TRACER=tracefs forces the fallback)."""
+    if shutil.which("bpftrace") and os.environ.get("PATHTRACE_VERIFY_TRACER") != "tracefs":
+        return BpfDropTracer.start()
+    return TracefsDropTracer(tag)

@@ -23,6 +23,7 @@ from pathtrace.net.core.dev import netif_receive
 from pathtrace.net.core.net_namespace import Net, build_net
 from pathtrace.net.core.netdevice import NetDevice
 from pathtrace.net.core.neighbour_output import neigh_timer_handler
+from pathtrace.net.ipv4.tcp_minisocks import tcp_adopt_isn_before_rcv
 from pathtrace.net.core.skbuff import (
     ETH_P_8021Q, PACKET_BROADCAST, PACKET_HOST, PACKET_MULTICAST, PACKET_OTHERHOST, SkBuff,
 )
@@ -251,6 +252,8 @@ class Replayer:
         if self._run_timers(ctx):
             key = None
         before = cache.begin(ctx) if key is not None else None
+        if self.net.tcp_conns and frame.ethertype == 0x0800 and len(frame.payload) >= 34:
+            tcp_adopt_isn_before_rcv(self.net, frame.payload)
         skb = SkBuff(ctx=ctx, dev=dev, iif=dev, tstamp=frame.ts)
         verdict = self._prepare(frame, skb, dev, why)
         if verdict is None:

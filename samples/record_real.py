@@ -81,7 +81,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from pathtrace.host import loader  # noqa: E402
 from pathtrace.host.model import HostConfig  # noqa: E402
 from pathtrace.lib.inet import ntoa  # noqa: E402
-from pathtrace.net.ipv4.devinet import CONF_DEFAULTS, GLOBAL_DEFAULTS  # noqa: E402
+from pathtrace.net.ipv4.devinet import CONF_DEFAULTS, GLOBAL_DEFAULTS, VECTOR_DEFAULTS  # noqa: E402
 from pathtrace.verify.lab import restore_text  # noqa: E402
 from pathtrace.verify.netns import in_netns, ns_exec, run, write_sysctl  # noqa: E402
 
@@ -129,6 +129,8 @@ class World:
             write_sysctl(ns, f"net.ipv6.conf.{scope}.disable_ipv6", 1, check=False)
         for key, value in GLOBAL_DEFAULTS.items():
             write_sysctl(ns, f"net.ipv4.{key}", value, check=False)
+        for key, values in VECTOR_DEFAULTS.items():     # a new namespace copies the machine's (memory-sized)
+            ns_exec(ns, ["sh", "-c", f"echo {' '.join(map(str, values))} > /proc/sys/net/ipv4/{key}"], check=False)
         for scope in ("all", "default"):
             for key, (value, _) in CONF_DEFAULTS.items():
                 write_sysctl(ns, f"net.ipv4.conf.{scope}.{key}", value, check=False)

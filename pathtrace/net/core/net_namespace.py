@@ -115,7 +115,10 @@ def build_net(host: HostConfig) -> Net:
             lo.addrs += [InAddr(a, p) for a, p in iface.addresses if (a, p) != (aton("127.0.0.1"), 8)]
     net.sysctl.init_devices(list(net.devices))
     for key, value in host.sysctl.items():
-        net.sysctl.write(key, int(value, 0))
+        if key.split(".")[-1] in net.sysctl.vectors:
+            net.sysctl.write_vector(key, tuple(int(v, 0) for v in value.split()))
+        else:
+            net.sysctl.write(key, int(value, 0))
     for table in (255, 254, 253):
         net.fib_tables[table] = FibTable(table)
     _add_kernel_routes(net)

@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # Global net.ipv4.* settings and their kernel defaults.
+# sysctls of several numbers: a new namespace copies init_net's, which the kernel sizes from memory
+# at boot (tcp_rmem[2] is 6 MiB on small machines, up to 32 MiB: it sets the SYN-ACK's window scale)
+VECTOR_DEFAULTS: dict[str, tuple[int, ...]] = {"tcp_rmem": (4096, 131072, 6291456), "tcp_wmem": (4096, 16384, 4194304)}
+
 GLOBAL_DEFAULTS: dict[str, int] = {
     "ip_forward": 0,
     "ip_default_ttl": 64,
@@ -62,11 +66,21 @@ class Sysctl:
 
     glob: dict[str, int] = field(default_factory=lambda: dict(GLOBAL_DEFAULTS))
     conf: dict[str, dict[str, int]] = field(default_factory=dict)   # 'all', 'default', iface -> settings
+    vectors: dict[str, tuple[int, ...]] = field(default_factory=lambda: dict(VECTOR_DEFAULTS))
 
     def init_devices(self, names: list[str]) -> None:
         for scope in ("all", "default", *names):
             self.conf.setdefault(scope, {k: v for k, (v, _) in CONF_DEFAULTS.items()})
         self.conf["lo"]["forwarding"] = self.conf["lo"].get("forwarding", 0)
+
+    def write_vector(self, key: str, values: tuple[int, ...]) -> None:
+        """net.ipv4.tcp_rmem / tcp_wmem: three numbers, min <= default <= max as proc_dointvec takes them."""
+        name = key.split(".")[-1]
+        if key.split(".")[:2] != ["net", "ipv4"] or name not in self.vectors:
+            raise KeyError(key)
+        if len(values) != len(self.vectors[name]) or any(v < 1 for v in values):
+            raise ValueError(f"{key} takes {len(self.vectors[name])} positive numbers")
+        self.vectors[name] = tuple(values)
 
     def write(self, key: str, value: int) -> None:
         """Apply one `net.ipv4.*` write with the kernel's side effects (devinet_sysctl_forward)."""

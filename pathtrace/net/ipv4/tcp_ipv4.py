@@ -138,7 +138,7 @@ def tcp_conn_request(net, skb: SkBuff, sock, key: tuple, now: float) -> TcpConn 
     data = bytes(skb.payload)
     opts = tcp_parse_options(data[:(data[12] >> 4) * 4])
     seq = skb.tcp_seq
-    conn = TcpConn(state="SYN_RECV", key=key, listener=sock)
+    conn = TcpConn(state="SYN_RECV", key=key, listener=sock, tcp_rmem=net.sysctl.vectors["tcp_rmem"])
     conn.irs = seq
     conn.rcv_nxt = conn.rcv_wup = seq_add(seq, 1)
     conn.iss = provisional(key, "isn")
@@ -331,6 +331,9 @@ def tcp_observe_segment(net, key: tuple, hdr: bytes, paylen: int, now: float | N
     when = conn.last_event if now is None else now
     conn.seen_sent = True
     if flags & TCP_SYN:
+        if conn.iss_provisional and conn.iss != seq:
+            from pathtrace.net.ipv4.tcp_minisocks import tcp_adopt_isn
+            tcp_adopt_isn(net, conn, seq)         # conntrack saw the placeholder in the model's SYN-ACK
         conn.iss = seq
         conn.iss_provisional = False
         conn.synack_at = when
@@ -382,7 +385,7 @@ def _conn_from_sent(net, key: tuple, flags: int, seq: int, ack: int, opts) -> Tc
     SYN-ACK the model did not see the SYN of, or a connection already open when the capture began."""
     glob = net.sysctl.glob
     if flags & TCP_SYN and not flags & TCP_ACK:
-        conn = TcpConn(state="SYN_SENT", key=key)
+        conn = TcpConn(state="SYN_SENT", key=key, tcp_rmem=net.sysctl.vectors["tcp_rmem"])
         conn.tstamp_ok = opts.tsval is not None and bool(glob.get("tcp_timestamps", 1))
         conn.sack_ok = opts.sack_ok
         conn.wscale_ok = opts.wscale is not None
@@ -394,7 +397,8 @@ def _conn_from_sent(net, key: tuple, flags: int, seq: int, ack: int, opts) -> Tc
         conn.snd_nxt = conn.write_seq = seq_add(seq, 1)
         return conn
     sock = lookup_listener(net, key[2], key[3], "")
-    conn = TcpConn(state="SYN_RECV" if flags & TCP_SYN else "ESTABLISHED", key=key, listener=sock)
+    conn = TcpConn(state="SYN_RECV" if flags & TCP_SYN else "ESTABLISHED", key=key, listener=sock,
+                   tcp_rmem=net.sysctl.vectors["tcp_rmem"])
     conn.rcv_nxt = conn.rcv_wup = ack
     conn.irs = seq_add(ack, -1)
     conn.snd_una = conn.snd_nxt = conn.write_seq = seq

@@ -101,3 +101,40 @@ def tcp_create_openreq_child(ctx: "PacketContext", conn: TcpConn, seg: Seg) -> N
     conn.pingpong = 0
     conn.last_oow_ack = -1.0
 
+
+
+def tcp_adopt_isn(net, conn: TcpConn, isn: int) -> None:
+    """The capture shows the host's real ISN (its SYN-ACK, or the peer's first ACK): the request sock
+    and conntrack's view of the SYN-ACK the model sent with a placeholder take it."""
+    from pathtrace.net.netfilter.nf_conntrack_proto_tcp import nf_ct_tcp_shift_seq
+    from pathtrace.net.netfilter.nf_conntrack_tuple import Tuple
+    delta = (isn - conn.iss) & 0xFFFFFFFF
+    conn.iss = isn
+    conn.snd_una = conn.snd_nxt = conn.write_seq = seq_add(isn, 1)
+    conn.iss_provisional = False
+    table = getattr(net.nf, "conntrack", None) if net.nf is not None else None
+    if table is None or not delta:
+        return
+    peer, pport, local, lport = conn.key
+    hit = table.hash.get(Tuple(local, peer, 6, lport, pport))
+    if hit is not None:
+        nf_ct_tcp_shift_seq(hit[0], hit[1], delta)
+
+
+def tcp_adopt_isn_before_rcv(net, l3: bytes) -> None:
+    """Before an ACK for a request sock whose ISN is still a placeholder enters the stack (and its
+    conntrack check): the ISN it acknowledges is the real host's."""
+    ihl = (l3[0] & 15) * 4
+    if len(l3) < ihl + 14 or l3[9] != 6 or int.from_bytes(l3[6:8], "big") & 0x3FFF:
+        return
+    tcp = l3[ihl:]
+    if tcp[13] & (TCP_SYN | TCP_RST | TCP_ACK) != TCP_ACK:
+        return
+    key = (int.from_bytes(l3[12:16], "big"), int.from_bytes(tcp[0:2], "big"),
+           int.from_bytes(l3[16:20], "big"), int.from_bytes(tcp[2:4], "big"))
+    conn = net.tcp_conns.get(key)
+    if conn is None or conn.state != "SYN_RECV" or not conn.iss_provisional:
+        return
+    ack = int.from_bytes(tcp[8:12], "big")
+    if ack != seq_add(conn.iss, 1):
+        tcp_adopt_isn(net, conn, seq_add(ack, -1))

@@ -29,11 +29,12 @@ def tcp_win_from_space(space: int) -> int:
     return space >> 1
 
 
-def tcp_full_space() -> int:
-    return tcp_win_from_space(TCP_RMEM[1])
+def tcp_full_space(conn: TcpConn) -> int:
+    return tcp_win_from_space(conn.tcp_rmem[1])
 
 
-def tcp_select_initial_window(space: int, mss: int, wscale_ok: bool) -> tuple[int, int, int]:
+def tcp_select_initial_window(space: int, mss: int, wscale_ok: bool, rmem_max: int = TCP_RMEM[2]
+                              ) -> tuple[int, int, int]:
     """(rcv_wnd, rcv_wscale, window_clamp): the space rounded down to whole segments, and the
     smallest shift that lets the largest buffer (tcp_rmem[2] or rmem_max) be announced."""
     window_clamp = U16_MAX << 14
@@ -43,7 +44,7 @@ def tcp_select_initial_window(space: int, mss: int, wscale_ok: bool) -> tuple[in
     rcv_wnd = min(space, U16_MAX)
     wscale = 0
     if wscale_ok:
-        big = min(max(TCP_RMEM[2], RMEM_MAX), window_clamp)
+        big = min(max(rmem_max, RMEM_MAX), window_clamp)
         while big > U16_MAX and wscale < 14:
             big >>= 1
             wscale += 1
@@ -56,7 +57,7 @@ def tcp_openreq_init_rwin(conn: TcpConn, advmss: int) -> None:
     conn.advmss = advmss
     mss = advmss - (12 if conn.tstamp_ok else 0)
     conn.rcv_wnd, conn.rcv_wscale, conn.window_clamp = tcp_select_initial_window(
-        tcp_full_space(), mss, conn.wscale_ok)
+        tcp_full_space(conn), mss, conn.wscale_ok, conn.tcp_rmem[2])
     conn.rcv_ssthresh = conn.rcv_wnd
     if not conn.wscale_ok:
         conn.rcv_wscale = 0
@@ -87,8 +88,8 @@ def tcp_make_synack(conn: TcpConn, now: float) -> bytes:
 
 def __tcp_select_window(conn: TcpConn) -> int:
     """Free receive space, capped by rcv_ssthresh; with window scaling rounded up to the scale unit."""
-    free = tcp_win_from_space(TCP_RMEM[1] - conn.rmem)
-    full = min(conn.window_clamp, tcp_full_space())
+    free = tcp_win_from_space(conn.tcp_rmem[1] - conn.rmem)
+    full = min(conn.window_clamp, tcp_full_space(conn))
     mss = min(conn.rcv_mss, full)
     if free < full // 2 and free < mss:
         return 0

@@ -140,6 +140,7 @@ class TcpConn:
     ofo: list[tuple[int, int]] = field(default_factory=list)   # out-of-order ranges (seq, end_seq)
     dsack: tuple[int, int] | None = None
     rmem: int = 0                           # truesize of data received but not yet read by the application
+    tcp_rmem: tuple = TCP_RMEM              # net.ipv4.tcp_rmem of the namespace (min, default, max)
     seen_sent: bool = False                 # the capture showed the host sending on this connection
     last_window: int | None = None          # raw window field of the host's last captured segment
     dst: object = None                      # cached route (sk_dst_cache)

@@ -550,3 +550,25 @@ def _log(ctx, ret: int, why: str) -> int:
 
 def tcp_state_name(ct: NfConn) -> str:
     return STATE_NAMES[ct.proto.state] if isinstance(ct.proto, TcpState) else "NONE"
+
+
+def nf_ct_tcp_shift_seq(ct, direction: int, delta: int) -> None:
+    """Move what conntrack remembers of `direction`'s sequence space by `delta`.
+
+    The model's own SYN-ACK carried a placeholder ISN (the host's real one is random); once the
+    capture reveals the real ISN, conntrack must have seen the real one, as the kernel's did: the
+    sender's td_end/td_maxend, the other side's highest ACK, and the last packet's numbers."""
+    state = ct.proto
+    if not isinstance(state, TcpState) or not delta:
+        return
+    mask = 0xFFFFFFFF
+    mine, other = state.seen[direction], state.seen[1 - direction]
+    mine.td_end = (mine.td_end + delta) & mask
+    mine.td_maxend = (mine.td_maxend + delta) & mask
+    if other.td_maxack:
+        other.td_maxack = (other.td_maxack + delta) & mask
+    if state.last_dir == direction:
+        state.last_seq = (state.last_seq + delta) & mask
+        state.last_end = (state.last_end + delta) & mask
+    elif state.last_ack:
+        state.last_ack = (state.last_ack + delta) & mask

@@ -25,7 +25,7 @@ from pathtrace.verify.lab import Lab
 from pathtrace.verify.netns import check_available
 from pathtrace.verify.isn import SeqShift
 from pathtrace.verify.observe import Observation, classify_kernel, from_model, summarize_frame
-from pathtrace.verify.tracing import DropTracer, netns_inode
+from pathtrace.verify.tracing import DropTracer, DropTracerT, netns_inode
 
 DEFAULT_WAIT = 0.15
 MAX_GAP = 2.0
@@ -108,8 +108,12 @@ def _signals_raise() -> Iterator[None]:
 
 
 def run_kernel(host: HostConfig, injections: list[Injection], wait: float = DEFAULT_WAIT,
-               tag: str | None = None, max_gap: float = MAX_GAP) -> list[Observation]:
+               tag: str | None = None, max_gap: float = MAX_GAP, tracer: "DropTracerT | None" = None
+               ) -> list[Observation]:
     """Build the lab, inject each frame, watch for `wait` seconds; always tears everything down.
+
+    `tracer`: a drop tracer to reuse across runs (the caller closes it); by default one is
+    started for this run and closed after it.
 
     Frames are injected at their capture-time offsets (gaps capped at `max_gap`) so the
     kernel's timers (SYN-ACK and ARP retransmits, rate limits) run on the model's clock."""
@@ -121,7 +125,8 @@ def run_kernel(host: HostConfig, injections: list[Injection], wait: float = DEFA
     shift = SeqShift({i.mac for i in host.interfaces if i.name != "lo"})
     shift.learn_capture([f for inj in injections for f in (inj.wire, *(d for _, d in inj.expected))])
     with _signals_raise():
-        tracer = DropTracer(tag)
+        own = tracer is None
+        tracer = tracer if tracer is not None else DropTracer(tag)
         try:
             with Lab(host, tag=tag) as lab:
                 tracer.limit_to(netns_inode(lab.host_ns))
@@ -134,7 +139,11 @@ def run_kernel(host: HostConfig, injections: list[Injection], wait: float = DEFA
                     lab.drain(0.0)
                     lab.deliveries()
                     tracer.clear()
-                    lab.inject(inj.ingress, shift.rewrite(inj.wire))
+                    try:
+                        lab.inject(inj.ingress, shift.rewrite(inj.wire))
+                    except OSError as exc:   # e.g. a frame longer than the interface's MTU: veth drops it
+                        results.append(Observation(verdict="NOT_INJECTED", reason=exc.strerror))
+                        continue
                     frames = lab.drain(wait)
                     shift.learn_kernel([f for _, f in frames])
                     delivered = [f"{d.proto} {d.local} {d.event}" for d in lab.deliveries()]
@@ -142,5 +151,6 @@ def run_kernel(host: HostConfig, injections: list[Injection], wait: float = DEFA
                     results.append(classify_kernel(inj.frame.ethertype, inj.frame.payload, local, frames,
                                                    drops, delivered))
         finally:
-            tracer.close()
+            if own:
+                tracer.close()
     return results

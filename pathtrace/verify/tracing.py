@@ -261,7 +261,10 @@ class BpfDropTracer:
             self.proc.stdout.close()
 
 
-def DropTracer(tag: str) -> "BpfDropTracer | TracefsDropTracer":
+DropTracerT = BpfDropTracer | TracefsDropTracer
+
+
+def DropTracer(tag: str) -> DropTracerT:
     """The namespace-limited BPF tracer when bpftrace is installed, else the tracefs instance
     (PATHTRACE_VERIFY_TRACER=tracefs forces the fallback)."""
     if shutil.which("bpftrace") and os.environ.get("PATHTRACE_VERIFY_TRACER") != "tracefs":

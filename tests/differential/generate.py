@@ -1,0 +1,609 @@
+"""Seeded random scenarios, run through the real kernel (verify's lab) and the model.
+
+    python -m tests.differential.generate --seeds 0-99 --report [--jobs 2] [--shrink] [--write]
+
+Each seed draws a host (1-3 interfaces, /16../32 addresses, sysctls, routes of several
+types, policy rules, neighbours present or absent, listeners), an iptables ruleset over
+raw/mangle/nat/filter from a small grammar of supported matches and targets, and packets:
+for every rule one that hits it and one that just misses it, plus local traffic, forwarding,
+hairpins, broadcasts, TTL 1, oversize DF, bad checksums and martians.  Every packet is
+compared on "core" (verdict, drop reason, egress, and the frames out reduced to interface,
+addresses, protocol, ports, flags, ICMP type/code) and on "strict" (verify's own comparison:
+MACs, TTL and lengths too).  With --shrink, each new disagreement class is shrunk (rules,
+routes, sysctls and packets dropped while the packet still disagrees the same way) and with
+--write written to tests/differential/generated/ with the kernel's recorded result.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from pathtrace.packet import build as b
+from pathtrace.verify.compare import differences
+from pathtrace.verify.observe import Observation
+from pathtrace.verify.scenario import Scenario
+
+HERE = Path(__file__).resolve().parent
+GENERATED = HERE / "generated"
+GAP = 0.1          # capture-time spacing; the kernel is paced by it
+WAIT = 0.06        # how long the kernel is watched after each packet
+REMOTES = ["198.51.100.20", "203.0.113.9", "192.0.2.77", "172.16.5.5"]
+PLENS = [24, 24, 24, 30, 32, 16, 29]
+
+
+def mac(i: int, last: int) -> str:
+    return f"02:00:00:00:{i:02x}:{last:02x}"
+
+
+def ntoa(n: int) -> str:
+    return ".".join(str(n >> s & 255) for s in (24, 16, 8, 0))
+
+
+def aton(a: str) -> int:
+    p = [int(x) for x in a.split(".")]
+    return p[0] << 24 | p[1] << 16 | p[2] << 8 | p[3]
+
+
+@dataclass
+class Iface:
+    name: str
+    mac: str
+    net: int          # network address
+    plen: int
+    mtu: int = 1500
+
+    @property
+    def addr(self) -> str:
+        return ntoa(self.net + 1)
+
+    @property
+    def peer(self) -> str:
+        return ntoa(self.net + 2)
+
+    @property
+    def peer_mac(self) -> str:
+        return self.mac[:-2] + "0a"
+
+    @property
+    def bcast(self) -> str | None:
+        return ntoa(self.net | (0xFFFFFFFF >> self.plen)) if self.plen < 31 else None
+
+
+@dataclass
+class Pkt:
+    """One packet to inject: how to build it, and a class name for the report."""
+
+    kind: str
+    ingress: int
+    src: str
+    dst: str
+    proto: str = "udp"          # tcp udp icmp
+    sport: int = 40000
+    dport: int = 53
+    flags: str = "S"
+    ttl: int = 64
+    df: bool = False
+    size: int = 0
+    l2: str = "host"            # host | bcast | other
+    bad: str = ""               # ip | l4
+    icmp_type: int = 8
+
+
+@dataclass
+class Gen:
+    """A generated scenario as data, so it can be shrunk and rendered again."""
+
+    seed: int
+    ifaces: list[Iface]
+    sysctl: list[tuple[str, int]] = field(default_factory=list)
+    routes: list[str] = field(default_factory=list)
+    rules: list[str] = field(default_factory=list)
+    neigh: list[str] = field(default_factory=list)
+    sockets: list[str] = field(default_factory=list)
+    ipt: list[tuple[str, str]] = field(default_factory=list)      # (table, "-A CHAIN ...")
+    policies: dict[str, str] = field(default_factory=dict)        # "filter/INPUT" -> DROP
+    packets: list[Pkt] = field(default_factory=list)
+
+    def yaml(self) -> str:
+        out = [f"name: gen{self.seed}", "interfaces:"]
+        for i in self.ifaces:
+            out.append(f'  - {{name: {i.name}, mac: "{i.mac}", addresses: [{i.addr}/{i.plen}], mtu: {i.mtu}}}')
+        if self.sysctl:
+            out.append("sysctl:")
+            out += [f"  {k}: {v}" for k, v in self.sysctl]
+        for key, items in (("routes", self.routes), ("rules", self.rules), ("neighbours", self.neigh),
+                           ("sockets", self.sockets)):
+            if items:
+                out.append(f"{key}:")
+                out += [f"  - {x}" for x in items]
+        text = self.iptables()
+        if text:
+            out.append("iptables: |")
+            out += [f"  {ln}" for ln in text.splitlines()]
+        return "\n".join(out) + "\n"
+
+    def iptables(self) -> str:
+        chains = {"raw": ["PREROUTING", "OUTPUT"], "mangle": ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"],
+                  "nat": ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"], "filter": ["INPUT", "FORWARD", "OUTPUT"]}
+        used = {t for t, _ in self.ipt} | {k.split("/")[0] for k in self.policies}
+        text = []
+        for table in ("raw", "mangle", "nat", "filter"):
+            if table not in used:
+                continue
+            text.append(f"*{table}")
+            text += [f":{c} {self.policies.get(f'{table}/{c}', 'ACCEPT')} [0:0]" for c in chains[table]]
+            text += [r for t, r in self.ipt if t == table]
+            text.append("COMMIT")
+        return "\n".join(text)
+
+    def frames(self) -> list[tuple[str, bytes]]:
+        return [frame(self, n, p) for n, p in enumerate(self.packets)]
+
+    def scenario(self) -> Scenario:
+        return Scenario(name=f"gen{self.seed}", host_yaml=self.yaml(), packets=self.frames(), gap=GAP)
+
+
+def frame(g: Gen, n: int, p: Pkt) -> tuple[str, bytes]:
+    ifc = g.ifaces[p.ingress]
+    ident = 0x3000 + n
+    pay = bytes(p.size)
+    ipkw = dict(ttl=p.ttl, df=p.df, id=ident)
+    if p.bad == "ip":
+        ipkw["check"] = 0x1234
+    if p.proto == "tcp":
+        pkt = b.tcp_packet(p.src, p.dst, p.sport, p.dport, p.flags, seq=1000, ack=1 if "A" in p.flags else 0,
+                           payload=pay, tcp_check=0x4321 if p.bad == "l4" else None, **ipkw)
+    elif p.proto == "icmp":
+        pkt = b.ipv4(p.src, p.dst, b.IPPROTO_ICMP,
+                     b.icmp(p.icmp_type, 0, b"gen" + pay, id=0x55, seq=n, check=0x1111 if p.bad == "l4" else None),
+                     **ipkw)
+    else:
+        pkt = b.udp_packet(p.src, p.dst, p.sport, p.dport, b"gen" + pay, udp_check=0x2222 if p.bad == "l4" else None,
+                           **ipkw)
+    dst = {"host": ifc.mac, "bcast": "ff:ff:ff:ff:ff:ff", "other": "02:00:00:00:99:99"}[p.l2]
+    return ifc.name, b.ether(dst, ifc.peer_mac, b.ETH_P_IP, pkt)
+
+
+# ---- drawing --------------------------------------------------------------------------------
+def draw(seed: int) -> Gen:
+    r = random.Random(seed)
+    n_if = r.choice([1, 2, 2, 3, 3])
+    ifaces = []
+    for i in range(n_if):
+        plen = r.choice(PLENS)
+        ifaces.append(Iface(f"eth{i}", mac(i, 1), aton(f"10.{i + 1}.0.0"), plen, mtu=r.choice([1500, 1500, 1500, 1280])))
+    g = Gen(seed, ifaces)
+    _sysctls(g, r)
+    _routes(g, r)
+    _neighbours(g, r)
+    g.sockets = ["tcp 0.0.0.0:22", "udp 0.0.0.0:53"] + (["tcp 0.0.0.0:80"] if r.random() < 0.5 else [])
+    _ruleset(g, r)
+    _packets(g, r)
+    return g
+
+
+def _sysctls(g: Gen, r: random.Random) -> None:
+    s = g.sysctl
+    if r.random() < 0.75:
+        s.append(("net.ipv4.ip_forward", 1))
+    for scope in ["all"] + [i.name for i in g.ifaces]:
+        if r.random() < 0.3:
+            s.append((f"net.ipv4.conf.{scope}.rp_filter", r.choice([0, 1, 2])))
+        if r.random() < 0.15:
+            s.append((f"net.ipv4.conf.{scope}.accept_local", 1))
+        if r.random() < 0.2:
+            s.append((f"net.ipv4.conf.{scope}.send_redirects", 0))
+        if r.random() < 0.1:
+            s.append((f"net.ipv4.conf.{scope}.log_martians", 1))
+        if r.random() < 0.08:
+            s.append((f"net.ipv4.conf.{scope}.route_localnet", 1))
+    for key, val in (("icmp_echo_ignore_broadcasts", 0), ("icmp_echo_ignore_all", 1),
+                     ("icmp_errors_use_inbound_ifaddr", 1), ("ip_default_ttl", 33)):
+        if r.random() < 0.1:
+            s.append((f"net.ipv4.{key}", val))
+
+
+def _routes(g: Gen, r: random.Random) -> None:
+    gw_if = [i for i in g.ifaces if i.plen <= 30]
+    for i in g.ifaces:
+        if i.plen == 32 and r.random() < 0.7:
+            g.routes.append(f"{ntoa(i.net)}/24 dev {i.name} scope link")
+    if gw_if:
+        up = r.choice(gw_if)
+        g.routes.append(f"default via {up.peer} dev {up.name}")
+        for n in range(r.randint(0, 2)):
+            via = r.choice(gw_if)
+            g.routes.append(f"172.16.{n}.0/24 via {via.peer} dev {via.name}")
+    for n in range(r.randint(0, 2)):
+        kind = r.choice(["blackhole", "unreachable", "prohibit"])
+        g.routes.append(f"{kind} 192.0.2.{n * 64}/26")
+    if gw_if and r.random() < 0.3:
+        via = r.choice(gw_if)
+        g.routes.append(f"default via {via.peer} dev {via.name} table 100")
+        src = g.ifaces[r.randrange(len(g.ifaces))]
+        g.rules.append(r.choice([f"from {ntoa(src.net)}/{max(src.plen, 16)} lookup 100 priority 100",
+                                 "fwmark 0x1 lookup 100 priority 100", f"iif {src.name} lookup 100 priority 100"]))
+
+
+def _neighbours(g: Gen, r: random.Random) -> None:
+    for i in g.ifaces:
+        if r.random() < 0.8:
+            g.neigh.append(f"{i.peer} dev {i.name} lladdr {i.peer_mac} permanent")
+
+
+def _rule(g: Gen, r: random.Random, table: str, chain: str) -> tuple[str, Pkt, Pkt]:
+    """A rule, a packet that hits it and one that just misses it."""
+    ing = r.randrange(len(g.ifaces))
+    ifc = g.ifaces[ing]
+    local = chain in ("INPUT", "PREROUTING") and r.random() < 0.5 or chain == "INPUT"
+    dst = ifc.addr if local else r.choice(REMOTES)
+    proto = r.choice(["tcp", "udp", "icmp"])
+    hit = Pkt(f"rule:{table}/{chain}", ing, ifc.peer, dst, proto, dport=r.choice([22, 53, 80, 443, 8080]))
+    miss = replace(hit, kind=f"miss:{table}/{chain}")
+    parts = ["-A", chain]
+    ways: list[str] = []
+    if r.random() < 0.8:
+        parts += ["-p", proto]
+        ways.append("proto")
+    if chain in ("INPUT", "PREROUTING", "FORWARD") and r.random() < 0.5:
+        parts += ["-i", ifc.name]
+        if len(g.ifaces) > 1:
+            ways.append("iface")
+    if r.random() < 0.4:
+        parts += ["-s", f"{hit.src}/32"]
+        ways.append("src")
+    if r.random() < 0.3:
+        parts += ["-d", f"{dst}/32"]
+    if proto in ("tcp", "udp") and "-p" in parts and r.random() < 0.7:
+        if r.random() < 0.3:
+            parts += ["-m", "multiport", "--dports", f"{hit.dport},9999"]
+        else:
+            parts += ["--dport", str(hit.dport)]
+        ways.append("port")
+    if proto == "icmp" and "-p" in parts and r.random() < 0.5:
+        parts += ["--icmp-type", "echo-request"]
+    if r.random() < 0.25:
+        parts += ["-m", "conntrack", "--ctstate", r.choice(["NEW", "NEW,ESTABLISHED", "INVALID", "RELATED,ESTABLISHED"])]
+    if chain in ("INPUT", "PREROUTING") and r.random() < 0.15:
+        parts += ["-m", "addrtype", "--dst-type", "LOCAL"]
+    target = _target(g, r, table, chain, proto if "-p" in parts else None)
+    way = r.choice(ways) if ways else "none"
+    if way == "proto":
+        miss.proto = "udp" if proto != "udp" else "tcp"
+    elif way == "iface":
+        other = (ing + 1) % len(g.ifaces)
+        miss.ingress, miss.src = other, g.ifaces[other].peer
+        if local:
+            miss.dst = g.ifaces[other].addr
+    elif way == "src":
+        miss.src = ntoa(aton(hit.src) + 1)
+    elif way == "port":
+        miss.dport = hit.dport + 1
+    return " ".join(parts + target), hit, miss
+
+
+def _target(g: Gen, r: random.Random, table: str, chain: str, proto: str | None) -> list[str]:
+    """`proto`: the protocol the rule's -p names (None: no -p), which some target options need."""
+    if table == "filter":
+        t = r.choice(["ACCEPT", "DROP", "REJECT", "REJECT", "LOG"])
+        if t == "REJECT":
+            opts = ["icmp-port-unreachable", "icmp-host-unreachable", "icmp-admin-prohibited"]
+            opts += ["tcp-reset"] * 2 if proto == "tcp" else []
+            return ["-j", "REJECT", "--reject-with", r.choice(opts)]
+        return ["-j", t] + (["--log-prefix", "gen: "] if t == "LOG" else [])
+    if table == "nat":
+        if chain == "PREROUTING":
+            dest = g.ifaces[r.randrange(len(g.ifaces))]
+            return r.choice([["-j", "DNAT", "--to-destination", dest.peer],
+                             ["-j", "REDIRECT"] + (["--to-ports", "22"] if proto in ("tcp", "udp") else [])])
+        return r.choice([["-j", "MASQUERADE"], ["-j", "SNAT", "--to-source", g.ifaces[0].addr]])
+    if table == "mangle":
+        return ["-j", "MARK", "--set-mark", "1"]
+    return ["-j", "CT", "--notrack"]
+
+
+def _ruleset(g: Gen, r: random.Random) -> None:
+    if r.random() < 0.15:
+        return
+    spots = [("filter", "INPUT")] * 3 + [("filter", "FORWARD")] * 3 + [("nat", "PREROUTING"), ("nat", "POSTROUTING"),
+                                                                     ("mangle", "PREROUTING"), ("raw", "PREROUTING")]
+    for _ in range(r.randint(1, 6)):
+        table, chain = r.choice(spots)
+        if table == "nat" and chain == "POSTROUTING":
+            out = r.choice(g.ifaces)
+            rule = f"-A POSTROUTING -o {out.name} " + " ".join(_target(g, r, table, chain, None))
+            g.ipt.append((table, rule))
+            continue
+        rule, hit, miss = _rule(g, r, table, chain)
+        g.ipt.append((table, rule))
+        g.packets += [hit, miss]
+    for chain in ("INPUT", "FORWARD"):
+        if r.random() < 0.25:
+            g.policies[f"filter/{chain}"] = "DROP"
+            if chain == "INPUT" and r.random() < 0.7:
+                g.ipt.insert(0, ("filter", "-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"))
+
+
+def _packets(g: Gen, r: random.Random) -> None:
+    P = g.packets
+    for n, ifc in enumerate(g.ifaces):
+        P.append(Pkt("local-tcp", n, ifc.peer, ifc.addr, "tcp", dport=r.choice([22, 80, 23])))
+        P.append(Pkt("local-udp", n, ifc.peer, ifc.addr, "udp", dport=r.choice([53, 54])))
+        P.append(Pkt("local-icmp", n, ifc.peer, ifc.addr, "icmp"))
+        other = g.ifaces[(n + 1) % len(g.ifaces)]
+        P.append(Pkt("weak-host", n, ifc.peer, other.addr, r.choice(["icmp", "udp"])))
+        P.append(Pkt("forward", n, ifc.peer, r.choice(REMOTES + [o.peer for o in g.ifaces]), r.choice(["tcp", "udp"]),
+                     dport=r.choice([80, 443, 5000])))
+        P.append(Pkt("forward-ttl1", n, ifc.peer, r.choice(REMOTES), "udp", ttl=1, dport=5000))
+        if ifc.plen < 30:
+            P.append(Pkt("hairpin", n, ifc.peer, ntoa(ifc.net + 3), "udp", dport=5000))
+        if ifc.bcast and r.random() < 0.7:
+            P.append(Pkt("bcast-directed", n, ifc.peer, ifc.bcast, r.choice(["icmp", "udp"]), l2="bcast"))
+        if r.random() < 0.5:
+            P.append(Pkt("bcast-limited", n, ifc.peer, "255.255.255.255", r.choice(["icmp", "udp"]), l2="bcast"))
+        if r.random() < 0.4:
+            P.append(Pkt("oversize-df", n, ifc.peer, r.choice(REMOTES), "udp", df=True, size=ifc.mtu - 31, dport=5000))
+        if r.random() < 0.4:
+            P.append(Pkt("bad-csum", n, ifc.peer, ifc.addr, r.choice(["tcp", "udp", "icmp"]), bad=r.choice(["ip", "l4"])))
+        if r.random() < 0.5:
+            src = r.choice(["127.0.0.1", "0.0.0.0", "224.0.0.5", ifc.addr, "10.200.0.9", r.choice(REMOTES)])
+            P.append(Pkt("martian-or-spoof", n, src, r.choice([ifc.addr, r.choice(REMOTES)]), "udp"))
+        if r.random() < 0.2:
+            P.append(Pkt("otherhost", n, ifc.peer, ifc.addr, "icmp", l2="other"))
+    r.shuffle(P)
+
+
+# ---- comparing ------------------------------------------------------------------------------
+_CORE_DROP = re.compile(r" ttl=\d+| len=\d+| DF| frag off=\d+( MF)?| mtu=\d+")
+
+
+def core_summary(s: str) -> str:
+    """An emitted-frame summary without MAC, TTL, lengths and fragment fields."""
+    dev, _, rest = s.partition(" ")
+    _, _, rest = rest.partition(" ")
+    return dev + " " + _CORE_DROP.sub("", rest)
+
+
+def core_differences(k: Observation, m: Observation) -> list[str]:
+    diff = [d for d in differences(k, m) if d != "emitted"]
+    if Counter(map(core_summary, k.emitted)) != Counter(map(core_summary, m.emitted)):
+        diff.append("emitted")
+    return diff
+
+
+def fate(o: Observation) -> str:
+    return {"DROP": f"DROP {o.reason}", "FORWARD": f"FORWARD {o.egress}"}.get(o.verdict, o.verdict)
+
+
+def signature(p: Pkt, k: Observation, m: Observation) -> str:
+    """A disagreement class: packet kind, kernel fate vs model fate, frames out only on one side."""
+    kc, mc = Counter(map(core_summary, k.emitted)), Counter(map(core_summary, m.emitted))
+    only = lambda c: sorted({re.sub(r"\d+\.\d+\.\d+\.\d+|eth\d|\d+>\d+", "*", e) for e in c})  # noqa: E731
+    return f"{p.kind.split(':')[0]} | kernel {fate(k)} {only(kc - mc)} | model {fate(m)} {only(mc - kc)}"
+
+
+@dataclass
+class Outcome:
+    seed: int
+    refused: str = ""
+    kernel: list[Observation] = field(default_factory=list)
+    model: list[Observation] = field(default_factory=list)
+
+
+def run_seed(g: Gen, tracer: object | None = None) -> Outcome:
+    from pathtrace.errors import PathtraceError
+    from pathtrace.verify.netns import LabError
+    from pathtrace.verify.runner import run_kernel, run_model
+    sc = g.scenario()
+    try:
+        injections = sc.injections()
+        model = run_model(sc.host(), injections)
+    except PathtraceError as exc:
+        return Outcome(g.seed, refused=f"model: {exc}")
+    try:
+        kernel = run_kernel(sc.host(), injections, wait=WAIT, tag=f"ptg{os.getpid()}", tracer=tracer)
+    except LabError as exc:
+        return Outcome(g.seed, refused=f"kernel: {exc}")
+    return Outcome(g.seed, kernel=kernel, model=model)
+
+
+def first_disagreement(g: Gen, out: Outcome, sig: str | None = None) -> int | None:
+    for n, (p, k, m) in enumerate(zip(g.packets, out.kernel, out.model)):
+        if core_differences(k, m) and (sig is None or signature(p, k, m) == sig):
+            return n
+    return None
+
+
+def shrink(g: Gen, index: int, sig: str, tracer: object | None, budget: int = 40) -> Gen:
+    """Greedy: drop later packets, then each earlier packet, rule, route, rule, sysctl while `sig` persists."""
+    target = g.packets[index]
+    best = replace(g, packets=g.packets[:index + 1])
+    runs = 0
+
+    def still(cand: Gen) -> bool:
+        nonlocal runs
+        runs += 1
+        out = run_seed(cand, tracer)
+        if out.refused:
+            return False
+        n = len(cand.packets) - 1
+        return cand.packets[n] is target and bool(core_differences(out.kernel[n], out.model[n])) \
+            and signature(target, out.kernel[n], out.model[n]) == sig
+
+    if not still(best):
+        return best
+    for attr in ("packets", "ipt", "routes", "rules", "sysctl", "neigh"):
+        items = getattr(best, attr)
+        i = 0
+        while i < len(items) and runs < budget:
+            if attr == "packets" and items[i] is target:
+                i += 1
+                continue
+            cand = replace(best, **{attr: items[:i] + items[i + 1:]})
+            if still(cand):
+                best, items = cand, getattr(cand, attr)
+            else:
+                i += 1
+    for key in list(best.policies):
+        if runs < budget and still(cand := replace(best, policies={k: v for k, v in best.policies.items() if k != key})):
+            best = cand
+    return best
+
+
+def write_case(g: Gen, sig: str, tracer: object | None) -> Path:
+    """Record the shrunk case as verify.record does (three runs, must be stable)."""
+    from pathtrace.verify.runner import run_kernel
+    sc = g.scenario()
+    injections = sc.injections()
+    runs = [[o.to_json() for o in run_kernel(sc.host(), injections, wait=WAIT, tracer=tracer)] for _ in range(3)]
+    data = {"name": f"gen{g.seed}_{len(g.packets)}", "seed": g.seed, "class": sig, "host_yaml": sc.host_yaml,
+            "kernel_release": os.uname().release, "stable_over_runs": 3 if all(r == runs[0] for r in runs) else 0,
+            "gap": GAP, "packets": [{"ingress": i.ingress, "frame": i.wire.hex(), "packet": i.text, "kind": p.kind,
+                                     "kernel": k} for i, p, k in zip(injections, g.packets, runs[0])]}
+    GENERATED.mkdir(exist_ok=True)
+    path = GENERATED / f"{data['name']}.json"
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+# ---- the command ----------------------------------------------------------------------------
+def parse_seeds(text: str) -> list[int]:
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out += list(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+@dataclass
+class Tally:
+    packets: Counter = field(default_factory=Counter)
+    core: Counter = field(default_factory=Counter)
+    strict: Counter = field(default_factory=Counter)
+    classes: Counter = field(default_factory=Counter)
+    examples: dict = field(default_factory=dict)
+    refused: Counter = field(default_factory=Counter)
+    scenarios: int = 0
+
+    def add(self, g: Gen, out: Outcome) -> None:
+        if out.refused:
+            self.refused[re.sub(r"\d+", "N", out.refused)[:120]] += 1
+            return
+        self.scenarios += 1
+        for p, k, m in zip(g.packets, out.kernel, out.model):
+            kind = p.kind.split(":")[0]
+            self.packets[kind] += 1
+            if not core_differences(k, m):
+                self.core[kind] += 1
+            else:
+                sig = signature(p, k, m)
+                self.classes[sig] += 1
+                self.examples.setdefault(sig, (g.seed, g.packets.index(p)))
+            if not differences(k, m):
+                self.strict[kind] += 1
+
+    def report(self) -> str:
+        lines = [f"{'class':<18}{'packets':>8}{'core':>8}{'core%':>8}{'strict':>8}{'strict%':>8}"]
+        for kind in sorted(self.packets):
+            n = self.packets[kind]
+            lines.append(f"{kind:<18}{n:>8}{self.core[kind]:>8}{100 * self.core[kind] / n:>7.1f}%"
+                         f"{self.strict[kind]:>8}{100 * self.strict[kind] / n:>7.1f}%")
+        n, c, s = sum(self.packets.values()), sum(self.core.values()), sum(self.strict.values())
+        lines.append(f"{'ALL':<18}{n:>8}{c:>8}{100 * c / max(n, 1):>7.1f}%{s:>8}{100 * s / max(n, 1):>7.1f}%")
+        lines.append(f"\n{self.scenarios} scenarios compared, {sum(self.refused.values())} refused at load")
+        for why, count in self.refused.most_common():
+            lines.append(f"  refused x{count}: {why}")
+        lines.append("\ndisagreement classes (packets, first seed:packet):")
+        for sig, count in self.classes.most_common():
+            lines.append(f"  {count:>5}  {sig}   [seed {self.examples[sig][0]}:{self.examples[sig][1]}]")
+        return "\n".join(lines)
+
+
+def _worker(args: tuple[list[int], bool, bool]) -> list[tuple[int, dict]]:
+    """Run seeds with one tracer; return each seed's outcome as JSON (for the parent's tally)."""
+    seeds, do_shrink, do_write = args
+    from pathtrace.verify.tracing import DropTracer
+    tracer = DropTracer(f"ptg{os.getpid()}")
+    done: set[str] = set()
+    results = []
+    try:
+        for seed in seeds:
+            g = draw(seed)
+            t0 = time.monotonic()
+            out = run_seed(g, tracer)
+            rec = {"refused": out.refused, "kernel": [o.to_json() for o in out.kernel],
+                   "model": [o.to_json() for o in out.model], "secs": time.monotonic() - t0, "written": []}
+            if do_shrink and not out.refused:
+                for n, (p, k, m) in enumerate(zip(g.packets, out.kernel, out.model)):
+                    sig = signature(p, k, m) if core_differences(k, m) else None
+                    if sig is None or sig in done or any(sig in s for s in _recorded_classes()):
+                        continue
+                    done.add(sig)
+                    small = shrink(g, n, sig, tracer)
+                    if do_write:
+                        rec["written"].append(str(write_case(small, sig, tracer)))
+            results.append((seed, rec))
+            print(f"seed {seed}: {len(g.packets)} packets, {rec['secs']:.1f}s"
+                  + (f" refused: {out.refused}" if out.refused else ""), file=sys.stderr, flush=True)
+    finally:
+        tracer.close()
+    return results
+
+
+def _recorded_classes() -> list[str]:
+    if not GENERATED.exists():
+        return []
+    return [json.loads(p.read_text()).get("class", "") for p in GENERATED.glob("*.json")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", default="0-9")
+    ap.add_argument("--report", action="store_true", help="print agreement per packet class and disagreement classes")
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--shrink", action="store_true", help="shrink each new disagreement class")
+    ap.add_argument("--write", action="store_true", help="with --shrink: write cases to tests/differential/generated")
+    ap.add_argument("--show", type=int, metavar="SEED", help="print the host file and packets of SEED and exit")
+    args = ap.parse_args(argv)
+    if args.show is not None:
+        g = draw(args.show)
+        print(g.yaml())
+        for n, p in enumerate(g.packets):
+            print(n, p)
+        return 0
+    from pathtrace.verify.netns import Unavailable, check_available
+    try:
+        check_available()
+    except Unavailable as exc:
+        print(f"skipped: {exc}", file=sys.stderr)
+        return 77
+    seeds = parse_seeds(args.seeds)
+    chunks = [(seeds[i::args.jobs], args.shrink, args.write) for i in range(args.jobs)]
+    if args.jobs > 1:
+        from multiprocessing import Pool
+        with Pool(args.jobs) as pool:
+            parts = pool.map(_worker, chunks)
+    else:
+        parts = [_worker(chunks[0])]
+    tally = Tally()
+    for seed, rec in sorted(x for part in parts for x in part):
+        out = Outcome(seed, rec["refused"], [Observation.from_json(o) for o in rec["kernel"]],
+                      [Observation.from_json(o) for o in rec["model"]])
+        tally.add(draw(seed), out)
+        for path in rec["written"]:
+            print(f"wrote {path}", file=sys.stderr)
+    if args.report:
+        print(tally.report())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

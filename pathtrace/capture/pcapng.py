@@ -167,6 +167,21 @@ class PcapngCursor:
         self.off, self.index, self.last_ts = off, index, last_ts
         return served, consumed, text
 
+    def interfaces_ahead(self) -> int:
+        """How many interfaces the stream declares before its first packet (dumpcap writes all its
+        IDBs first), looking only at what one buffer read brings; consumes nothing."""
+        if len(self.buf) - self.off < CHUNK and not self._eof:
+            self._more(0)
+        buf, pos, count = self.buf, self.off, len(self.ifaces)
+        while pos + 12 <= len(buf):
+            btype, blen = self._hdr(buf, pos)
+            if btype in _PACKET_BLOCKS or blen < 12 or blen & 3:
+                break
+            if btype == IDB:
+                count += 1
+            pos += blen
+        return count
+
     def _more(self, need: int) -> bool:
         more = self._read(max(CHUNK, need))
         self._eof = not more

@@ -26,6 +26,7 @@ from pathtrace.capture.linktypes import (
     LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, VLAN_TPIDS, parser_for, sll2_ifindex,
 )
 from pathtrace.capture.pcapng import CHUNK, PcapngCursor, count_pcapng, section_endian
+from pathtrace.capture.reorder import WINDOW_FRAMES, WINDOW_SECONDS, OrderedFrames
 
 __all__ = ["Frame", "FrameReader", "read_frames", "count_frames"]
 
@@ -205,6 +206,13 @@ class FrameReader:
             gen = iter(self.cursor.next_frame, None)
         self._gen = self._guard(gen)
 
+    def may_be_unordered(self) -> bool:
+        """Whether the file may not be in time order: a pcapng declaring several interfaces
+        before its first packet (dumpcap -i A -i B writes per-interface batches).  A pcap or
+        single-interface pcapng comes from one capture handle, in time order.  Call before
+        reading frames."""
+        return isinstance(self.cursor, PcapngCursor) and self.cursor.interfaces_ahead() > 1
+
     def _guard(self, gen: Iterator[Frame]) -> Iterator[Frame]:
         """Turn I/O failures mid-file into CaptureError and close the file at the end."""
         try:
@@ -237,12 +245,24 @@ class FrameReader:
         self.close()
 
 
-def read_frames(path: str) -> FrameReader:
+def read_frames(path: str, ordered: bool | str = False, window_frames: int = WINDOW_FRAMES,
+                window_seconds: float = WINDOW_SECONDS) -> "FrameReader | OrderedFrames":
     """Stream the frames of a pcap/pcapng file ("-" for stdin, .gz transparently).
 
+    ordered=False: file order, a FrameReader (with `.cursor` for the C lanes).
+    ordered=True: timestamp order through a bounded window (capture/reorder.py), an
+    OrderedFrames without `.cursor`; ordered="auto": that only when the file may be out of
+    order (FrameReader.may_be_unordered: a pcapng with several interfaces), else file order.
     Raises CaptureError at once if the file is missing or not a capture.
     """
-    return FrameReader(path)
+    reader = FrameReader(path)
+    if ordered == "auto":
+        ordered = reader.may_be_unordered()
+    elif not isinstance(ordered, bool):
+        raise ValueError(f"ordered must be True, False or 'auto', not {ordered!r}")
+    if not ordered:
+        return reader
+    return OrderedFrames(reader, window_frames, window_seconds)
 
 
 def count_frames(path: str) -> int | None:

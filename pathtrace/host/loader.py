@@ -20,7 +20,7 @@ from pathtrace.net.ipv4.devinet import Sysctl
 
 TOP_KEYS = {"name", "interfaces", "sysctl", "routes", "rules", "neighbours", "neighbors",
             "sockets", "iptables", "iptables-file", "ipsets"}
-IFACE_KEYS = {"name", "mac", "addresses", "mtu", "state", "driver", "txqueuelen"}
+IFACE_KEYS = {"name", "mac", "addresses", "mtu", "state", "driver", "txqueuelen", "ifindex"}
 DRIVERS = {"e1000e", "e1000", "ixgbe", "virtio_net", "veth", "igb", "mlx5_core", "bnxt_en", "tg3", "r8169"}
 
 
@@ -145,6 +145,7 @@ class _Loader:
     def interfaces(self, node: yaml.Node) -> list[InterfaceConfig]:
         result = []
         seen: set[str] = set()
+        ifindexes: dict[int, str] = {}
         for item in self.sequence(node, "interfaces"):
             fields = {k: (kn, v) for k, kn, v in self.mapping(item, "an interface")}
             for key, (knode, _) in fields.items():
@@ -194,6 +195,14 @@ class _Loader:
                     raise self.fail(fields["driver"][1], f"unknown driver {iface.driver!r} (known: {', '.join(sorted(DRIVERS))})")
             if "txqueuelen" in fields:
                 iface.txqueuelen = self.integer(fields["txqueuelen"][1], "txqueuelen")
+            if "ifindex" in fields:     # the capturing host's index: maps tcpdump -i any (SLL2) frames
+                iface.ifindex = self.integer(fields["ifindex"][1], "ifindex")
+                if not 1 <= iface.ifindex <= 0x7FFFFFFF:
+                    raise self.fail(fields["ifindex"][1], f"ifindex {iface.ifindex} out of range 1..2147483647")
+                if iface.ifindex in ifindexes:
+                    raise self.fail(fields["ifindex"][1],
+                                    f"ifindex {iface.ifindex} already given to {ifindexes[iface.ifindex]}")
+                ifindexes[iface.ifindex] = name
             result.append(iface)
         return result
 
@@ -203,6 +212,13 @@ class _Loader:
         out: dict[str, str] = {}
         for key, knode, value in self.mapping(node, "sysctl"):
             text = self.scalar(value, key)
+            if key.split(".")[-1] in probe.vectors:
+                try:
+                    probe.write_vector(key, tuple(int(v, 0) for v in text.split()))
+                except (ValueError, KeyError) as exc:
+                    raise self.fail(value, f"sysctl {key}: {exc if isinstance(exc, ValueError) and 'takes' in str(exc) else 'three numbers expected, not ' + repr(text)}") from None
+                out[key] = text
+                continue
             try:
                 number = int(text, 0)
             except ValueError:

@@ -31,6 +31,7 @@ class InterfaceConfig:
     driver: str = "veth"
     txqueuelen: int = 1000
     line: int = 0
+    ifindex: int | None = None                # index on the captured host (SLL2 frames name it)
 
 
 @dataclass(slots=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from pathtrace.host.model import HostConfig, InterfaceConfig
 from pathtrace.lib.inet import ntoa
-from pathtrace.net.ipv4.devinet import CONF_DEFAULTS, GLOBAL_DEFAULTS
+from pathtrace.net.ipv4.devinet import CONF_DEFAULTS, GLOBAL_DEFAULTS, VECTOR_DEFAULTS
 from pathtrace.verify.netns import LabError, Unavailable, in_netns, ns_exec, run, write_sysctl
 
 ETH_P_ALL = 0x0003
@@ -109,6 +109,8 @@ class Lab:
         the kernel defaults the model assumes, before any interface copies conf/default."""
         for key, value in GLOBAL_DEFAULTS.items():
             write_sysctl(self.host_ns, f"net.ipv4.{key}", value, check=False)
+        for key, values in VECTOR_DEFAULTS.items():     # copied from init_net, which sizes them from memory
+            write_sysctl(self.host_ns, f"net.ipv4.{key}", " ".join(map(str, values)), check=False)
         for scope in ("all", "default"):
             for key, (value, _) in CONF_DEFAULTS.items():
                 write_sysctl(self.host_ns, f"net.ipv4.conf.{scope}.{key}", value, check=False)

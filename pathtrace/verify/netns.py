@@ -41,7 +41,8 @@ def ns_exec(ns: str, argv: Sequence[str], stdin: str | None = None, check: bool 
 def write_sysctl(ns: str, key: str, value: str | int, check: bool = True) -> None:
     """Write net.x.y under /proc/sys inside the namespace (sysctl(8) may not be installed)."""
     path = "/proc/sys/" + key.replace(".", "/")
-    ns_exec(ns, ["sh", "-c", f"echo {int(str(value), 0)} > {path}"], check=check)
+    text = " ".join(str(int(v, 0)) for v in str(value).split())     # tcp_rmem takes three numbers
+    ns_exec(ns, ["sh", "-c", f"echo {text} > {path}"], check=check)
 
 
 def check_available() -> None:

@@ -20,6 +20,7 @@ from pathtrace.capture.frame import Frame
 from pathtrace.host.model import HostConfig
 from pathtrace.packet import build
 from pathtrace.packet.decode import describe_frame
+from pathtrace.trace import PacketContext
 from pathtrace.replay import Replayer, ReplayOptions, create_namespace
 from pathtrace.verify.lab import Lab
 from pathtrace.verify.netns import check_available
@@ -83,12 +84,21 @@ def plan(host: HostConfig, frames: Iterable[Frame], ingress: str | None = None,
 
 
 def run_model(host: HostConfig, injections: list[Injection], ingress: str | None = None,
-              strict_mac: bool = False) -> list[Observation]:
+              strict_mac: bool = False, wait: float = DEFAULT_WAIT, max_gap: float = MAX_GAP) -> list[Observation]:
+    """The model's side of each injection.  The kernel's is what it sent until the next injection
+    (at most `wait` later): the model's timers due in that window (a delayed ACK 40 ms after a FIN)
+    fire into the same packet's observation, not into the next packet's record."""
     replayer = Replayer(create_namespace(host), ReplayOptions(ingress=ingress, strict_mac=strict_mac))
     result = []
-    for inj in injections:
+    for n, inj in enumerate(injections):
         try:
-            result.append(from_model(replayer.process(inj.frame)))
+            record = replayer.process(inj.frame)
+            gap = injections[n + 1].frame.ts - inj.frame.ts if n + 1 < len(injections) else wait
+            window = min(max(gap, 0.0), max_gap, wait)
+            ctx = PacketContext(inj.frame.ts + window, record=False, emit_frames=True, net=replayer.net)
+            replayer._run_timers(ctx)
+            record.emitted = list(record.emitted) + ctx.emitted
+            result.append(from_model(record))
         except Exception as exc:  # a model bug is a disagreement to report, not a crash
             result.append(Observation(verdict="MODEL_ERROR", reason=f"{type(exc).__name__}: {exc}"))
     return result

@@ -59,11 +59,13 @@ def main() -> None:
 @click.option("--limit", type=int, default=0, help="Stop after N packets.")
 @click.option("--no-progress", is_flag=True, help="No progress line on the terminal.")
 @click.option("--no-cache", is_flag=True, help="Run every packet through the whole model (same output, slower).")
+@click.option("--ifindex", "ifindex", metavar="MAP",
+              help="Interface indexes of a LINUX_SLL2 capture (tcpdump -i any): 2=eth0,3=eth1.")
 @click.option("--jobs", "-j", type=click.IntRange(1, 256), default=1,
               help="Split the capture by flow over N processes (same output; see pathtrace(1)).")
 def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: str | None, summary: bool,
            verbose: bool, counters: bool, write_pcap: str | None, limit: int, no_progress: bool,
-           no_cache: bool, jobs: int) -> None:
+           no_cache: bool, ifindex: str | None, jobs: int) -> None:
     """Replay CAPTURE (pcap/pcapng) through the host described in HOST (YAML)."""
     from pathtrace.capture import read_frames
     from pathtrace.host.loader import load_host
@@ -78,15 +80,19 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
         if ingress and ingress not in {i.name for i in cfg.interfaces} | {"lo"}:
             raise PathtraceError(f"--in {ingress}: no such interface in {host}")
         net = create_namespace(cfg)
-        frames = read_frames(capture)
+        frames = read_frames(capture, ordered="auto")
+        index_map, map_warnings = _ifindex_map(cfg, capture, ifindex)
     except PathtraceError as exc:
         _fail(exc)
         return
+    for w in map_warnings:
+        click.echo(f"pathtrace: warning: {w}", err=True)
     gc.freeze()     # the host's objects live for the whole run: keep the cyclic collector off them
     need_frames = fmt != "none" or write_pcap is not None
     replayer = Replayer(net, ReplayOptions(ingress=ingress, strict_mac=strict_mac, record=fmt != "none",
                                            emit_frames=need_frames, cache=not no_cache,
                                            sent_frames=_shows_sent_frames(capture, net, ingress)))
+    replayer.direction.ifindex = index_map
     counter = SummaryCounter()
     out = sys.stdout
     try:
@@ -116,6 +122,18 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
         out.write(f"\nrules no packet hit: {len(unhit)}\n")
         for c in unhit:
             out.write(f"  {c['table']}/{c['chain']} rule {c['rule']}: {c['text']}\n")
+
+
+def _ifindex_map(cfg, capture: str, option: str | None) -> tuple[dict[int, str], list[str]]:
+    """SLL2 interface index -> host interface (pathtrace/capture/ifmap.py): the option, the host file's
+    `ifindex:` keys, then inference from the capture's first frames (a pipe is not read twice)."""
+    import os
+    from pathtrace.capture import read_frames
+    from pathtrace.capture.ifmap import resolve_ifindex, scan_ifindexes
+    observed = scan_ifindexes(read_frames(capture)) if capture != "-" and os.path.isfile(capture) else {}
+    if not observed and not option:
+        return {}, []
+    return resolve_ifindex(cfg, observed, option)
 
 
 def _shows_sent_frames(capture: str, net, ingress: str | None, look: int = 2000) -> bool:

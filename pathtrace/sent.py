@@ -178,10 +178,7 @@ def _observe_tcp(net, frame: Frame) -> None:
     """Tell the TCP model what the host really sent (its ISN, timestamps, window, data, FIN)."""
     if frame.ethertype != ETH_P_IP or len(frame.payload) < 40 or frame.payload[9] != 6:
         return
-    try:
-        from pathtrace.net.ipv4.tcp_output import tcp_observe_sent
-    except ImportError:   # pragma: no cover - the TCP socket model predates this hook
-        return
+    from pathtrace.net.ipv4.tcp_ipv4 import tcp_observe_sent
     l3 = bytes(frame.payload)
     ihl = (l3[0] & 15) * 4
     tot = min(int.from_bytes(l3[2:4], "big"), len(l3))
@@ -189,7 +186,7 @@ def _observe_tcp(net, frame: Frame) -> None:
     doff = (tcp[12] >> 4) * 4 if len(tcp) >= 13 else 20
     tcp_observe_sent(net, int.from_bytes(l3[12:16], "big"), int.from_bytes(tcp[0:2], "big"),
                      int.from_bytes(l3[16:20], "big"), int.from_bytes(tcp[2:4], "big"), tcp[:doff],
-                     max(0, len(tcp) - doff))
+                     max(0, len(tcp) - doff), frame.ts)
 
 
 def arrival_frame(net, frame: Frame, out_dev: "NetDevice") -> Frame | None:

@@ -43,8 +43,9 @@ def sock_sendmsg(skb: SkBuff) -> None:
     ctx.step("__sys_sendto")
     ctx.step("sock_sendmsg")
     ctx.step("inet_sendmsg", protocol=iph.protocol)
-    if iph.protocol == IPPROTO_TCP and not iph.is_fragment() and _tcp_sendmsg() is not None:
-        _tcp_sendmsg()(skb)
+    if iph.protocol == IPPROTO_TCP and not iph.is_fragment():
+        from pathtrace.net.ipv4.tcp_output import tcp_sendmsg_from_capture
+        tcp_sendmsg_from_capture(skb)
     elif iph.protocol == IPPROTO_UDP and not iph.is_fragment():
         from pathtrace.net.ipv4.udp import udp_sendmsg
         udp_sendmsg(skb)
@@ -72,11 +73,3 @@ def route_for_send(skb: SkBuff, oif: str | None = None) -> bool:
     skb.dev = rt.dev
     return True
 
-
-def _tcp_sendmsg():
-    """TEMPORARY while the TCP socket model's send side lands: None until tcp_output exists."""
-    try:
-        from pathtrace.net.ipv4.tcp_output import tcp_sendmsg_from_capture
-    except ImportError:
-        return None
-    return tcp_sendmsg_from_capture

@@ -163,6 +163,22 @@ def test_epb_flags_direction(tmp_path, e):
     assert all(f.payload[:20] == PKT[14:34] for f in frames)
 
 
+@pytest.mark.parametrize("e", ["<", ">"])
+def test_auto_order_by_interfaces_declared(tmp_path, e):
+    """ordered="auto" sorts a pcapng declaring several interfaces, in either byte order, and
+    leaves a one-interface file to the reader (and its C lane)."""
+    packets = [(0, 2.0, PKT, None), (1, 1.0, PKT, None), (0, 3.0, PKT, None)]
+    path = tmp_path / "two.pcapng"
+    path.write_bytes(_pcapng(packets, e, ifaces=(("eth0", 1), ("eth1", 1))))
+    out = read_frames(str(path), ordered="auto")
+    assert [f.index for f in out] == [1, 0, 2]
+    one = tmp_path / "one.pcapng"
+    one.write_bytes(_pcapng([(0, 2.0, PKT, None), (0, 1.0, PKT, None)], e))
+    reader = read_frames(str(one), ordered="auto")
+    assert reader.cursor is not None and [f.index for f in reader] == [0, 1]
+    assert [f.index for f in read_frames(str(one), ordered=True)] == [1, 0]
+
+
 def _sll2(pkt_type: int, ifindex: int, mac: bytes, ip: bytes) -> bytes:
     return struct.pack("!HHIHBB", 0x0800, 0, ifindex, 1, pkt_type, 6) + mac + b"\0\0" + ip
 

@@ -173,8 +173,11 @@ class PcapngCursor:
         if len(self.buf) - self.off < CHUNK and not self._eof:
             self._more(0)
         buf, pos, count = self.buf, self.off, len(self.ifaces)
+        e = self._e
         while pos + 12 <= len(buf):
-            btype, blen = self._hdr(buf, pos)
+            if buf[pos:pos + 4] == b"\x0a\x0d\x0d\x0a":     # a section header: its byte order from here
+                e = section_endian(buf[pos + 8:pos + 12]) or e
+            btype, blen = struct.unpack_from(e + "II", buf, pos)
             if btype in _PACKET_BLOCKS or blen < 12 or blen & 3:
                 break
             if btype == IDB:

@@ -96,6 +96,9 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
     counter = SummaryCounter()
     out = sys.stdout
     try:
+        if jobs > 1 and getattr(frames, "cursor", None) is None:
+            click.echo(f"pathtrace: --jobs {jobs}: one process (the capture is replayed in timestamp order)", err=True)
+            jobs = 1
         if jobs > 1 and not _replay_jobs(host, capture, jobs, ingress, strict_mac, fmt, verbose, limit, no_cache,
                                          write_pcap, net, counter, replayer, out):
             jobs = 1

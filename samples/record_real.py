@@ -333,28 +333,25 @@ class Servers:
         with self.lock:
             self.log.append(entry)
 
-    def tcp(self, ns: str, who: str, addr: str, port: int, dev: str | None = None) -> None:
+    def _bound(self, ns: str, kind: int, addr: str, port: int, dev: str | None) -> socket.socket:
+        """A socket created in `ns`, bound to addr:port (and to `dev`), polled every 0.1 s."""
         with in_netns(ns):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s = socket.socket(socket.AF_INET, kind)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if dev:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev.encode())
         s.bind((addr, port))
-        s.listen(16)
         s.settimeout(0.1)
         self.sockets.append(s)
+        return s
+
+    def tcp(self, ns: str, who: str, addr: str, port: int, dev: str | None = None) -> None:
+        s = self._bound(ns, socket.SOCK_STREAM, addr, port, dev)
+        s.listen(16)
         self._spawn(self._accept_loop, s, who, port)
 
     def udp(self, ns: str, who: str, addr: str, port: int, dev: str | None = None) -> None:
-        with in_netns(ns):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if dev:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev.encode())
-        s.bind((addr, port))
-        s.settimeout(0.1)
-        self.sockets.append(s)
-        self._spawn(self._udp_loop, s, who, port)
+        self._spawn(self._udp_loop, self._bound(ns, socket.SOCK_DGRAM, addr, port, dev), who, port)
 
     def _spawn(self, fn: Callable[..., None], *args: Any) -> None:
         t = threading.Thread(target=fn, args=args, daemon=True)

@@ -58,12 +58,17 @@ def observe(frame: Frame, seen: dict[int, IfindexSeen]) -> None:
 
 
 def scan_ifindexes(frames: Iterable[Frame], limit: int = SCAN_FRAMES) -> dict[int, IfindexSeen]:
-    """The evidence of the first `limit` frames (0: all), for resolve_ifindex."""
+    """The evidence of the first `limit` frames (0: all), for resolve_ifindex; closes `frames`."""
     seen: dict[int, IfindexSeen] = {}
-    for n, frame in enumerate(frames):
-        if limit and n >= limit:
-            break
-        observe(frame, seen)
+    try:
+        for n, frame in enumerate(frames):
+            if limit and n >= limit:
+                break
+            observe(frame, seen)
+    finally:
+        close = getattr(frames, "close", None)     # a reader left part-read holds its file open
+        if close is not None:
+            close()
     return seen
 
 

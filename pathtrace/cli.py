@@ -113,6 +113,10 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
         warnings.append(f"{replayer.otherhost_drops} of {replayer.count} frames were dropped as PACKET_OTHERHOST: "
                         "the capture was probably taken on another host; try --in IFACE")
     replayer.agreement.finish()
+    late = getattr(getattr(frames, "stats", None), "late", 0)
+    if late:
+        warnings.append(f"{late} frames came later than the reorder window (capture/reorder.py) allowed "
+                        "and were replayed out of timestamp order")
     if summary:
         out.write(counter.render(net, warnings))
         out.write("\n" + replayer.agreement.summary_text() + "\n")

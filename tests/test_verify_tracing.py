@@ -61,6 +61,20 @@ def test_bpf_line_parser_keeps_only_the_lab_namespace() -> None:
     assert [(e.skbaddr, e.reason, e.location) for e in tracer._events] == [("ffff1", "NO_SOCKET", "__udp4_lib_rcv")]
 
 
+def test_bpf_drops_of_other_skbs_than_the_injected_one_are_not_its_fate() -> None:
+    tracer = BpfDropTracer(reasons=reason_table('{ 12, "NETFILTER_DROP" }, { 3, "NO_SOCKET" }'),
+                           proc=None)  # type: ignore[arg-type]
+    tracer.limit_to(77)
+    tracer.fence = lambda timeout=0: None  # type: ignore[method-assign]
+    for line in ("R aaaa 55",                              # another namespace's receive
+                 "R ffff1 77",                             # the injected frame
+                 "R ffff9 77",                             # a later receive (loopback)
+                 "D ffff2 2048 77 12 nf_hook_slow",         # the redirect it caused, dropped by NAT
+                 "D ffff1 2048 77 3 __udp4_lib_rcv"):
+        tracer._parse(line)
+    assert [(e.skbaddr, e.reason) for e in tracer.read()] == [("ffff1", "NO_SOCKET")]
+
+
 def test_same_answers_five_times_while_namespaces_churn() -> None:
     why = _live()
     if why:

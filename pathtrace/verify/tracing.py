@@ -3,7 +3,9 @@
 With bpftrace installed, a small BPF program on the tracepoint prints every drop with the
 network namespace (inode) of the skb's device, else of its socket, else of the tracepoint's
 rx_sk; only drops in the lab's host namespace are kept, so busy namespaces elsewhere on the
-machine cannot be charged to a packet.  A fence (a getsid(2) call with a counter, which the
+machine cannot be charged to a packet.  It also prints the skbs received in namespaces other
+than verify's own (net:netif_receive_skb): the first one in the lab after clear() is the
+injected packet, and only its drops are its fate.  A fence (a getsid(2) call with a counter, which the
 same program prints) marks "everything before this point has been read".
 Without bpftrace, a tracefs instance of our own with a protocol filter is the fallback
 (tracefs filters cannot select a namespace).  The reason enum is mapped through the
@@ -128,6 +130,7 @@ FENCE_BASE = 1_000_000_000
 FENCE_TIMEOUT = 2.0
 START_TIMEOUT = 20.0
 _BPF_LINE = re.compile(r"^D (\S+) (\d+) (\d+) (\d+) (\S+)$")
+_BPF_RECV = re.compile(r"^R (\S+) (\d+)$")
 _BPF_PROGRAM = """
 tracepoint:skb:kfree_skb {
   $skb = (struct sk_buff *)args->skbaddr;
@@ -136,6 +139,9 @@ tracepoint:skb:kfree_skb {
   else if ($skb->sk != 0) { $ns = $skb->sk->__sk_common.skc_net.net->ns.inum; }
   else if (args->rx_sk != 0) { $ns = ((struct sock *)args->rx_sk)->__sk_common.skc_net.net->ns.inum; }
   printf("D %llx %u %u %d %s\\n", args->skbaddr, args->protocol, $ns, args->reason, ksym(args->location));
+}
+tracepoint:net:netif_receive_skb /((struct sk_buff *)args->skbaddr)->dev->nd_net.net->ns.inum != HOMENS/ {
+  printf("R %llx %u\\n", args->skbaddr, ((struct sk_buff *)args->skbaddr)->dev->nd_net.net->ns.inum);
 }
 tracepoint:syscalls:sys_enter_getsid /pid == PID && args->pid < -FENCE/ {
   printf("F %d\\n", -args->pid - FENCE);
@@ -156,6 +162,7 @@ class BpfDropTracer:
     proc: subprocess.Popen
     netns: int | None = None
     fences: int = 0
+    injected: str | None = None     # address of the first skb received in the lab since clear()
     _buf: bytes = b""
     _events: list[DropEvent] = field(default_factory=list)
 
@@ -166,7 +173,8 @@ class BpfDropTracer:
             raise Unavailable("this kernel has no skb:kfree_skb tracepoint")
         with open(os.path.join(root, "events", "skb", "kfree_skb", "format"), encoding="utf-8") as fh:
             reasons = reason_table(fh.read())
-        program = _BPF_PROGRAM.replace("PID", str(os.getpid())).replace("FENCE", str(FENCE_BASE))
+        program = _BPF_PROGRAM.replace("PID", str(os.getpid())).replace("FENCE", str(FENCE_BASE)) \
+            .replace("HOMENS", str(os.stat("/proc/self/ns/net").st_ino))
         proc = subprocess.Popen(["bpftrace", "-B", "none", "-e", program], stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         tracer = cls(reasons, proc)
@@ -214,6 +222,11 @@ class BpfDropTracer:
                 self._buf += chunk
 
     def _parse(self, line: str) -> None:
+        r = _BPF_RECV.match(line)
+        if r:
+            if self.netns is not None and int(r.group(2)) == self.netns and self.injected is None:
+                self.injected = r.group(1)
+            return
         m = _BPF_LINE.match(line)
         if not m or self.netns is None or int(m.group(3)) != self.netns:
             return
@@ -243,11 +256,17 @@ class BpfDropTracer:
             self._buf += chunk
         self._lines(lambda line: False)
         self._events.clear()
+        self.injected = None
 
     def read(self) -> list[DropEvent]:
+        """Drops of the injected skb (the first one the lab received since clear()); all the lab's
+        drops when no receive was seen.  Other skbs (an ICMP error or redirect the packet caused,
+        dropped in OUTPUT) are the packet's consequences, not its fate."""
         self.fence()
         events, self._events = self._events, []
-        return events
+        if self.injected is None:
+            return events
+        return [e for e in events if e.skbaddr == self.injected]
 
     def close(self) -> None:
         if self.proc.poll() is None:

@@ -572,7 +572,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shrink", action="store_true", help="shrink each new disagreement class")
     ap.add_argument("--write", action="store_true", help="with --shrink: write cases to tests/differential/generated")
     ap.add_argument("--show", type=int, metavar="SEED", help="print the host file and packets of SEED and exit")
+    ap.add_argument("--explain", type=int, metavar="SEED", help="run SEED and print each disagreement in full")
     args = ap.parse_args(argv)
+    if args.explain is not None:
+        g = draw(args.explain)
+        out = run_seed(g)
+        print(g.yaml())
+        if out.refused:
+            print("refused:", out.refused)
+        for n, (p, k, m) in enumerate(zip(g.packets, out.kernel, out.model)):
+            if core_differences(k, m):
+                print(f"#{n} {p}\n  kernel {k}\n  model  {m}")
+        return 0
     if args.show is not None:
         g = draw(args.show)
         print(g.yaml())

@@ -84,7 +84,8 @@ class Net:
         return 0
 
     def inet_addr_onlink(self, dev: NetDevice, a: int, b: int) -> bool:
-        return any((a & ifa.mask) == (ifa.local & ifa.mask) and (b & ifa.mask) == (ifa.local & ifa.mask)
+        """inet_addr_onlink: `a` (and `b` unless it is 0) in one of the device's subnets."""
+        return any((a & ifa.mask) == (ifa.local & ifa.mask) and (not b or (b & ifa.mask) == (ifa.local & ifa.mask))
                    for ifa in dev.addrs)
 
 

@@ -175,6 +175,14 @@ def icmpv4_mask_allow(net, itype: int, code: int) -> bool:
     return not ((1 << itype) & net.sysctl.glob["icmp_ratemask"])
 
 
+def _ct_attach(out: SkBuff, skb_in: SkBuff) -> None:
+    """icmp_glue_bits: an ICMP error joins the conntrack of the packet it quotes (nf_ct_attach),
+    so OUTPUT sees it RELATED and NAT translates it (or drops a redirect, nf_nat_icmp_reply_translation)."""
+    if skb_in.ct is not None:
+        from pathtrace.net.netfilter.nf_conntrack_core import nf_ct_attach
+        nf_ct_attach(out, skb_in)
+
+
 def icmp_send(skb_in: SkBuff, itype: int, code: int, info: int = 0) -> None:
     """__icmp_send: the error the kernel sends about skb_in, if it sends one."""
     skb_in.ctx.uncacheable("icmp_send (rate limits)")
@@ -233,6 +241,7 @@ def icmp_send(skb_in: SkBuff, itype: int, code: int, info: int = 0) -> None:
         out = new_local_skb(ctx, rt, src, iph.saddr, IPPROTO_ICMP, bytes(msg), tos=tos,
                             generated_by="__icmp_send", mark=skb_in.mark)
         out.cb["icmp_error_of"] = skb_in
+        _ct_attach(out, skb_in)
         ctx.step("icmp_push_reply")
         ctx.step("ip_push_pending_frames")
         ctx.step("ip_send_skb")
@@ -294,4 +303,5 @@ def ip_rt_send_redirect(skb: SkBuff) -> None:
         src = net.inet_select_addr(skb.iif, iph.saddr, "link") if skb.iif else out_rt.prefsrc
         out = new_local_skb(ctx, out_rt, src, iph.saddr, IPPROTO_ICMP, bytes(msg),
                             tos=(iph.tos & 0x1E) | 0xC0, generated_by="ip_rt_send_redirect")
+        _ct_attach(out, skb)
         ip_local_out(out)

@@ -98,29 +98,43 @@ def _table_name(table: int) -> str:
 def fib_validate_source(net: "Net", skb: "SkBuff", saddr: int, daddr: int, oif: str | None,
                         dev: "NetDevice") -> str | None:
     """fib_validate_source_reason: rp_filter and local-source checks; returns a drop reason or None."""
+    return fib_validate_source_ret(net, skb, saddr, daddr, oif, dev)[0]
+
+
+def _nh_on_link(fa: "FibAlias | None") -> bool:
+    """FIB_RES_NHC(res)->nhc_scope >= RT_SCOPE_HOST: a nexthop without gateway (fib_check_nh_nongw)."""
+    return fa is not None and fa.type == "unicast" and fa.gateway is None
+
+
+def fib_validate_source_ret(net: "Net", skb: "SkBuff", saddr: int, daddr: int, oif: str | None,
+                            dev: "NetDevice") -> tuple[str | None, bool]:
+    """(drop reason, source on-link): the second is __fib_validate_source's positive return, 1 when
+    the reverse route reaches the source without a gateway; __mkroute_input needs it for a redirect."""
     sysctl = net.sysctl
     rpf = sysctl.dev(dev.name, "rp_filter")
     accept_local = sysctl.dev(dev.name, "accept_local")
     if not rpf and (dev.name != oif or not sysctl.dev(dev.name, "send_redirects")):
         if accept_local:
-            return None
+            return None, False
         if not net.has_custom_local_routes and not net.has_custom_rules:
-            return "IP_LOCAL_SOURCE" if saddr in net.local_addrs else None
+            return ("IP_LOCAL_SOURCE" if saddr in net.local_addrs else None), False
     # __fib_validate_source
     mark = skb.mark if sysctl.dev(dev.name, "src_valid_mark") else 0
     fl = Flowi4(daddr=saddr, saddr=daddr, iif=oif or "lo", mark=mark)
     res = fib_lookup(net, fl)
     if res.error is not None and res.fa is None or res.error == ENETUNREACH:
-        return "IP_RPFILTER" if rpf else None                         # last_resort
+        return ("IP_RPFILTER" if rpf else None), False                 # last_resort
     if res.type != "unicast" and (res.type != "local" or not accept_local):
-        return "IP_LOCAL_SOURCE"                                      # e_inval
+        return "IP_LOCAL_SOURCE", False                               # e_inval
     if res.fa.dev == dev.name or (res.type == "local" and dev.loopback):
-        return None
+        return None, _nh_on_link(res.fa)
     if not dev.addrs:
-        return "IP_RPFILTER" if rpf else None
+        return ("IP_RPFILTER" if rpf else None), False
     if rpf == 1:
-        return "IP_RPFILTER"                                          # e_rpf
-    return None
+        return "IP_RPFILTER", False                                   # e_rpf
+    # loose mode: is the source reachable through this device at all?
+    res = fib_lookup(net, Flowi4(daddr=saddr, saddr=daddr, iif=oif or "lo", oif=dev.name, mark=mark))
+    return None, res.error is None and res.fa is not None and res.fa.dev == dev.name and _nh_on_link(res.fa)
 
 
 def ip_route_input_slow(skb: "SkBuff", daddr: int, saddr: int, dev: "NetDevice") -> str | None:
@@ -200,16 +214,16 @@ def ip_mkroute_input(skb: "SkBuff", res: FibResult, daddr: int, saddr: int, in_d
     out_dev = net.devices.get(fa.dev) if fa.dev else None
     if out_dev is None:
         out_dev = _dev_for_gateway(net, fa.gateway, res.table)
-    reason = fib_validate_source(net, skb, saddr, daddr, out_dev.name if out_dev else None, in_dev)
+    reason, on_link = fib_validate_source_ret(net, skb, saddr, daddr, out_dev.name if out_dev else None, in_dev)
     if skb.ctx.record:
         skb.ctx.step("fib_validate_source", result=reason or "ok",
                      rp_filter=net.sysctl.dev(in_dev.name, "rp_filter"))
     if reason:
         return _martian(skb.ctx, "source", reason, saddr, daddr)
     redirect = False
-    if out_dev is in_dev and net.sysctl.dev(in_dev.name, "send_redirects"):
-        nexthop = fa.gateway if fa.gateway is not None else daddr
-        redirect = net.sysctl.dev(out_dev.name, "shared_media") or net.inet_addr_onlink(out_dev, saddr, nexthop)
+    if out_dev is in_dev and on_link and net.sysctl.dev(in_dev.name, "send_redirects"):
+        # inet_addr_onlink(out_dev, saddr, gw): gw 0 (a connected route) is not checked
+        redirect = net.sysctl.dev(out_dev.name, "shared_media") or net.inet_addr_onlink(out_dev, saddr, fa.gateway or 0)
     skb.dst = RouteResult(type="unicast", dev=out_dev, gateway=fa.gateway, prefsrc=fa.prefsrc,
                           route=fa.describe(), table=res.table, rule=res.rule, redirect=bool(redirect),
                           input="ip_forward", mtu=out_dev.mtu if out_dev else 1500)

@@ -45,6 +45,7 @@ enum {
 };
 
 static PyObject *s_timeout, *s_state, *s_gc, *s_fast, *s_earliest, *s_new_state, *s_assured, *s_ESTABLISHED, *s_render;
+static PyObject *s_emit_dev, *s_emit_kind, *s_mangle, *s_l2_out, *i_ETH_P_IP;
 
 typedef struct {
     PyObject_HEAD
@@ -838,23 +839,36 @@ typedef struct {
     PyObject *entries, *clock, *flat_for, *foreign;
     Buf lines;
     TplLayout lay;
-    Py_ssize_t clock_off, fast_off, render_off;
+    Py_ssize_t clock_off, fast_off, render_off, dev_off, kind_off, mangle_off, l2_off;
     PyTypeObject *entry_type;
+    /* capture agreement (bidirectional captures; agreement.py Agreement.lane_args): None when off */
+    PyObject *agree, *macs, *devnames, *fastp, *made, *sent_kinds, *sent_devices;
+    double ttl;
 } Lane;
+
+#define FAST_MAX (1 << 20)      /* predictions kept in C's dict before Python must expire some */
 
 enum { R_SERVED, R_SKIPPED, R_STOP, R_ERROR };
 
 static int lane_open(Lane *L, PyObject *entries, PyObject *clock, PyObject *template_type, PyObject *flat_for,
-                     PyObject *foreign) {
+                     PyObject *foreign, PyObject *agree) {
     memset(L, 0, sizeof(*L));
     L->entries = entries;
     L->clock = clock;
     L->flat_for = flat_for;
     L->foreign = foreign;
-    L->fast_off = L->render_off = -1;
+    L->fast_off = L->render_off = L->dev_off = L->kind_off = L->mangle_off = L->l2_off = -1;
     if (!PyDict_Check(entries) || (foreign != Py_None && !PySet_Check(foreign))) {
         PyErr_SetString(PyExc_TypeError, "serve: entries must be a dict, foreign a set or None");
         return -1;
+    }
+    if (agree != Py_None) {
+        if (!PyArg_ParseTuple(agree, "O!O!O!O!O!O!d;serve: agree must be (macs, devnames, fast, made, sent_kinds, "
+                              "sent_devices, ttl)", &PyDict_Type, &L->macs, &PyDict_Type, &L->devnames,
+                              &PyDict_Type, &L->fastp, &PyDict_Type, &L->made, &PyDict_Type, &L->sent_kinds,
+                              &PySet_Type, &L->sent_devices, &L->ttl))
+            return -1;
+        L->agree = agree;
     }
     if (template_type != Py_None) {
         if (!PyType_Check(template_type) || !PyCallable_Check(flat_for)) {
@@ -886,9 +900,169 @@ static PyObject *lane_close(Lane *L, Py_ssize_t off, Py_ssize_t index, Py_ssize_
 /* One captured Ethernet frame f[:caplen] at capture time `now`, arrived on the interface
  * named name[:nlen] (pcapng's if_name; empty for a classic pcap): served from the cache,
  * skipped (another worker's flow), or R_STOP when Python must run it. */
+/* Whether a neighbour or TCP timer is due by `now` (1), not (0), or an error (-1): Python runs those. */
+static int timers_due(Lane *L, double now) {
+    PyObject *ev = L->clock_off >= 0 ? Py_XNewRef(*(PyObject **)((char *)L->clock + L->clock_off))
+                                     : PyObject_GetAttr(L->clock, s_earliest);
+    if (ev == NULL) { if (!PyErr_Occurred()) PyErr_SetObject(PyExc_AttributeError, s_earliest); return -1; }
+    double earliest = PyFloat_AsDouble(ev);
+    Py_DECREF(ev);
+    if (earliest == -1.0 && PyErr_Occurred()) return -1;
+    return !(now < earliest);
+}
+
+/* d[key] = d.get(key, 0) + by */
+static int dict_incr(PyObject *d, PyObject *key, long long by) {
+    PyObject *cur = PyDict_GetItemWithError(d, key);
+    if (cur == NULL && PyErr_Occurred()) return -1;
+    long long v = cur == NULL ? 0 : PyLong_AsLongLong(cur);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    PyObject *n = PyLong_FromLongLong(v + by);
+    if (n == NULL) return -1;
+    int r = PyDict_SetItem(d, key, n);
+    Py_DECREF(n);
+    return r;
+}
+
+/* A FlowEntry field as a new reference (by slot offset when it is one). */
+static PyObject *eattr(PyObject *e, Py_ssize_t off, PyObject *name) {
+    if (off < 0) return PyObject_GetAttr(e, name);
+    PyObject *v = *(PyObject **)((char *)e + off);
+    if (v == NULL) { PyErr_SetObject(PyExc_AttributeError, name); return NULL; }
+    return Py_NewRef(v);
+}
+
+/* The host interface that sent frame f (a str, new reference), or NULL without error when the
+ * frame was received or Python must decide (direction.py: the pcapng flag `dir`, 1 in, 2 out,
+ * else a source MAC of the host's with another destination MAC; then the interface is the
+ * pcapng if_name when it is the host's, else the owner of the source MAC).  *out says whether
+ * the frame was sent. */
+static PyObject *sent_dev(Lane *L, const unsigned char *name, Py_ssize_t nlen, const unsigned char *f, int dir,
+                          int *out) {
+    *out = 0;
+    if (dir == 1) return NULL;
+    PyObject *mac = PyBytes_FromStringAndSize((const char *)f + 6, 6);
+    if (mac == NULL) return NULL;
+    PyObject *owner = PyDict_GetItemWithError(L->macs, mac);
+    Py_DECREF(mac);
+    if (owner == NULL && PyErr_Occurred()) return NULL;
+    if (dir != 2 && (owner == NULL || memcmp(f, f + 6, 6) == 0)) return NULL;
+    *out = 1;
+    if (nlen > 0) {
+        PyObject *nm = PyBytes_FromStringAndSize((const char *)name, nlen);
+        if (nm == NULL) return NULL;
+        PyObject *dev = PyDict_GetItemWithError(L->devnames, nm);
+        Py_DECREF(nm);
+        if (dev != NULL) return Py_NewRef(dev);
+        if (PyErr_Occurred()) return NULL;
+    }
+    return Py_XNewRef(owner);
+}
+
+/* A frame the host sent: consumed when it is exactly a prediction the lane registered (Agreement.fast)
+ * within the prediction TTL, and tallied as predicted; R_STOP otherwise (Python matches the rest). */
+static int lane_sent(Lane *L, PyObject *dev, const unsigned char *f, Py_ssize_t caplen, double now) {
+    const unsigned char *p = f + 14;
+    Py_ssize_t plen = caplen - 14;
+    if (f[12] != 0x08 || f[13] != 0x00 || plen < 20) return R_STOP;
+    int due = timers_due(L, now);
+    if (due) return due < 0 ? R_ERROR : R_STOP;
+    Py_ssize_t tot = be16(p + 2), n = tot < plen ? tot : plen;
+    PyObject *l3 = PyBytes_FromStringAndSize((const char *)p, n);
+    if (l3 == NULL) return R_ERROR;
+    PyObject *key = PyTuple_Pack(3, dev, i_ETH_P_IP, l3);
+    Py_DECREF(l3);
+    if (key == NULL) return R_ERROR;
+    int rc = R_ERROR;
+    PyObject *rec = PyDict_GetItemWithError(L->fastp, key);
+    if (rec == NULL) { rc = PyErr_Occurred() ? R_ERROR : R_STOP; goto out; }
+    if (!PyList_CheckExact(rec) || PyList_GET_SIZE(rec) != 4) {
+        PyErr_SetString(PyExc_TypeError, "Agreement.fast: records are [count, kind, time, index]");
+        goto out;
+    }
+    double t = PyFloat_AsDouble(PyList_GET_ITEM(rec, 2));
+    long long count = PyLong_AsLongLong(PyList_GET_ITEM(rec, 0));
+    if (PyErr_Occurred()) goto out;
+    if (t < now - L->ttl || count <= 0) { rc = R_STOP; goto out; }     /* expired: Python counts it unseen */
+    PyObject *kind = Py_NewRef(PyList_GET_ITEM(rec, 1));
+    if (count == 1) {
+        if (PyDict_DelItem(L->fastp, key) < 0) { Py_DECREF(kind); goto out; }
+    } else {
+        PyObject *c = PyLong_FromLongLong(count - 1);
+        if (c == NULL) { Py_DECREF(kind); goto out; }
+        PyList_SetItem(rec, 0, c);
+    }
+    int bad = dict_incr(L->sent_kinds, kind, 1) < 0 || PySet_Add(L->sent_devices, dev) < 0;
+    Py_DECREF(kind);
+    rc = bad ? R_ERROR : R_SERVED;
+out:
+    Py_DECREF(key);
+    return rc;
+}
+
+/* Register the frame a served entry's path sent (FlowCache._record's bytes) as a prediction. */
+static int lane_predict(Lane *L, PyObject *dev, PyObject *kind, PyObject *mangle, FastEntry *fe,
+                        const unsigned char *p, double now, Py_ssize_t index) {
+    PyObject *l3 = PyBytes_FromStringAndSize((const char *)p, fe->tot_len);
+    if (l3 == NULL) return -1;
+    if (apply_mangle((unsigned char *)PyBytes_AS_STRING(l3), fe->hlen, fe->tot_len, mangle) < 0) {
+        Py_DECREF(l3);
+        return -1;
+    }
+    PyObject *key = PyTuple_Pack(3, dev, i_ETH_P_IP, l3);
+    Py_DECREF(l3);
+    if (key == NULL) return -1;
+    int r = -1;
+    PyObject *t = PyFloat_FromDouble(now), *ix = PyLong_FromSsize_t(index);
+    if (t == NULL || ix == NULL) goto out;
+    PyObject *rec = PyDict_GetItemWithError(L->fastp, key);
+    if (rec == NULL) {
+        if (PyErr_Occurred()) goto out;
+        PyObject *one = PyLong_FromLong(1);
+        PyObject *nrec = one ? PyList_New(4) : NULL;
+        if (nrec == NULL) { Py_XDECREF(one); goto out; }
+        PyList_SET_ITEM(nrec, 0, one);
+        PyList_SET_ITEM(nrec, 1, Py_NewRef(kind));
+        PyList_SET_ITEM(nrec, 2, Py_NewRef(t));
+        PyList_SET_ITEM(nrec, 3, Py_NewRef(ix));
+        r = PyDict_SetItem(L->fastp, key, nrec);
+        Py_DECREF(nrec);
+    } else {
+        if (!PyList_CheckExact(rec) || PyList_GET_SIZE(rec) != 4) {
+            PyErr_SetString(PyExc_TypeError, "Agreement.fast: records are [count, kind, time, index]");
+            goto out;
+        }
+        long long count = PyLong_AsLongLong(PyList_GET_ITEM(rec, 0));
+        if (count == -1 && PyErr_Occurred()) goto out;
+        PyObject *c = PyLong_FromLongLong(count + 1);
+        if (c == NULL) goto out;
+        PyList_SetItem(rec, 0, c);
+        PyList_SetItem(rec, 2, Py_NewRef(t));
+        PyList_SetItem(rec, 3, Py_NewRef(ix));
+        r = 0;
+    }
+    if (r == 0) r = dict_incr(L->made, dev, 1);
+out:
+    Py_XDECREF(t);
+    Py_XDECREF(ix);
+    Py_DECREF(key);
+    return r;
+}
+
 static int lane_frame(Lane *L, const unsigned char *name, Py_ssize_t nlen, const unsigned char *f,
-                      Py_ssize_t caplen, double now, Py_ssize_t index) {
+                      Py_ssize_t caplen, double now, Py_ssize_t index, int dir) {
     unsigned char keybuf[256 + 38];
+    if (L->agree != NULL && caplen >= 14) {
+        int out;
+        PyObject *dev = sent_dev(L, name, nlen, f, dir, &out);
+        if (dev == NULL && PyErr_Occurred()) return R_ERROR;
+        if (out) {
+            if (dev == NULL) return R_STOP;
+            int rc = lane_sent(L, dev, f, caplen, now);
+            Py_DECREF(dev);
+            return rc;
+        }
+    }
     if (caplen < 14 + 20 || nlen > 256) return R_STOP;
     const unsigned char *p = f + 14;
     Py_ssize_t plen = caplen - 14;
@@ -917,28 +1091,55 @@ static int lane_frame(Lane *L, const unsigned char *name, Py_ssize_t nlen, const
         return skip ? R_SKIPPED : R_STOP;       /* skipped: another worker's flow (replay --jobs) */
     }
     Py_DECREF(k);
-    PyObject *ev = L->clock_off >= 0 ? Py_XNewRef(*(PyObject **)((char *)L->clock + L->clock_off))
-                                     : PyObject_GetAttr(L->clock, s_earliest);
-    if (ev == NULL) { if (!PyErr_Occurred()) PyErr_SetObject(PyExc_AttributeError, s_earliest); return R_ERROR; }
-    double earliest = PyFloat_AsDouble(ev);
-    Py_DECREF(ev);
-    if (earliest == -1.0 && PyErr_Occurred()) return R_ERROR;
-    if (!(now < earliest)) return R_STOP;
+    int due = timers_due(L, now);
+    if (due) return due < 0 ? R_ERROR : R_STOP;
     if (Py_TYPE(e) != L->entry_type) {
         L->entry_type = Py_TYPE(e);
         L->fast_off = slot_offset(e, s_fast);
         L->render_off = slot_offset(e, s_render);
+        L->dev_off = slot_offset(e, s_emit_dev);
+        L->kind_off = slot_offset(e, s_emit_kind);
+        L->mangle_off = slot_offset(e, s_mangle);
+        L->l2_off = slot_offset(e, s_l2_out);
+    }
+    /* a path that sends a frame: its bytes become a prediction (bidirectional captures) */
+    PyObject *edev = NULL, *ekind = NULL, *emangle = NULL;
+    if (L->agree != NULL) {
+        edev = eattr(e, L->dev_off, s_emit_dev);
+        if (edev == NULL) return R_ERROR;
+        if (!PyUnicode_Check(edev) || PyUnicode_GET_LENGTH(edev) == 0) {
+            Py_CLEAR(edev);
+        } else {
+            PyObject *l2 = eattr(e, L->l2_off, s_l2_out);
+            int usable = l2 != NULL && PyBytes_Check(l2) && PyBytes_GET_SIZE(l2) == 14 &&
+                         PyBytes_AS_STRING(l2)[12] == 0x08 && PyBytes_AS_STRING(l2)[13] == 0x00 &&
+                         PyDict_GET_SIZE(L->fastp) < FAST_MAX;
+            Py_XDECREF(l2);
+            if (PyErr_Occurred()) { Py_DECREF(edev); return R_ERROR; }
+            if (usable) {
+                ekind = eattr(e, L->kind_off, s_emit_kind);
+                emangle = ekind ? eattr(e, L->mangle_off, s_mangle) : NULL;
+                if (emangle != NULL && !PyTuple_Check(emangle)) usable = 0;
+            }
+            if (!usable || emangle == NULL) {
+                Py_DECREF(edev);
+                Py_XDECREF(ekind);
+                Py_XDECREF(emangle);
+                return PyErr_Occurred() ? R_ERROR : R_STOP;
+            }
+        }
     }
     PyObject *tpl = NULL;
+    int rc = R_STOP;
     if (L->lay.type != NULL) {
         if (L->render_off >= 0) {
             tpl = *(PyObject **)((char *)e + L->render_off);
         } else {
             tpl = PyObject_GetAttr(e, s_render);
-            if (tpl == NULL) return R_ERROR;
+            if (tpl == NULL) { rc = R_ERROR; goto done; }
             Py_DECREF(tpl);                  /* e holds it */
         }
-        if (tpl == NULL || Py_TYPE(tpl) != L->lay.type) return R_STOP;
+        if (tpl == NULL || Py_TYPE(tpl) != L->lay.type) { tpl = NULL; goto done; }
         Py_INCREF(tpl);                      /* held while Python code may run (gc, flat_for) */
     }
     PyObject *fast = L->fast_off >= 0 ? Py_XNewRef(*(PyObject **)((char *)e + L->fast_off))
@@ -946,7 +1147,8 @@ static int lane_frame(Lane *L, const unsigned char *name, Py_ssize_t nlen, const
     if (fast == NULL || Py_TYPE(fast) != &FastEntryType) {
         Py_XDECREF(fast);
         Py_XDECREF(tpl);
-        return PyErr_Occurred() ? R_ERROR : R_STOP;
+        rc = PyErr_Occurred() ? R_ERROR : R_STOP;
+        goto done;
     }
     FastEntry *fe = (FastEntry *)fast;
     PyObject *r = fast_run(fe, p, plen, now);
@@ -957,9 +1159,15 @@ static int lane_frame(Lane *L, const unsigned char *name, Py_ssize_t nlen, const
     if (hit && !failed) {
         fe->tallied++;
         if (fe->touch && set_double(fe, fe->neigh, A_N_UPDATED, now) < 0) failed = 1;
+        if (!failed && edev != NULL && lane_predict(L, edev, ekind, emangle, fe, p, now, index) < 0) failed = 1;
     }
     Py_DECREF(fast);
-    return failed ? R_ERROR : hit ? R_SERVED : R_STOP;
+    rc = failed ? R_ERROR : hit ? R_SERVED : R_STOP;
+done:
+    Py_XDECREF(edev);
+    Py_XDECREF(ekind);
+    Py_XDECREF(emangle);
+    return rc;
 }
 
 /* serve_pcap(buf, off, index, count, little, divisor, rec_hlen, entries, clock[, template_type, flat_for,
@@ -978,12 +1186,12 @@ static PyObject *serve_pcap(PyObject *self, PyObject *args) {
     Py_ssize_t off, index, count, served = 0, consumed = 0;
     int little, rec_hlen, ok = 1;
     double divisor;
-    PyObject *entries, *clock, *template_type = Py_None, *flat_for = Py_None, *foreign = Py_None;
+    PyObject *entries, *clock, *template_type = Py_None, *flat_for = Py_None, *foreign = Py_None, *agree = Py_None;
     Lane L;
-    if (!PyArg_ParseTuple(args, "y*nnnpdiOO|OOO", &view, &off, &index, &count, &little, &divisor, &rec_hlen,
-                          &entries, &clock, &template_type, &flat_for, &foreign))
+    if (!PyArg_ParseTuple(args, "y*nnnpdiOO|OOOO", &view, &off, &index, &count, &little, &divisor, &rec_hlen,
+                          &entries, &clock, &template_type, &flat_for, &foreign, &agree))
         return NULL;
-    if (lane_open(&L, entries, clock, template_type, flat_for, foreign) < 0) {
+    if (lane_open(&L, entries, clock, template_type, flat_for, foreign, agree) < 0) {
         PyBuffer_Release(&view);
         return NULL;
     }
@@ -994,7 +1202,7 @@ static PyObject *serve_pcap(PyObject *self, PyObject *args) {
         uint32_t sec = rd32(h, little), frac = rd32(h + 4, little), caplen = rd32(h + 8, little);
         if (caplen > MAX_RECORD || off + rec_hlen + (Py_ssize_t)caplen > len) break;
         double now = (double)sec + (double)frac / divisor;
-        int rc = lane_frame(&L, (const unsigned char *)"", 0, h + rec_hlen, caplen, now, index);
+        int rc = lane_frame(&L, (const unsigned char *)"", 0, h + rec_hlen, caplen, now, index, 0);
         if (rc == R_ERROR) { ok = 0; break; }
         if (rc == R_STOP) break;
         served += rc == R_SERVED;
@@ -1006,14 +1214,17 @@ static PyObject *serve_pcap(PyObject *self, PyObject *args) {
     return lane_close(&L, off, index, served, ok);
 }
 
-/* Whether an EPB's options o[:end - o] hold epb_flags (code 2) with direction bits 10, outbound:
- * a frame the host sent, which Python must look at (capture/pcapng.py epb_direction). */
-static int epb_outbound(const unsigned char *o, const unsigned char *end, int little) {
+/* The direction an EPB's options o[:end - o] give in epb_flags (code 2): 1 inbound, 2 outbound (a
+ * frame the host sent), 0 none or unknown (capture/pcapng.py epb_direction). */
+static int epb_dir(const unsigned char *o, const unsigned char *end, int little) {
     while (o + 4 <= end) {
         uint32_t code = little ? (uint32_t)(o[0] | (o[1] << 8)) : be16(o);
         uint32_t olen = little ? (uint32_t)(o[2] | (o[3] << 8)) : be16(o + 2);
         if (code == 0 || o + 4 + olen > end) return 0;
-        if (code == 2 && olen == 4) return (rd32(o + 4, little) & 3) == 2;
+        if (code == 2 && olen == 4) {
+            uint32_t d = rd32(o + 4, little) & 3;
+            return d == 3 ? 0 : (int)d;
+        }
         o += 4 + ((olen + 3) & ~3u);
     }
     return 0;
@@ -1034,11 +1245,12 @@ static PyObject *serve_pcapng(PyObject *self, PyObject *args) {
     int little, ok = 1;
     double last_ts;
     PyObject *ifaces, *entries, *clock, *template_type = Py_None, *flat_for = Py_None, *foreign = Py_None;
+    PyObject *agree = Py_None;
     Lane L;
-    if (!PyArg_ParseTuple(args, "y*nnnpO!dOO|OOO", &view, &off, &index, &count, &little, &PyTuple_Type, &ifaces,
-                          &last_ts, &entries, &clock, &template_type, &flat_for, &foreign))
+    if (!PyArg_ParseTuple(args, "y*nnnpO!dOO|OOOO", &view, &off, &index, &count, &little, &PyTuple_Type, &ifaces,
+                          &last_ts, &entries, &clock, &template_type, &flat_for, &foreign, &agree))
         return NULL;
-    if (lane_open(&L, entries, clock, template_type, flat_for, foreign) < 0) {
+    if (lane_open(&L, entries, clock, template_type, flat_for, foreign, agree) < 0) {
         PyBuffer_Release(&view);
         return NULL;
     }
@@ -1052,7 +1264,8 @@ static PyObject *serve_pcapng(PyObject *self, PyObject *args) {
         uint64_t ticks = ((uint64_t)rd32(h + 12, little) << 32) | rd32(h + 16, little);
         if ((Py_ssize_t)caplen > (Py_ssize_t)blen - 32 || ifid >= (uint32_t)nif) break;
         Py_ssize_t opts = 28 + (((Py_ssize_t)caplen + 3) & ~(Py_ssize_t)3);
-        if (opts + 4 <= (Py_ssize_t)blen - 4 && epb_outbound(h + opts, h + blen - 4, little)) break;
+        int dir = opts + 4 <= (Py_ssize_t)blen - 4 ? epb_dir(h + opts, h + blen - 4, little) : 0;
+        if (dir == 2 && L.agree == NULL) break;
         PyObject *iface = PyTuple_GET_ITEM(ifaces, ifid);
         int linktype;
         double divisor;
@@ -1062,7 +1275,7 @@ static PyObject *serve_pcapng(PyObject *self, PyObject *args) {
         if (!PyArg_ParseTuple(iface, "idLy#", &linktype, &divisor, &toff, &name, &nlen)) { ok = 0; break; }
         if (linktype != 1) break;
         double now = (double)ticks / divisor + (double)toff;
-        int rc = lane_frame(&L, (const unsigned char *)name, nlen, h + 28, caplen, now, index);
+        int rc = lane_frame(&L, (const unsigned char *)name, nlen, h + 28, caplen, now, index, dir);
         if (rc == R_ERROR) { ok = 0; break; }
         if (rc == R_STOP) break;
         served += rc == R_SERVED;
@@ -1100,6 +1313,9 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     INTERN(s_timeout, "timeout"); INTERN(s_state, "state"); INTERN(s_gc, "gc"); INTERN(s_fast, "fast");
     INTERN(s_earliest, "earliest"); INTERN(s_new_state, "new_state"); INTERN(s_assured, "assured");
     INTERN(s_ESTABLISHED, "ESTABLISHED"); INTERN(s_render, "render");
+    INTERN(s_emit_dev, "emit_dev"); INTERN(s_emit_kind, "emit_kind"); INTERN(s_mangle, "mangle");
+    INTERN(s_l2_out, "l2_out");
+    if (!(i_ETH_P_IP = PyLong_FromLong(0x0800))) return NULL;
     static const char *names[A_COUNT] = {
         "timeout", "status", "mark", "labels",
         "state", "last_seq", "last_ack", "last_end", "last_win", "last_dir", "retrans", "last_index", "stream_ts",

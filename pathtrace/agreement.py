@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PREDICTION_TTL = 3.0        # seconds a prediction waits for its frame (delayed ACKs, ARP retries fit)
+FAST_SWEEP = 1 << 16        # the C lane's predictions are swept for expired ones past this many
 
 ETH_P_IP = 0x0800
 ETH_P_ARP = 0x0806
@@ -190,10 +191,17 @@ class Agreement:
     examples: list[str] = field(default_factory=list)     # the first differences, for the summary
     predictions: dict[str, int] = field(default_factory=dict)   # per device: predictions made
     unseen: dict[str, int] = field(default_factory=dict)        # per device: never matched
-    unseen_examples: list[tuple[str, str]] = field(default_factory=list)   # (device, text)
+    unseen_examples: list[tuple] = field(default_factory=list)   # (device, text, time, index), by time
     recent: deque = field(default_factory=deque)          # (index, time, emitted) before the first sent frame
     inferred: int = 0                 # forwarded frames whose arrival the capture does not show
     inferred_forwarded: int = 0       # of those, the model forwarded as captured
+    # Predictions the C lane (_fastpath) registered for the frames of the flows it served:
+    # (dev, ethertype, l3 bytes) -> [count, kind, time of the last, index of the last]; the lane
+    # consumes them for the sent frames it serves and counts those in fast_sent (kind -> frames).
+    fast: dict[tuple, list] = field(default_factory=dict)
+    fast_sent: dict[str, int] = field(default_factory=dict)
+    fast_sweep_at: int = FAST_SWEEP
+    last_expire: float = float("-inf")                    # the time of the last `expire`
 
     # ---- predictions -----------------------------------------------------------------
     def stash(self, index: int, time: float, emitted: list) -> None:
@@ -234,21 +242,49 @@ class Agreement:
 
     def expire(self, now: float) -> None:
         """Predictions older than PREDICTION_TTL that nothing matched are not in the capture."""
+        self.last_expire = now
         expiry = self.expiry
         limit = now - PREDICTION_TTL
         while expiry and (expiry[0].matched or expiry[0].time < limit):
             p = expiry.popleft()
             if not p.matched:
                 self._unseen(p)
+        if len(self.fast) > self.fast_sweep_at:
+            self._sweep_fast(limit)
+            self.fast_sweep_at = max(FAST_SWEEP, 2 * len(self.fast))
+
+    def _sweep_fast(self, limit: float) -> None:
+        """The C lane's predictions last registered before `limit` are not in the capture."""
+        fast = self.fast
+        for key in [k for k, rec in fast.items() if rec[2] < limit]:
+            self._fast_unseen(key, fast.pop(key))
+
+    def _fast_unseen(self, key: tuple, rec: list) -> None:
+        dev, ethertype, l3 = key
+        count, kind, time, index = rec
+        for _ in range(count):
+            self._unseen_counted(dev, kind, time, index, ethertype, l3, None)
 
     def _unseen(self, p: Prediction) -> None:
         p.matched = True                       # out of every queue (dropped lazily)
-        self.unseen[p.dev] = self.unseen.get(p.dev, 0) + 1
-        if sum(1 for dev, _ in self.unseen_examples if dev == p.dev) < 5:
-            ethertype = (p.frame[12] << 8) | p.frame[13]
-            ident = p.identity or identify(ethertype, p.frame[14:], self.local_addrs, self.default_ttl)
-            self.unseen_examples.append((p.dev, f"#{p.index} {p.dev} {p.kind} "
-                                                f"{_describe_key(ident.key) if ident else p.frame[14:].hex()}"))
+        self._unseen_counted(p.dev, p.kind, p.time, p.index, (p.frame[12] << 8) | p.frame[13], p.frame[14:],
+                             p.identity)
+
+    def _unseen_counted(self, dev: str, kind: str, time: float, index: int, ethertype: int, l3: bytes,
+                        ident: "Identity | None") -> None:
+        """Count a prediction not in the capture; the examples are the earliest five per device
+        (whatever order they were found in: the C lane's are found later, in sweeps)."""
+        self.unseen[dev] = self.unseen.get(dev, 0) + 1
+        mine = [x for x in self.unseen_examples if x[0] == dev]
+        if len(mine) >= 5 and (time, index) >= max((x[2], x[3]) for x in mine):
+            return
+        ident = ident or identify(ethertype, l3, self.local_addrs, self.default_ttl)
+        text = f"#{index} {dev} {kind} {_describe_key(ident.key) if ident else bytes(l3).hex()}"
+        self.unseen_examples.append((dev, text, time, index))
+        if len(mine) >= 5:
+            worst = max(mine, key=lambda x: (x[2], x[3]))
+            self.unseen_examples.remove(worst)
+        self.unseen_examples.sort(key=lambda x: (x[2], x[3]))
 
     def forget_arp_request(self, dev: str, target: int) -> None:
         """Pending ARP requests for `target` were the model's guesses about neighbour state from before
@@ -261,6 +297,26 @@ class Agreement:
 
     def finish(self) -> None:
         self.expire(float("inf"))
+        self._sweep_fast(float("inf"))
+        self._absorb()
+
+    def _absorb(self) -> None:
+        """Add the sent frames the C lane served (all predicted exactly) to the figures."""
+        for kind, n in self.fast_sent.items():
+            origin = "forwarded" if kind == "forwarded" else "kernel"
+            self.sent += n
+            self.predicted += n
+            self.by_origin[origin] = self.by_origin.get(origin, 0) + n
+        self.fast_sent.clear()
+
+    def lane_args(self, macs: dict[bytes, str], devnames: dict[bytes, str]) -> tuple:
+        """What the C lane (_fastpath.serve_pcap's `agree`) takes: the host's MACs and interface
+        names (bytes -> name), the predictions it registers and consumes, the per-device count of
+        predictions made, the served sent frames by kind, the interfaces sent on, the TTL."""
+        return (macs, devnames, self.fast, self.predictions, self.fast_sent, self.sent_devices, PREDICTION_TTL)
+
+    def fast_sent_total(self) -> int:
+        return sum(self.fast_sent.values())
 
     # ---- frames the capture shows the host sending ----------------------------------------
     def match_exact(self, dev: str, ethertype: int, l3: bytes) -> Prediction | None:
@@ -276,7 +332,22 @@ class Agreement:
                 return p
         if queue is not None:
             del self.exact[key]
-        return None
+        return self._match_fast(key)
+
+    def _match_fast(self, key: tuple) -> Prediction | None:
+        """A prediction the C lane registered with exactly these bytes (expired ones are unseen)."""
+        rec = self.fast.get(key)
+        if rec is None:
+            return None
+        count, kind, time, index = rec
+        if time < self.last_expire - PREDICTION_TTL:
+            self._fast_unseen(key, self.fast.pop(key))
+            return None
+        if count <= 1:
+            del self.fast[key]
+        else:
+            rec[0] = count - 1
+        return Prediction(index, time, key[0], kind, b"", None, True)
 
     def match(self, dev: str, ident: Identity) -> Prediction | None:
         """The oldest waiting prediction of this frame on this interface by identity (same ack first
@@ -321,6 +392,7 @@ class Agreement:
 
     # ---- figures -------------------------------------------------------------------------
     def figures(self) -> dict[str, Any]:
+        self._absorb()
         covered = sorted(self.sent_devices)
         made = sum(n for d, n in self.predictions.items() if d in self.sent_devices)
         lost = sum(n for d, n in self.unseen.items() if d in self.sent_devices)
@@ -331,7 +403,7 @@ class Agreement:
                 "covered_interfaces": covered, "model_predictions_on_covered": made,
                 "model_predictions_not_in_capture": lost,
                 "inferred_arrivals": self.inferred, "inferred_arrivals_forwarded": self.inferred_forwarded,
-                "examples": list(self.examples), "not_in_capture_examples": [t for d, t in self.unseen_examples if d in self.sent_devices][:5]}
+                "examples": list(self.examples), "not_in_capture_examples": [x[1] for x in self.unseen_examples if x[0] in self.sent_devices][:5]}
 
     def summary_text(self) -> str:
         f = self.figures()

@@ -128,20 +128,33 @@ class Replayer:
         cursor = getattr(frames, "cursor", None)
         lane = None
         if cache is not None and cache.accel is not None and cursor is not None and (emit is None or lines) \
-                and not self.sent_seen:
+                and (emit is None or not self.sent_seen):
             lane = cache.accel
         foreign: set[bytes] | None = set() if accept is not None else None
         extra = (lines.template_type, lines.flat_for) if lines is not None else (None, None)
+        # counts only, one process: the lane also matches the frames the host sent (bidirectional captures)
+        agree_ok = emit is None and accept is None
+        agree = None
+        agreement = self.agreement
         frames = iter(frames)
         n = 0
         while not limit or n < limit:
             if lane is not None and self.sent_seen:
-                lane = None
+                if not agree_ok:
+                    lane = None
+                elif agree is None:
+                    agree = agreement.lane_args(*self._lane_hostdevs())
             if lane is not None:
+                before = agreement.fast_sent_total() if agree is not None else 0
                 served, consumed, text = cursor.serve(lane, limit - n if limit else 1 << 62, cache.entries, clock,
-                                                      *extra, foreign)
+                                                      *extra, foreign, agree)
                 if consumed:
                     self.count += served
+                    if agree is not None:
+                        sent = agreement.fast_sent_total() - before
+                        if sent:
+                            counter.add_many("SENT", None, (), sent)
+                            self.seen_devices |= agreement.sent_devices
                     if text:
                         lines.write(text)
                     if tick is not None and (n + consumed) >> 10 != n >> 10:
@@ -174,6 +187,11 @@ class Replayer:
             for (verdict, reason, emitted), count in cache.tallied.items():
                 counter.add_many(verdict, reason, emitted, count)
             cache.tallied.clear()
+
+    def _lane_hostdevs(self) -> tuple[dict[bytes, str], dict[bytes, str]]:
+        """The host's MACs and interface names as bytes, for the C lane's direction rule (direction.py)."""
+        macs = {bytes(mac): dev.name for mac, dev in self.net.by_mac.items() if mac is not None}
+        return macs, {name.encode(): name for name in self.net.devices}
 
     def _tally_one(self, frame: Frame, counter: "SummaryCounter", clock: Any) -> None:
         """Count one frame: on its flow entry when the cache serves it, else by its record."""

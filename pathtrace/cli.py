@@ -68,6 +68,7 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
            no_cache: bool, ifindex: str | None, jobs: int) -> None:
     """Replay CAPTURE (pcap/pcapng) through the host described in HOST (YAML)."""
     from pathtrace.capture import read_frames
+    from pathtrace.capture.ifmap import ifindex_map_for
     from pathtrace.host.loader import load_host
     from pathtrace.render.summary import SummaryCounter
     from pathtrace.replay import Replayer, ReplayOptions, create_namespace
@@ -81,7 +82,7 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
             raise PathtraceError(f"--in {ingress}: no such interface in {host}")
         net = create_namespace(cfg)
         frames = read_frames(capture, ordered="auto")
-        index_map, map_warnings = _ifindex_map(cfg, capture, ifindex)
+        index_map, map_warnings = ifindex_map_for(cfg, capture, ifindex)
     except PathtraceError as exc:
         _fail(exc)
         return
@@ -129,18 +130,6 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
         out.write(f"\nrules no packet hit: {len(unhit)}\n")
         for c in unhit:
             out.write(f"  {c['table']}/{c['chain']} rule {c['rule']}: {c['text']}\n")
-
-
-def _ifindex_map(cfg, capture: str, option: str | None) -> tuple[dict[int, str], list[str]]:
-    """SLL2 interface index -> host interface (pathtrace/capture/ifmap.py): the option, the host file's
-    `ifindex:` keys, then inference from the capture's first frames (a pipe is not read twice)."""
-    import os
-    from pathtrace.capture import read_frames
-    from pathtrace.capture.ifmap import resolve_ifindex, scan_ifindexes
-    observed = scan_ifindexes(read_frames(capture)) if capture != "-" and os.path.isfile(capture) else {}
-    if not observed and not option:
-        return {}, []
-    return resolve_ifindex(cfg, observed, option)
 
 
 def _shows_sent_frames(capture: str, net, ingress: str | None, look: int = 2000) -> bool:

@@ -168,3 +168,14 @@ def resolve_ifindex(host: HostConfig, observed: dict[int, IfindexSeen],
             mapping[ifindex] = name
             given.add(name)
     return mapping, warnings
+
+
+def ifindex_map_for(host: HostConfig, capture: str, option: str | dict[int, str] | None = None
+                    ) -> tuple[dict[int, str], list[str]]:
+    """resolve_ifindex for a capture file: its first frames are scanned (a pipe is not read twice)."""
+    import os
+    from pathtrace.capture.reader import read_frames
+    observed = scan_ifindexes(read_frames(capture)) if capture != "-" and os.path.isfile(capture) else {}
+    if not observed and not option:
+        return {}, []
+    return resolve_ifindex(host, observed, option)

@@ -106,7 +106,7 @@ def lockstep(old_net: Any, new_net: Any, capture: str, ingress: str | None) -> I
     from pathtrace.replay import Replayer, ReplayOptions
     ra = Replayer(old_net, ReplayOptions(ingress=ingress))
     rb = Replayer(new_net, ReplayOptions(ingress=ingress))
-    for fa, fb in zip(read_frames(capture), read_frames(capture)):
+    for fa, fb in zip(read_frames(capture, ordered="auto"), read_frames(capture, ordered="auto")):
         h = ip_headers(fa.payload) if fa.ethertype == 0x0800 and not fa.error else None
         yield fa.index, h, outcome(facts(ra.process(fa))), outcome(facts(rb.process(fb)))
 

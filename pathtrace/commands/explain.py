@@ -38,6 +38,7 @@ def explanation(outcome: Outcome, nf: Any, pkt: Headers | None, held: Headers | 
     return {
         "packet": rec.packet,
         "ingress": rec.ingress,
+        "sent": rec.agreement,
         "setup": [{"packet": r.packet, "verdict": r.verdict, "reason": r.reason} for r in outcome.setup],
         "phases": phases,
         "verdict": rec.verdict,
@@ -73,7 +74,12 @@ def _compact(steps: list, nf: Any) -> list[str]:
 
 
 def render_text(x: dict[str, Any]) -> str:
-    out = [f"packet: {x['packet']}  (in {x['ingress']})"]
+    sent = x.get("sent")
+    out = [f"packet: {x['packet']}  ({'sent by the host on' if sent else 'in'} {x['ingress']})"]
+    if sent:
+        from pathtrace.render.text import agreement_text
+        out.append(f"  {agreement_text(sent)}")
+        out.extend(f"  differs: {d}" for d in sent.get("differences", ()))
     for s in x["setup"]:
         out.append(f"  setup: {s['packet']} -> {s['verdict']}{' (' + s['reason'] + ')' if s['reason'] else ''}")
     out.append("")
@@ -153,7 +159,7 @@ def explain(host: str, packet: tuple[str, ...], ingress: str | None, flags: str 
 
 def _capture_headers(path: str, index: int) -> Headers | None:
     from pathtrace.capture import read_frames
-    for frame in read_frames(path):
+    for frame in read_frames(path, ordered="auto"):
         if frame.index == index:
             return ip_headers(frame.payload) if frame.ethertype == 0x0800 else None
     return None

@@ -83,7 +83,7 @@ def lint(host: str, pcap: str | None, ingress: str | None, fmt: str) -> None:
             if ingress and ingress not in net.devices:
                 raise PathtraceError(f"--in {ingress}: no such interface")
             replayer = Replayer(net, ReplayOptions(ingress=ingress, record=False, emit_frames=False))
-            for _ in replayer.run(read_frames(pcap)):
+            for _ in replayer.run(read_frames(pcap, ordered="auto")):
                 pass
             coverage = Coverage()
             coverage.add(net.nf)

@@ -151,11 +151,12 @@ class Session:
         if ingress is not None and ingress not in self.net.devices:
             raise PathtraceError(f"--in {ingress}: no such interface")
         self.replayer.options.ingress = ingress
-        last = max(wanted)
+        from pathtrace.capture.ifmap import ifindex_map_for
         got: dict[int, PacketRecord] = {}
+        self.replayer.direction.ifindex = ifindex_map_for(self.net.host, path)[0]
         try:
-            for frame in read_frames(path):
-                if frame.index > last:
+            for frame in read_frames(path, ordered="auto"):
+                if len(got) == len(wanted):
                     break
                 self.replayer.options.record = frame.index in wanted
                 rec = self.replayer.process(frame)

@@ -38,7 +38,7 @@ def verify(host: str, capture: str, ingress: str | None, strict_mac: bool, wait:
         cfg = load_host(host)
         if ingress and ingress not in {i.name for i in cfg.interfaces}:
             raise PathtraceError(f"--in {ingress}: no such interface in {host}")
-        injections = plan(cfg, list(read_frames(capture)), ingress, strict_mac)
+        injections = plan(cfg, list(read_frames(capture, ordered="auto")), ingress, strict_mac)
         model = run_model(load_host(host), injections, ingress, strict_mac, wait=max(0.01, min(wait, 5.0)))
         kernel = run_kernel(load_host(host), injections, wait=max(0.01, min(wait, 5.0)))
     except Unavailable as exc:

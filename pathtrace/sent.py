@@ -1,7 +1,7 @@
 """The record of a frame the capture shows the host sending.
 
 Predicted frames (the model sent the same frame while handling an earlier input) get
-verdict SENT and "predicted as #N's reply/forward", with any differences.  Frames the
+verdict SENT and "predicted: the model sent it while handling #N" (or forwarded #N), with any differences.  Frames the
 model did not predict are replayed where they came from: the host's own packets through
 an application's send path (net/socket.py), ARP through the neighbour code; forwarded
 frames the model did not forward cannot be replayed and are reported as not predicted.
@@ -23,7 +23,7 @@ from pathtrace.trace import SENT, Emitted, PacketContext, PacketRecord
 if TYPE_CHECKING:  # pragma: no cover
     from pathtrace.net.core.netdevice import NetDevice
 
-ORIGIN_WORDS = {"generated": "reply", "forwarded": "forward", "released": "release after ARP"}
+ORIGIN_WORDS = {"generated": "sent", "forwarded": "forward", "released": "released after ARP"}
 
 
 def sent_frame(ctx: PacketContext, frame: Frame, dev: "NetDevice", agreement: Agreement,

@@ -106,7 +106,7 @@ def test_echo_reply_the_kernel_sent_is_predicted(tmp_path):
     assert req.verdict == "LOCAL_DELIVER"
     (reply,) = req.emitted
     rec = rig.send_frame(reply.frame, 0.0001)
-    assert rec.agreement == {"direction": "out", "origin": "kernel", "predicted_by": req.index, "as": "reply"}
+    assert rec.agreement == {"direction": "out", "origin": "kernel", "predicted_by": req.index, "as": "sent"}
 
 
 def test_hosts_own_dns_query_goes_through_output_and_its_answer_is_established(tmp_path):

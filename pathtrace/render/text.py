@@ -42,5 +42,10 @@ def write_text(record: PacketRecord, out: TextIO, verbose: bool = False) -> None
 def agreement_text(info: dict) -> str:
     """One line on how a frame the host sent compares with the model."""
     if info.get("predicted_by") is not None:
-        return f"predicted as #{info['predicted_by']}'s {info.get('as') or 'reply'}"
+        n, how = info["predicted_by"], info.get("as")
+        if how == "forward":
+            return f"predicted: the model forwarded #{n}"
+        if how == "released after ARP":
+            return f"predicted: the model released it from the ARP queue when handling #{n}"
+        return f"predicted: the model sent it while handling #{n}"
     return f"not predicted by the model ({info.get('origin', 'unknown')} frame)"

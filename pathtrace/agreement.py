@@ -202,6 +202,7 @@ class Agreement:
     fast_sent: dict[str, int] = field(default_factory=dict)
     fast_sweep_at: int = FAST_SWEEP
     last_expire: float = float("-inf")                    # the time of the last `expire`
+    expiry_fast: deque = field(default_factory=deque)     # promoted C predictions, in time order
 
     # ---- predictions -----------------------------------------------------------------
     def stash(self, index: int, time: float, emitted: list) -> None:
@@ -245,13 +246,32 @@ class Agreement:
         self.last_expire = now
         expiry = self.expiry
         limit = now - PREDICTION_TTL
-        while expiry and (expiry[0].matched or expiry[0].time < limit):
-            p = expiry.popleft()
-            if not p.matched:
-                self._unseen(p)
+        for expiry in (expiry, self.expiry_fast):
+            while expiry and (expiry[0].matched or expiry[0].time < limit):
+                p = expiry.popleft()
+                if not p.matched:
+                    self._unseen(p)
         if len(self.fast) > self.fast_sweep_at:
             self._sweep_fast(limit)
             self.fast_sweep_at = max(FAST_SWEEP, 2 * len(self.fast))
+
+    def _promote_fast(self) -> None:
+        """Turn the C lane's predictions into Python's (exact, identity and expiry queues), for a
+        match by identity; each is promoted once, so this costs one pass over them in all."""
+        fast = self.fast
+        if not fast:
+            return
+        items = sorted(fast.items(), key=lambda kv: kv[1][2])
+        fast.clear()                              # in place: the lane holds this dict
+        for key, (count, kind, time, index) in items:
+            dev, ethertype, l3 = key
+            frame = bytes(12) + ethertype.to_bytes(2, "big") + l3
+            queue = self.exact.setdefault(key, deque())
+            for _ in range(count):
+                p = Prediction(index, time, dev, kind, frame)
+                queue.append(p)
+                self.unidentified.append(p)
+                self.expiry_fast.append(p)
 
     def _sweep_fast(self, limit: float) -> None:
         """The C lane's predictions last registered before `limit` are not in the capture."""
@@ -352,6 +372,7 @@ class Agreement:
     def match(self, dev: str, ident: Identity) -> Prediction | None:
         """The oldest waiting prediction of this frame on this interface by identity (same ack first
         for TCP), once exact bytes found none."""
+        self._promote_fast()
         self._identify_waiting()
         key = (dev, ident.key)
         queue = self.pending.get(key)

@@ -17,6 +17,9 @@ loop on the same file gives the reference ratio.  Figures:
   memory    peak RSS at 1M and 10M packets
   jobs      --jobs 2 against --jobs 1 (--summary)
   cache     --no-cache against the cache (--summary)
+  bidir     the summary capture as the router would capture it (each received frame followed by the
+            frames the model sent for it; workload.write_bidir) against the one-way capture: time
+            per packet, best of 3 each (issue 11: at least as fast per packet)
 """
 from __future__ import annotations
 
@@ -86,7 +89,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="100k/300k packets instead of 1M/10M")
     ap.add_argument("--out", type=Path, default=HERE / "out")
-    ap.add_argument("--only", default="summary,jsonl,python,rules,memory,jobs,cache")
+    ap.add_argument("--only", default="summary,jsonl,python,rules,memory,jobs,cache,bidir")
     args = ap.parse_args()
     args.out.mkdir(exist_ok=True)
     only = set(args.only.split(","))
@@ -169,6 +172,24 @@ def main() -> None:
                             "identical": on["stdout"] == off["stdout"]}
         print(f"cache: on {on['elapsed']:.1f}s, off {off['elapsed']:.1f}s "
               f"({off['elapsed'] / on['elapsed']:.1f}x), output identical: {on['stdout'] == off['stdout']}", flush=True)
+    if "bidir" in only:
+        bidir = args.out / f"nat-{main_n}-{flows}-bidir.pcap"
+        if not bidir.exists():
+            workload.write_bidir(cap, h1000, bidir)
+        n_bidir = sum(1 for _ in __import__("pathtrace.capture", fromlist=["read_frames"]).read_frames(str(bidir)))
+        runs = {}
+        for name, path, n in (("oneway", cap, main_n), ("bidir", bidir, n_bidir)):
+            best = min((replay([str(h1000), str(path), "--summary", "--no-progress"]) for _ in range(3)),
+                       key=lambda r: r["elapsed"])
+            runs[name] = (n, best["elapsed"], best["stdout"])
+        us = {name: 1e6 * t / n for name, (n, t, _) in runs.items()}
+        predicted = "the model predicted" in runs["bidir"][2]
+        results["bidir"] = {"packets_oneway": main_n, "packets_bidir": n_bidir,
+                            "us_per_packet_oneway": round(us["oneway"], 2), "us_per_packet_bidir": round(us["bidir"], 2),
+                            "ratio": round(us["bidir"] / us["oneway"], 3), "agreement_reported": predicted}
+        print(f"bidir: one-way {main_n:,} packets {runs['oneway'][1]:.1f}s = {us['oneway']:.2f} us/packet; "
+              f"bidirectional {n_bidir:,} packets {runs['bidir'][1]:.1f}s = {us['bidir']:.2f} us/packet "
+              f"({us['bidir'] / us['oneway']:.2f}x, target <= 1)", flush=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
 

@@ -125,3 +125,28 @@ def write_capture(path: Path, packets: int, flows: int, payload: int = 100, gap:
             fh.write(rec.pack(sec, int((t - sec) * 1e6), len(frame), len(frame)))
             fh.write(frame)
             t += gap
+
+
+def write_bidir(oneway: Path, host: Path, path: Path) -> int:
+    """The bidirectional capture of `oneway` as a capture taken on the router would show it: each
+    received frame followed, 5 us later, by the frames the model sent for it.  Returns the frame count."""
+    from pathtrace.capture import read_frames
+    from pathtrace.host.loader import load_host
+    from pathtrace.replay import Replayer, ReplayOptions, create_namespace
+    r = Replayer(create_namespace(load_host(str(host))), ReplayOptions(record=False, emit_frames=True))
+    rec = struct.Struct("<IIII")
+    raw = oneway.read_bytes()
+    pos, count = 24, 0
+    with open(path, "wb") as fh:
+        fh.write(raw[:24])
+        for frame in read_frames(str(oneway)):
+            sec, usec, cap, wire = rec.unpack_from(raw, pos)
+            fh.write(raw[pos:pos + 16 + cap])
+            pos += 16 + cap
+            count += 1
+            for e in r.process(frame).emitted:
+                u = usec + 5
+                fh.write(rec.pack(sec + u // 1_000_000, u % 1_000_000, len(e.frame), len(e.frame)))
+                fh.write(e.frame)
+                count += 1
+    return count

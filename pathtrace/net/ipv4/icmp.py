@@ -156,14 +156,31 @@ def icmp_global_allow(net, now: float) -> bool:
     return True
 
 
+PEER_TOKENS, PEER_LAST, PEER_REDIRECTS = 0, 1, 2
+IP_RT_REDIRECT_NUMBER = 9
+IP_RT_REDIRECT_LOAD = 0.02                                               # HZ / 50
+IP_RT_REDIRECT_SILENCE = IP_RT_REDIRECT_LOAD * (1 << (IP_RT_REDIRECT_NUMBER + 1))
+IP_RT_ERROR_COST, IP_RT_ERROR_BURST = 1.0, 5.0
+
+
+def inet_getpeer(peers: dict, addr: int, now: float) -> list:
+    """inet_getpeer_v4: ONE entry per address, whose rate_tokens and rate_last are shared by
+    icmpv4_xrlim_allow, ip_error and ip_rt_send_redirect; a new peer starts 60 s back."""
+    peer = peers.get(addr)
+    if peer is None:
+        peer = peers[addr] = [0.0, now - 60.0, 0]
+    return peer
+
+
 def inet_peer_xrlim_allow(peers: dict, addr: int, now: float, timeout: float, burst_factor: int) -> bool:
-    """inet_peer token bucket in jiffies-like seconds; a new peer starts 60 s in credit."""
-    tokens, last = peers.get(addr, (0.0, now - 60.0))
-    tokens = min(tokens + (now - last), burst_factor * timeout)
+    """inet_peer token bucket in jiffies-like seconds."""
+    peer = inet_getpeer(peers, addr, now)
+    tokens = min(peer[PEER_TOKENS] + (now - peer[PEER_LAST]), burst_factor * timeout)
+    peer[PEER_LAST] = now
     allowed = tokens >= timeout
     if allowed:
         tokens -= timeout
-    peers[addr] = (tokens, now)
+    peer[PEER_TOKENS] = tokens
     return allowed
 
 
@@ -263,7 +280,11 @@ def ip_error(skb: SkBuff) -> None:
             "EACCES": ICMP_PKT_FILTERED}.get(rt.error)
     reason = "IP_INNOROUTES" if rt.error == "ENETUNREACH" else "NOT_SPECIFIED"
     if code is not None:
-        if inet_peer_xrlim_allow(net.rt_error_peers, skb.iph.saddr, ctx.now, 1.0, 5):
+        peer = inet_getpeer(net.icmp_peers, skb.iph.saddr, ctx.now)
+        peer[PEER_TOKENS] = min(peer[PEER_TOKENS] + ctx.now - peer[PEER_LAST], IP_RT_ERROR_BURST)
+        peer[PEER_LAST] = ctx.now
+        if peer[PEER_TOKENS] >= IP_RT_ERROR_COST:
+            peer[PEER_TOKENS] -= IP_RT_ERROR_COST
             icmp_send(skb, ICMP_DEST_UNREACH, code)
         else:
             ctx.step("ip_error", result="ICMP suppressed (ip_rt_error_cost)")
@@ -280,16 +301,18 @@ def ip_rt_send_redirect(skb: SkBuff) -> None:
     net = skb.ctx_net
     iph = skb.iph
     rt = skb.dst
-    state = net.rt_error_peers.setdefault(("redirect", iph.saddr), [0, -1e9])
-    # ip_rt_redirect_number 9, then silence; the first one always goes
-    if state[0] >= 9 and ctx.now - state[1] < 20.48:
+    peer = inet_getpeer(net.icmp_peers, iph.saddr, ctx.now)
+    if ctx.now > peer[PEER_LAST] + IP_RT_REDIRECT_SILENCE:     # silence resets the shared tokens too
+        peer[PEER_TOKENS], peer[PEER_REDIRECTS] = 0.0, 0
+    if peer[PEER_REDIRECTS] >= IP_RT_REDIRECT_NUMBER:
+        peer[PEER_LAST] = ctx.now
         ctx.step("ip_rt_send_redirect", result="suppressed (redirect rate limit)")
         return
-    if state[0] and ctx.now < state[1] + 0.02 * (1 << state[0]):
+    if peer[PEER_REDIRECTS] and not ctx.now > peer[PEER_LAST] + IP_RT_REDIRECT_LOAD * (1 << peer[PEER_REDIRECTS]):
         ctx.step("ip_rt_send_redirect", result="suppressed (redirect backoff)")
         return
-    state[0] += 1
-    state[1] = ctx.now
+    peer[PEER_LAST] = ctx.now
+    peer[PEER_REDIRECTS] += 1
     gw = rt.nexthop(iph.daddr)
     with ctx.nested():
         ctx.step("ip_rt_send_redirect", gateway=ntoa(gw))

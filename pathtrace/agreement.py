@@ -201,6 +201,7 @@ class Agreement:
     fast: dict[tuple, list] = field(default_factory=dict)
     fast_sent: dict[str, int] = field(default_factory=dict)
     fast_sweep_at: int = FAST_SWEEP
+    fast_sweep_time: float = float("-inf")               # capture time of the next sweep by time
     last_expire: float = float("-inf")                    # the time of the last `expire`
     expiry_fast: deque = field(default_factory=deque)     # promoted C predictions, in time order
 
@@ -251,9 +252,12 @@ class Agreement:
                 p = expiry.popleft()
                 if not p.matched:
                     self._unseen(p)
-        if len(self.fast) > self.fast_sweep_at:
+        if self.fast and (len(self.fast) > self.fast_sweep_at or now >= self.fast_sweep_time):
+            # by size, and once per PREDICTION_TTL of capture time: the lane's dict stays bounded
+            # by what the model sent in the last two TTLs, at one pass over it per TTL
             self._sweep_fast(limit)
             self.fast_sweep_at = max(FAST_SWEEP, 2 * len(self.fast))
+            self.fast_sweep_time = now + PREDICTION_TTL
 
     def _promote_fast(self) -> None:
         """Turn the C lane's predictions into Python's (exact, identity and expiry queues), for a

@@ -1171,7 +1171,7 @@ done:
 }
 
 /* serve_pcap(buf, off, index, count, little, divisor, rec_hlen, entries, clock[, template_type, flat_for,
- *            foreign]) -> (off, index, served, lines)
+ *            foreign, agree]) -> (off, index, served, lines)
  *
  * Serves consecutive records of a classic pcap buffer from the cache, as Replayer.stream
  * does for each: an untagged Ethernet/IPv4 TCP or UDP frame, no neighbour timer due,
@@ -1180,7 +1180,12 @@ done:
  * served, and `lines` is their output as UTF-8 bytes (about 1 MiB at most per call);
  * otherwise lines is None.  Records whose key is in the set `foreign` (another worker's
  * flows, replay --jobs) are skipped.  Stops before the first record it can neither serve
- * nor skip (or that is not whole in buf) and after `count` records. */
+ * nor skip (or that is not whole in buf) and after `count` records.
+ *
+ * `agree` (agreement.py Agreement.lane_args; bidirectional captures, counts only): a served
+ * entry whose path sends a frame registers that frame's IPv4 bytes as a prediction in
+ * Agreement.fast, and a frame the host sent (direction.py's rules) is served when it is
+ * exactly such a prediction - consumed and counted as a predicted sent frame. */
 static PyObject *serve_pcap(PyObject *self, PyObject *args) {
     Py_buffer view;
     Py_ssize_t off, index, count, served = 0, consumed = 0;
@@ -1231,14 +1236,14 @@ static int epb_dir(const unsigned char *o, const unsigned char *end, int little)
 }
 
 /* serve_pcapng(buf, off, index, count, little, ifaces, last_ts, entries, clock[, template_type, flat_for,
- *              foreign]) -> (off, index, served, lines, last_ts)
+ *              foreign, agree]) -> (off, index, served, lines, last_ts)
  *
  * serve_pcap for the Enhanced Packet Blocks of a pcapng section in byte order `little`:
  * `ifaces` is the section's interfaces as (linktype, divisor, offset, name bytes), and a
  * packet's time is ticks / divisor + offset, as capture/pcapng.py computes it.  Stops at
  * any other block (section and interface headers, statistics, simple packets) and at
  * packets Python must look at: another link type, an unknown interface, a bad length, an
- * epb_flags option saying the host sent it (outbound). */
+ * epb_flags option saying the host sent it (outbound) unless `agree` is given. */
 static PyObject *serve_pcapng(PyObject *self, PyObject *args) {
     Py_buffer view;
     Py_ssize_t off, index, count, served = 0, consumed = 0;

@@ -10,7 +10,6 @@ from pathtrace.capture.linktypes import frame_from_ethernet
 
 import os
 import signal
-import socket
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -117,6 +116,19 @@ def _signals_raise() -> Iterator[None]:
             signal.signal(s, h)
 
 
+def local_destinations(host: HostConfig) -> set[int]:
+    """Addresses a packet is delivered locally for: the host's own, its subnets' broadcasts
+    (not /31, /32) and the limited broadcast; an echo to a broadcast that icmp_echo_ignore_broadcasts
+    silences is consumed there, not held."""
+    out = {0xFFFFFFFF}
+    for iface in host.interfaces:
+        for addr, plen in iface.addresses:
+            out.add(addr)
+            if plen < 31:
+                out.add(addr | (0xFFFFFFFF >> plen))
+    return out
+
+
 def run_kernel(host: HostConfig, injections: list[Injection], wait: float = DEFAULT_WAIT,
                tag: str | None = None, max_gap: float = MAX_GAP, tracer: "DropTracerT | None" = None
                ) -> list[Observation]:
@@ -129,8 +141,7 @@ def run_kernel(host: HostConfig, injections: list[Injection], wait: float = DEFA
     kernel's timers (SYN-ACK and ARP retransmits, rate limits) run on the model's clock."""
     check_available()
     tag = tag or f"ptv{os.getpid()}"
-    local = {socket.inet_aton(f"{a >> 24 & 255}.{a >> 16 & 255}.{a >> 8 & 255}.{a & 255}")
-             for i in host.interfaces for a, _ in i.addresses}
+    local = {a.to_bytes(4, "big") for a in local_destinations(host)}
     results = []
     shift = SeqShift({i.mac for i in host.interfaces if i.name != "lo"})
     shift.learn_capture([f for inj in injections for f in (inj.wire, *(d for _, d in inj.expected))])

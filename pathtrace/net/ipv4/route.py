@@ -124,8 +124,10 @@ def fib_validate_source_ret(net: "Net", skb: "SkBuff", saddr: int, daddr: int, o
     res = fib_lookup(net, fl)
     if res.error is not None and res.fa is None or res.error == ENETUNREACH:
         return ("IP_RPFILTER" if rpf else None), False                 # last_resort
-    if res.type != "unicast" and (res.type != "local" or not accept_local):
-        return "IP_LOCAL_SOURCE", False                               # e_inval
+    if res.type != "unicast" and res.type != "local":
+        return "IP_INVALID_SOURCE", False                             # e_inval: e.g. a broadcast source
+    if res.type == "local" and not accept_local:
+        return "IP_LOCAL_SOURCE", False
     if res.fa.dev == dev.name or (res.type == "local" and dev.loopback):
         return None, _nh_on_link(res.fa)
     if not dev.addrs:

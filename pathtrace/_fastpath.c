@@ -984,6 +984,8 @@ static int lane_sent(Lane *L, PyObject *dev, const unsigned char *f, Py_ssize_t 
     long long count = PyLong_AsLongLong(PyList_GET_ITEM(rec, 0));
     if (PyErr_Occurred()) goto out;
     if (t < now - L->ttl || count <= 0) { rc = R_STOP; goto out; }     /* expired: Python counts it unseen */
+    /* a frame the host built itself also tells its TCP model what was sent (sent.py _observe_tcp): Python's */
+    if (PyUnicode_CompareWithASCIIString(PyList_GET_ITEM(rec, 1), "forwarded") != 0) { rc = R_STOP; goto out; }
     PyObject *kind = Py_NewRef(PyList_GET_ITEM(rec, 1));
     if (count == 1) {
         if (PyDict_DelItem(L->fastp, key) < 0) { Py_DECREF(kind); goto out; }

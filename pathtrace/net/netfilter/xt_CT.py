@@ -2,7 +2,9 @@
 
 --notrack marks the packet untracked (NF-B's nf_ct_set_untracked).  --zone,
 --helper, --ctevents, --expevents and --timeout are accepted but have no effect in
-the model (no zones, helpers or event listeners): the path notes that.
+the model (no zones, helpers or event listeners): the path notes that.  NOTRACK and
+CT --notrack do not load conntrack themselves (xt_ct_tg_check, notrack_chk): only another
+conntrack user in the ruleset turns it on.
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ def build_ct(opts: list[Opt], ctx: RuleCtx) -> XtTarget:
             skb.ctx.step("xt_ct_target_v1", notrack=notrack,
                          **({"ignored": ", ".join(ignored) + " (not modelled)"} if ignored else {}))
         return XT_CONTINUE
-    return XtTarget("CT", "ext", fn=fn, table="raw", conntrack=True)
+    # xt_ct_tg_check: --notrack jumps past nf_ct_netns_get, so it loads no conntrack by itself
+    return XtTarget("CT", "ext", fn=fn, table="raw", conntrack=not notrack)
 
 
 def build_notrack(opts: list[Opt], ctx: RuleCtx) -> XtTarget:
@@ -36,7 +39,7 @@ def build_notrack(opts: list[Opt], ctx: RuleCtx) -> XtTarget:
             _set_untracked(skb)
             skb.ctx.step("notrack_tg")
         return XT_CONTINUE
-    return XtTarget("NOTRACK", "ext", fn=fn, table="raw", conntrack=True)
+    return XtTarget("NOTRACK", "ext", fn=fn, table="raw", conntrack=False)    # notrack_chk: no netns_get
 
 
 TARGETS = {

@@ -72,6 +72,10 @@ class Sysctl:
         for scope in ("all", "default", *names):
             self.conf.setdefault(scope, {k: v for k, (v, _) in CONF_DEFAULTS.items()})
         self.conf["lo"]["forwarding"] = self.conf["lo"].get("forwarding", 0)
+        # inetdev_init for the loopback device: no xfrm, no policy, source routes accepted
+        for name in ("disable_xfrm", "disable_policy", "accept_source_route"):
+            if name in self.conf["lo"]:
+                self.conf["lo"][name] = 1
 
     def write_vector(self, key: str, values: tuple[int, ...]) -> None:
         """net.ipv4.tcp_rmem / tcp_wmem: three numbers, min <= default <= max as proc_dointvec takes them."""
@@ -114,9 +118,9 @@ class Sysctl:
     def _forward_change(self, value: int) -> None:
         """inet_forward_change: ip_forward and conf/all/forwarding set every device and default."""
         self.glob["ip_forward"] = value
-        for scope, settings in self.conf.items():
-            if scope != "lo":
-                settings["forwarding"] = value
+        for settings in self.conf.values():           # every device, lo included, and default
+            settings["forwarding"] = value
+        self.conf["all"]["accept_redirects"] = int(not value)
 
     def dev(self, dev: str, name: str) -> int:
         """IN_DEV_CONF_GET combined with conf/all the way the kernel combines this setting."""

@@ -46,7 +46,7 @@ class HookEntry:
     fn: HookFn
 
 
-VOLATILE_MATCHES = frozenset({"limit", "hashlimit", "recent"})
+VOLATILE_MATCHES = frozenset({"limit", "hashlimit", "recent", "connlimit"})
 VOLATILE_TARGETS = frozenset({"SET", "NFQUEUE"})
 
 

@@ -14,7 +14,7 @@ from pathtrace.net.netfilter.x_tables import ExtSpec
 _MODULES = (
     "xt_tcpudp", "xt_multiport", "xt_iprange", "xt_conntrack", "xt_mark", "xt_addrtype", "xt_limit",
     "xt_hashlimit", "xt_recent", "xt_header", "xt_owner", "xt_set", "xt_policy",
-    "xt_rpfilter", "ipt_REJECT", "xt_LOG", "xt_MARK", "xt_CT", "xt_nat", "xt_mangle", "xt_NFQUEUE",
+    "xt_rpfilter", "xt_connlimit", "ipt_REJECT", "xt_LOG", "xt_MARK", "xt_CT", "xt_nat", "xt_mangle", "xt_NFQUEUE",
 )
 
 # Kernel extensions that exist but the model does not implement (refused by name).
@@ -23,7 +23,7 @@ KNOWN_MATCHES = {
     "devgroup": "device groups are not modelled", "helper": "conntrack helpers are not modelled",
     "socket": "socket lookup from netfilter is not modelled", "cgroup": "cgroups are not modelled",
     "string": "payload string search is not implemented",
-    "bpf": "BPF programs are not modelled", "connlimit": "not implemented", "connbytes": "not implemented",
+    "bpf": "BPF programs are not modelled", "connbytes": "not implemented",
     "quota": "not implemented", "statistic": "not implemented", "time": "wall-clock time match is not implemented",
     "ecn": "not implemented", "esp": "not implemented", "ah": "not implemented", "sctp": "not implemented",
     "dccp": "not implemented", "realm": "routing realms are not modelled", "cluster": "not implemented",

@@ -19,7 +19,7 @@ from pathtrace.lib.inet import aton, parse_mac, prefix_mask
 from pathtrace.net.ipv4.devinet import Sysctl
 
 TOP_KEYS = {"name", "interfaces", "sysctl", "routes", "rules", "neighbours", "neighbors",
-            "sockets", "iptables", "iptables-file", "ipsets"}
+            "sockets", "iptables", "iptables-file", "iptables-backend", "ipsets"}
 IFACE_KEYS = {"name", "mac", "addresses", "mtu", "state", "driver", "txqueuelen", "ifindex"}
 DRIVERS = {"e1000e", "e1000", "ixgbe", "virtio_net", "veth", "igb", "mlx5_core", "bnxt_en", "tg3", "r8169"}
 
@@ -134,6 +134,12 @@ class _Loader:
                 raise self.fail(node, f"cannot read iptables-file {rel!r}: {exc.strerror}") from None
             host.iptables_path = full
             host.iptables_first_line = 1
+        if "iptables-backend" in sections:
+            backend = self.scalar(sections["iptables-backend"][1], "iptables-backend")
+            if backend not in ("nft", "legacy"):
+                raise self.fail(sections["iptables-backend"][1],
+                                f"iptables-backend must be nft (iptables-nft) or legacy (iptables-legacy), not {backend!r}")
+            host.iptables_backend = backend
         if "ipsets" in sections:
             node = sections["ipsets"][1]
             host.ipsets_line = node.start_mark.line + 1
@@ -225,6 +231,8 @@ class _Loader:
                 raise self.fail(value, f"sysctl {key} must be a number, not {text!r}") from None
             try:
                 probe.write(key, number)
+            except ValueError as exc:
+                raise self.fail(value, f"sysctl {exc}") from None
             except LookupError as exc:
                 if isinstance(exc, KeyError):
                     raise self.fail(knode, f"unknown sysctl {key!r}") from None

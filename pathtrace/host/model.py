@@ -101,3 +101,4 @@ class HostConfig:
     iptables_first_line: int = 1            # line of the text's first line within that file
     ipsets: dict[str, list[str]] = field(default_factory=dict)
     ipsets_line: int = 0
+    iptables_backend: str = "nft"           # nft (iptables-nft, current distributions) | legacy

@@ -79,17 +79,20 @@ def build(opts: list[Opt], ctx: RuleCtx) -> XtMatch:
             avg = parse_rate(o.arg)
         else:
             burst = parse_int(o.arg, 0, 10000, "limit-burst")
-    if burst == 0 or user2credits(avg * burst) < user2credits(avg):
-        raise XtError(f"x_tables: limit: Overflow, try lower: {avg}/{burst}")
-    cap = user2credits(avg * burst)
-    cost = user2credits(avg)
+    legacy = getattr(ctx.host, "iptables_backend", "nft") == "legacy"
+    if burst == 0 or (legacy and user2credits(avg * burst) < user2credits(avg)):
+        # limit_mt_check; iptables-nft turns -m limit into a native nft limit, which has no such check
+        raise XtError(f"x_tables: limit: Overflow, try lower: {avg}/{burst} (ERANGE)")
+    wrap = U32 if legacy else (1 << 128) - 1     # nft_limit keeps 64-bit nanosecond tokens: no 32-bit wrap
+    cap = user2credits(avg * burst) if legacy else (avg * burst * HZ * CREDITS_PER_JIFFY) // XT_LIMIT_SCALE
+    cost = user2credits(avg) if legacy else (avg * HZ * CREDITS_PER_JIFFY) // XT_LIMIT_SCALE
     st = LimitState()
 
     def check(skb, par) -> bool:
         now = jiffies(skb.ctx.now)
         if st.prev is None:
             st.prev, st.credit = now, cap
-        credit = (st.credit + ((now - st.prev) * CREDITS_PER_JIFFY)) & U32
+        credit = (st.credit + ((now - st.prev) * CREDITS_PER_JIFFY)) & wrap
         st.prev = now
         if credit > cap:
             credit = cap

@@ -34,6 +34,42 @@ GLOBAL_DEFAULTS: dict[str, int] = {
     "ip_nonlocal_bind": 0,
 }
 
+INT_MIN, INT_MAX = -(2**31), 2**31 - 1
+JIFFIES_MAX = INT_MAX // 250        # proc_dointvec_jiffies on a HZ=250 kernel: seconds * HZ must fit an int
+
+# Bounds the kernel's proc handler enforces on a write (proc_dointvec_minmax / proc_dou8vec_minmax
+# with extra1..extra2, or the u8 and jiffies conversions); anything outside fails with EINVAL.
+# Measured on 6.18 by writing to /proc/sys in a new namespace; settings not listed take any int,
+# and every conf/* setting is a plain proc_dointvec (devinet_conf_proc): rp_filter=5 is accepted.
+GLOBAL_LIMITS: dict[str, tuple[int, int]] = {
+    "ip_default_ttl": (1, 255),          # extra1 SYSCTL_ONE, extra2 ip_ttl_max
+    "icmp_ratelimit": (0, INT_MAX),
+    "icmp_msgs_per_sec": (0, INT_MAX),
+    "icmp_msgs_burst": (0, INT_MAX),
+    "icmp_echo_ignore_all": (0, 1),
+    "icmp_echo_ignore_broadcasts": (0, 1),
+    "icmp_errors_use_inbound_ifaddr": (0, 1),
+    "ip_no_pmtu_disc": (0, 255),         # u8
+    "tcp_syncookies": (0, 255),
+    "tcp_sack": (0, 255),
+    "tcp_timestamps": (0, 255),
+    "tcp_window_scaling": (0, 255),
+    "tcp_dsack": (0, 255),
+    "tcp_ecn": (0, 2),
+    "tcp_synack_retries": (0, 255),
+    "tcp_syn_retries": (1, 127),
+    "ipfrag_time": (-JIFFIES_MAX, JIFFIES_MAX),
+    "ip_nonlocal_bind": (0, 255),
+}
+
+
+def check_limits(key: str, value: int, limits: tuple[int, int] = (INT_MIN, INT_MAX)) -> None:
+    """Refuse a value the kernel's proc handler refuses, naming its limits."""
+    low, high = limits
+    if not low <= value <= high:
+        raise ValueError(f"{key} must be between {low} and {high} (kernel: EINVAL)")
+
+
 # conf/* settings: default value and how conf/all combines with the device's value.
 CONF_DEFAULTS: dict[str, tuple[int, str]] = {
     "forwarding": (0, "dev"),
@@ -95,6 +131,7 @@ class Sysctl:
             name = parts[2]
             if name not in self.glob:
                 raise KeyError(key)
+            check_limits(key, value, GLOBAL_LIMITS.get(name, (INT_MIN, INT_MAX)))
             self.glob[name] = value
             if name == "ip_forward":
                 self._forward_change(value)
@@ -104,6 +141,7 @@ class Sysctl:
         scope, name = parts[3], parts[4]
         if scope not in self.conf:
             raise LookupError(scope)
+        check_limits(key, value)
         self.conf[scope][name] = value
         if name == "forwarding" and scope == "all":
             self._forward_change(value)

@@ -25,10 +25,7 @@ SCENARIOS = {s.name: s for s in load_scenarios(str(HERE / "scenarios.py"))}
 EXPECTED = HERE / "expected"
 
 # scenario -> why the model disagrees with the kernel (diagnosis in the reason).
-KNOWN_DISAGREEMENTS: dict[str, str] = {
-    "synack_retransmit": "no SYN-ACK retransmission: the model keeps the request sock (tcp_ipv4 conn_request) but "
-                         "has no reqsk_timer_handler; the kernel resends the SYN-ACK after TCP_TIMEOUT_INIT (1 s)",
-}
+KNOWN_DISAGREEMENTS: dict[str, str] = {}
 
 
 def _params() -> list:

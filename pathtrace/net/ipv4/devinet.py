@@ -30,6 +30,7 @@ GLOBAL_DEFAULTS: dict[str, int] = {
     "tcp_window_scaling": 1,
     "tcp_dsack": 1,                  # D-SACK blocks in ACKs of duplicate data
     "tcp_ecn": 2,                    # answer ECN-setup SYNs, do not ask for ECN
+    "tcp_synack_retries": 5,         # SYN-ACK retransmits before a request sock is dropped (reqsk_timer_handler)
     "ipfrag_time": 30,
     "ip_nonlocal_bind": 0,
 }

@@ -22,7 +22,8 @@ from pathtrace.net.ipv4.tcp_sock import (
 )
 
 __all__ = ["TCP_FIN", "TCP_SYN", "TCP_RST", "TCP_PSH", "TCP_ACK", "TcpConn", "tcp_v4_rcv", "tcp_observe_sent",
-           "tcp_sendmsg_from_capture", "tcp_v4_build_reset", "lookup_listener", "tcp_flag_string"]
+           "tcp_sendmsg_from_capture", "tcp_v4_build_reset", "lookup_listener", "tcp_flag_string",
+           "tcp_v4_send_synack_req"]
 
 
 def _key(skb: SkBuff) -> tuple[int, int, int, int]:
@@ -124,6 +125,9 @@ def tcp_v4_rcv(skb: SkBuff) -> None:
         return
     conns[key] = conn
     sock.rx_packets += 1
+    # inet_csk_reqsk_queue_hash_add arms the request's timer before the SYN-ACK leaves
+    from pathtrace.net.ipv4.tcp_timer import TCP_TIMEOUT_INIT, arm_reqsk
+    arm_reqsk(net, conn, now + TCP_TIMEOUT_INIT)
     tcp_v4_send_synack(skb, conn)
     consume_skb(skb, "LOCAL_DELIVER")
 
@@ -272,29 +276,36 @@ def _send_reset(skb: SkBuff) -> None:
         ip_local_out(rst)
 
 
-def tcp_v4_send_synack(skb: SkBuff, conn: TcpConn) -> None:
-    """tcp_v4_send_synack → tcp_make_synack → ip_build_and_send_pkt (DF, IP ID 0: no full socket yet)."""
+def tcp_v4_send_synack(skb: SkBuff, conn: TcpConn) -> int:
+    """tcp_v4_send_synack for the SYN that made (or repeats) the request sock; see tcp_v4_send_synack_req."""
+    return tcp_v4_send_synack_req(skb.ctx_net, skb.ctx, conn, skb.ctx.now)
+
+
+def tcp_v4_send_synack_req(net, ctx, conn: TcpConn, now: float) -> int:
+    """tcp_v4_send_synack → tcp_make_synack → ip_build_and_send_pkt (DF, IP ID 0: no full socket yet),
+    from the request sock alone (its timer has no skb).  Returns the kernel's error: nonzero when no
+    route leads back or netfilter dropped it (net_xmit_eval of ip_local_out), which makes
+    reqsk_timer_handler drop the request sock."""
     from pathtrace.net.ipv4.ip_local import new_local_skb
     from pathtrace.net.ipv4.ip_output import ip_local_out
     from pathtrace.net.ipv4.route import ip_route_output
     from pathtrace.net.ipv4.tcp_output import tcp_make_synack
-    ctx = skb.ctx
-    net = skb.ctx_net
-    iph = skb.iph
+    peer, pport, local, _ = conn.key
     with ctx.nested():
-        ctx.step("tcp_v4_send_synack", to=f"{ntoa(iph.saddr)}:{skb.sport}")
-        rt = ip_route_output(net, iph.saddr, iph.daddr, mark=skb.mark, ctx=ctx)
+        ctx.step("tcp_v4_send_synack", to=f"{ntoa(peer)}:{pport}")
+        rt = ip_route_output(net, peer, local, mark=conn.mark, ctx=ctx)
         if rt.error:
             ctx.step("tcp_v4_send_synack", result=f"no route back ({rt.error})")
-            return
+            return -1
         ctx.step("tcp_make_synack", mss=conn.advmss, wscale=conn.rcv_wscale if conn.wscale_ok else None,
                  sack=conn.sack_ok, ts=conn.tstamp_ok)
-        hdr = bytearray(tcp_make_synack(conn, ctx.now))
-        struct.pack_into("!H", hdr, 16, l4_checksum(iph.daddr, iph.saddr, IPPROTO_TCP, bytes(hdr)))
-        out = new_local_skb(ctx, rt, iph.daddr, iph.saddr, IPPROTO_TCP, bytes(hdr), df=True,
-                            generated_by="tcp_v4_send_synack", mark=skb.mark)
+        hdr = bytearray(tcp_make_synack(conn, now))
+        struct.pack_into("!H", hdr, 16, l4_checksum(local, peer, IPPROTO_TCP, bytes(hdr)))
+        out = new_local_skb(ctx, rt, local, peer, IPPROTO_TCP, bytes(hdr), df=True,
+                            generated_by="tcp_v4_send_synack", mark=conn.mark)
         ctx.step("ip_build_and_send_pkt")
         ip_local_out(out)
+        return -1 if out.verdict == "DROP" and out.reason == "NETFILTER_DROP" else 0
 
 
 def tcp_observe_sent(net, saddr: int, sport: int, daddr: int, dport: int, tcp_header_bytes: bytes,

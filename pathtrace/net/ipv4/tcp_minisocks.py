@@ -29,8 +29,14 @@ def tcp_check_req(net, ctx: "PacketContext", skb: SkBuff, conn: TcpConn, now: fl
             ctx.step("tcp_check_req", result="SYN-ACK retransmission rate limited (tcp_oow_rate_limited)")
         else:
             conn.last_oow_ack = now
-            ctx.step("tcp_rtx_synack")
-            tcp_v4_send_synack(skb, conn)
+            ctx.step("tcp_rtx_synack", num_retrans=conn.num_retrans)
+            if tcp_v4_send_synack(skb, conn) == 0:
+                # the timer restarts from now (mod_timer_pending: only while it is still pending)
+                conn.num_retrans += 1
+                conn.synack_at = now
+                if conn.rsk_timer is not None:
+                    from pathtrace.net.ipv4.tcp_timer import arm_reqsk, tcp_reqsk_timeout
+                    arm_reqsk(net, conn, now + tcp_reqsk_timeout(conn))
         kfree_skb_reason(skb, "NOT_SPECIFIED")
         return
     if flags & TCP_ACK and seg.ack != seq_add(conn.iss, 1):
@@ -76,6 +82,7 @@ def tcp_check_req(net, ctx: "PacketContext", skb: SkBuff, conn: TcpConn, now: fl
     ctx.step("tcp_child_process")
     ctx.step("tcp_rcv_state_process", state="SYN_RECV")
     conn.state = "ESTABLISHED"
+    conn.rsk_timer = None                 # inet_csk_reqsk_queue_drop deleted the request's timer
     ctx.step("tcp_set_state", old="SYN_RECV", new="ESTABLISHED")
     ctx.step("tcp_init_transfer")
     conn.snd_una = seg.ack

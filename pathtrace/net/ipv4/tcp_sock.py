@@ -134,6 +134,9 @@ class TcpConn:
     ack_now: bool = False
     delack_timer: float | None = None
     tw_timer: float | None = None           # TIME_WAIT / FIN_WAIT2 timewait expiry
+    rsk_timer: float | None = None          # request sock: SYN-ACK retransmit (reqsk_timer_handler)
+    num_timeout: int = 0                    # request sock: times its timer fired (sets the back-off)
+    num_retrans: int = 0                    # request sock: SYN-ACKs sent again
     last_oow_ack: float = -1.0
     rcv_shutdown: bool = False              # peer's FIN received
     snd_fin: bool = False                   # the application closed (FIN queued or sent)

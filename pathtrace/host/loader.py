@@ -229,6 +229,10 @@ class _Loader:
                 number = int(text, 0)
             except ValueError:
                 raise self.fail(value, f"sysctl {key} must be a number, not {text!r}") from None
+            if is_netfilter_sysctl(key):
+                self.netfilter_sysctl(key, knode, value, number)
+                out[key] = text
+                continue
             try:
                 probe.write(key, number)
             except ValueError as exc:
@@ -239,6 +243,17 @@ class _Loader:
                 raise self.fail(knode, f"sysctl {key}: unknown interface {exc.args[0]!r}") from None
             out[key] = text
         return out
+
+    def netfilter_sysctl(self, key: str, knode: yaml.Node, value: yaml.Node, number: int) -> None:
+        """net.netfilter.nf_conntrack_*: checked against the conntrack table's own sysctls."""
+        from pathtrace.net.netfilter.nf_conntrack_core import ConntrackTable
+        try:
+            ConntrackTable().set_sysctl(key, number)
+        except KeyError:
+            raise self.fail(knode, f"unknown sysctl {key!r} (net.netfilter.* knows "
+                                   f"{', '.join(sorted(ConntrackTable().sysctl))})") from None
+        except ValueError as exc:
+            raise self.fail(value, f"sysctl {exc}") from None
 
     def validate(self, host: HostConfig, names: set[str]) -> None:
         known = names | {"lo"}
@@ -265,6 +280,11 @@ class _Loader:
         for sock in host.sockets:
             if sock.dev is not None and sock.dev not in known:
                 raise HostFileError(f"socket {sock.text!r}: unknown interface {sock.dev!r}", self.path, sock.line)
+
+
+def is_netfilter_sysctl(key: str) -> bool:
+    """net.netfilter.* or net.nf_conntrack_max (init_net's alias of net.netfilter.nf_conntrack_max)."""
+    return key.startswith("net.netfilter.") or key == "net.nf_conntrack_max"
 
 
 def load_host(path: str) -> HostConfig:

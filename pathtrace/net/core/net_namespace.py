@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pathtrace.host.loader import default_rules
+from pathtrace.host.loader import default_rules, is_netfilter_sysctl
 from pathtrace.host.model import HostConfig, RuleConfig
 from pathtrace.lib.inet import aton, prefix_mask
 from pathtrace.net.core.neighbour import (
@@ -38,6 +38,7 @@ class Net:
     host: HostConfig
     devices: dict[str, NetDevice] = field(default_factory=dict)
     sysctl: Sysctl = field(default_factory=Sysctl)
+    nf_sysctl: dict[str, int] = field(default_factory=dict)   # net.netfilter.* for the conntrack table
     fib_tables: dict[int, FibTable] = field(default_factory=dict)
     fib_rules: list[RuleConfig] = field(default_factory=list)
     has_custom_rules: bool = False
@@ -116,7 +117,9 @@ def build_net(host: HostConfig) -> Net:
             lo.addrs += [InAddr(a, p) for a, p in iface.addresses if (a, p) != (aton("127.0.0.1"), 8)]
     net.sysctl.init_devices(list(net.devices))
     for key, value in host.sysctl.items():
-        if key.split(".")[-1] in net.sysctl.vectors:
+        if is_netfilter_sysctl(key):
+            net.nf_sysctl[key.rsplit(".", 1)[-1]] = int(value, 0)
+        elif key.split(".")[-1] in net.sysctl.vectors:
             net.sysctl.write_vector(key, tuple(int(v, 0) for v in value.split()))
         else:
             net.sysctl.write(key, int(value, 0))

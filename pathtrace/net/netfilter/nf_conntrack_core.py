@@ -153,7 +153,7 @@ class ConntrackTable:
     def __init__(self, net: Any = None, seed: int = 0, **sysctl: int):
         self.net = net
         self.sysctl: dict[str, int] = dict(SYSCTL_DEFAULTS)
-        for key, value in sysctl.items():
+        for key, value in {**getattr(net, "nf_sysctl", {}), **sysctl}.items():   # the host file's, then these
             self.set_sysctl(key, value)
         self.hash: dict[Tuple, tuple[NfConn, int]] = {}
         self.bysource: dict[tuple[int, int, int], list[NfConn]] = {}
@@ -166,11 +166,25 @@ class ConntrackTable:
 
     # ---- sysctls --------------------------------------------------------------------------
     def set_sysctl(self, name: str, value: int) -> None:
-        """Apply net.netfilter.<name> (the prefix may be given or omitted)."""
+        """Apply net.netfilter.<name> (the prefix may be given or omitted); ValueError, with the
+        limits, for a value the kernel's handler refuses with EINVAL."""
         key = name.rsplit(".", 1)[-1]
         if key not in self.sysctl:
             raise KeyError(name)
-        self.sysctl[key] = int(value)
+        value = int(value)
+        # measured on 6.18 in a new namespace: timeouts are proc_dointvec_jiffies (HZ=250), the
+        # switches proc_dou8vec_minmax 0..1, max_retrans a u8; nf_conntrack_max is 0..INT_MAX
+        if "timeout" in key:
+            low, high = -((2**31 - 1) // 250), (2**31 - 1) // 250
+        elif key == "nf_conntrack_tcp_max_retrans":
+            low, high = 0, 255
+        elif key == "nf_conntrack_max":
+            low, high = 0, 2**31 - 1
+        else:
+            low, high = 0, 1
+        if not low <= value <= high:
+            raise ValueError(f"{name} must be between {low} and {high} (kernel: EINVAL)")
+        self.sysctl[key] = value
 
     # ---- lookup / insertion -----------------------------------------------------------------
     def find(self, t: Tuple, now: float) -> tuple[NfConn, int] | None:

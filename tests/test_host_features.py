@@ -157,3 +157,105 @@ def test_tcp_loose_decides_mid_stream_pickup(tmp_path, loose, verdict):
     rig = Rig(tmp_path, ROUTER.format(loose=loose))
     rec = rig.send("eth0", build.tcp_packet("10.0.0.2", "10.1.0.2", 40000, 80, "A", seq=1000, ack=2000))
     assert rec.verdict == verdict
+
+
+# ---- route attributes (ip route add on 6.18 in a new namespace gave each expected error/listing) ------
+
+TWO = """
+interfaces:
+  - name: eth0
+    mac: 02:00:00:00:00:01
+    addresses: [10.0.0.1/24]
+  - name: eth1
+    mac: 02:00:00:00:00:02
+    addresses: [10.1.0.1/24]
+sysctl:
+  net.ipv4.ip_forward: 1
+  net.ipv4.conf.all.rp_filter: {rpf}
+neighbours:
+  - 10.0.0.254 dev eth0 lladdr 02:00:00:00:00:fe
+  - 10.1.0.254 dev eth1 lladdr 02:00:00:00:01:fe
+  - 10.1.0.9 dev eth1 lladdr 02:00:00:00:01:09
+  - 10.0.0.7 dev eth0 lladdr 02:00:00:00:00:07
+routes:
+"""
+
+
+def two(tmp_path, routes: list[str], rpf: int = 0):
+    from helpers import Rig
+    return Rig(tmp_path, TWO.format(rpf=rpf) + "".join(f"  - {r}\n" for r in routes))
+
+
+@pytest.mark.parametrize("route,fragment", [
+    ("10.9.0.0/24 via 10.0.0.254 tos 0x11", "ECN bits must be 0"),
+    ("10.9.0.0/24 via 10.0.0.254 tos 16", "ECN bits must be 0"),        # iproute2 reads 16 as 0x16
+    ("10.9.0.0/24 via 10.0.0.254 src 10.5.5.5", "Invalid prefsrc address"),
+    ("10.9.0.0/24 via 10.0.0.254 scope host", "host scope can not have a gateway"),
+    ("10.9.0.0/24 via 10.0.0.254 scope link", "Nexthop has invalid gateway"),
+    ("10.9.0.0/24 via 10.7.0.2 onlink", "Nexthop device required for onlink"),
+    ("10.9.0.0/24 via 10.0.0.254 dev eth1", "gateway is not reachable"),
+    ("10.9.0.0/24 nexthop via 10.0.0.254 nexthop via 10.1.0.254", "multipath routes ('nexthop')"),
+])
+def test_route_attributes_the_kernel_refuses(tmp_path, route, fragment):
+    err = load_err(tmp_path, TWO.format(rpf=0) + f"  - {route}\n")
+    assert fragment in str(err) and err.line == 18
+
+
+def test_route_attributes_load_and_show(tmp_path):
+    from pathtrace.render.show import render_host
+    rig = two(tmp_path, ["10.9.0.0/24 via 10.0.0.254 mtu lock 1400 advmss 1300 proto bird metric 50",
+                         "10.9.1.0/24 via 10.0.0.254 mtu 70000 src 10.1.0.1 tos 0x10",
+                         "local 10.5.5.5 dev eth0 table 100 src 10.5.5.5"])
+    fa = rig.net.fib_tables[254].lookup(0x0A090001)
+    assert (fa.dev, fa.mtu, fa.mtu_lock, fa.advmss, fa.metric, fa.proto) == ("eth0", 1400, True, 1300, 50, "bird")
+    clamped = rig.net.fib_tables[254].lookup(0x0A090101, tos=0x10)
+    assert (clamped.mtu, clamped.tos, clamped.prefsrc) == (65520, 0x10, 0x0A010001)   # ip route shows mtu 65520
+    shown = render_host(rig.net)
+    assert "10.9.0.0/24 via 10.0.0.254 dev eth0 mtu lock 1400 advmss 1300 proto bird metric 50" in shown
+
+
+def test_via_without_dev_takes_the_gateways_device_for_rp_filter(tmp_path):
+    """fib_check_nh_v4_gw resolves the device at insertion: strict rp_filter accepts the source on it."""
+    rig = two(tmp_path, ["10.5.0.0/16 via 10.1.0.254"], rpf=1)
+    ok = rig.send("eth1", build_udp("10.5.1.1", "10.0.0.7"))
+    assert ok.reason != "IP_RPFILTER" and ok.egress == "eth0"
+    bad = rig.send("eth0", build_udp("10.5.1.1", "10.1.0.9"))
+    assert (bad.verdict, bad.reason) == ("DROP", "IP_RPFILTER")
+
+
+def ip_frames(rec) -> list[bytes]:
+    """IPv4 packets the host sent (queued behind an ARP request when the neighbour is unknown)."""
+    return [e.frame[14:] for e in rec.emitted if e.frame[12:14] == b"\x08\x00"]
+
+
+def build_udp(src: str, dst: str, size: int = 1, **ip) -> bytes:
+    from pathtrace.packet import build
+    return build.udp_packet(src, dst, 1000, 2000, b"x" * size, **ip)
+
+
+def test_route_mtu_limits_forwarding(tmp_path):
+    rig = two(tmp_path, ["10.9.0.0/24 via 10.1.0.254 mtu 1300"])
+    big = rig.send("eth0", build_udp("10.0.0.7", "10.9.0.1", 1350, df=True))
+    assert (big.verdict, big.reason) == ("DROP", "PKT_TOO_BIG")
+    frag_needed = ip_frames(big)[0]
+    assert frag_needed[20] == 3 and frag_needed[21] == 4 and int.from_bytes(frag_needed[26:28], "big") == 1300
+    split = rig.send("eth0", build_udp("10.0.0.7", "10.9.0.1", 1350))
+    assert split.verdict == "FORWARD" and len(split.emitted) == 2
+    assert max(len(e.frame) - 14 for e in split.emitted) <= 1300
+    small = rig.send("eth0", build_udp("10.0.0.7", "10.9.0.1", 1250, df=True))
+    assert small.verdict == "FORWARD" and len(small.emitted) == 1
+
+
+def test_route_tos_and_metric_choose_the_route(tmp_path):
+    rig = two(tmp_path, ["10.9.0.0/24 tos 0x10 via 10.1.0.254", "10.9.0.0/24 via 10.0.0.254 metric 5",
+                         "10.9.0.0/24 via 10.1.0.254 metric 10"])
+    assert rig.send("eth0", build_udp("10.0.0.7", "10.9.0.1", tos=0x10)).egress == "eth1"
+    assert rig.send("eth1", build_udp("10.1.0.9", "10.9.0.1")).egress == "eth0"     # metric 5 before 10
+
+
+def test_route_src_is_the_source_of_icmp_errors(tmp_path):
+    """icmp_send leaves saddr 0 for a forwarded packet: the route back's prefsrc (src) is used."""
+    rig = two(tmp_path, ["10.5.0.0/16 via 10.1.0.254 src 10.0.0.1"])
+    rec = rig.send("eth1", build_udp("10.5.1.1", "10.0.0.200", ttl=1))
+    icmp = ip_frames(rec)[0]
+    assert icmp[9] == 1 and icmp[20] == 11 and icmp[12:16] == bytes([10, 0, 0, 1])

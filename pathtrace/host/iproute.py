@@ -73,14 +73,58 @@ def parse_route(text: str) -> RouteConfig:
         elif key == "onlink":
             route.onlink = True
             i += 1
-        elif key in ("mtu", "advmss", "realm", "realms"):
+        elif key == "mtu":
+            if _take(tokens, i, "a number") == "lock":
+                route.mtu_lock = True
+                i += 1
+            route.mtu = min(_number(_take(tokens, i, "a number"), "mtu"), MAX_ROUTE_MTU)
+            i += 2
+        elif key == "advmss":
+            route.advmss = min(_number(_take(tokens, i, "a number"), "advmss"), MAX_ROUTE_ADVMSS)
+            i += 2
+        elif key in ("tos", "dsfield"):
+            route.tos = _tos(_take(tokens, i, "a number"))
+            i += 2
+        elif key in ("realm", "realms"):
             _take(tokens, i, "a value")
             i += 2
+        elif key == "nexthop":
+            raise ValueError("multipath routes ('nexthop') are not modelled; give one route per gateway")
         else:
             raise ValueError(f"unknown route attribute {key!r}")
     if rtype == "unicast" and route.gateway is None and route.dev is None:
         raise ValueError("unicast route needs 'via' or 'dev'")
+    if route.scope == "host" and route.gateway is not None:
+        raise ValueError("Route with host scope can not have a gateway (kernel: EINVAL)")
+    if route.onlink and route.dev is None:
+        raise ValueError("Nexthop device required for onlink (kernel: EINVAL)")
     return route
+
+
+# ip_metrics_convert clamps: RTAX_MTU to IP_MAX_MTU - 15 (ip route shows 'mtu 65520' for 70000),
+# RTAX_ADVMSS to 65535 - 40; 0 means the metric is not set (checked on 6.18)
+MAX_ROUTE_MTU = 65520
+MAX_ROUTE_ADVMSS = 65495
+
+
+def _number(text: str, what: str) -> int:
+    if not text.isdigit() or int(text) >= 2**32:
+        raise ValueError(f"bad {what} {text!r}")
+    return int(text)
+
+
+def _tos(text: str) -> int:
+    """rtm_tos: a byte whose ECN bits must be clear ('Invalid dsfield (tos): ECN bits must be 0').
+    iproute2 reads it in hex whether or not it starts with 0x (rtnl_dsfield_a2n): 'tos 16' is 0x16."""
+    try:
+        tos = int(text, 16)
+    except ValueError:
+        raise ValueError(f"bad tos {text!r}") from None
+    if not 0 <= tos <= 255:
+        raise ValueError(f"bad tos {text!r}")
+    if tos & 0x3:
+        raise ValueError("Invalid dsfield (tos): ECN bits must be 0 (kernel: EINVAL)")
+    return tos
 
 
 def parse_rule(text: str) -> RuleConfig:

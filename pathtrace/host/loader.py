@@ -15,7 +15,7 @@ from pathtrace.host import iproute
 from pathtrace.host.model import (
     RT_TABLE_MAIN, HostConfig, InterfaceConfig, RuleConfig,
 )
-from pathtrace.lib.inet import aton, parse_mac, prefix_mask
+from pathtrace.lib.inet import aton, ntoa, parse_mac, prefix_mask
 from pathtrace.net.ipv4.devinet import Sysctl
 
 TOP_KEYS = {"name", "interfaces", "sysctl", "routes", "rules", "neighbours", "neighbors",
@@ -258,9 +258,19 @@ class _Loader:
     def validate(self, host: HostConfig, names: set[str]) -> None:
         known = names | {"lo"}
         connected = [(a & prefix_mask(p), p, i.name) for i in host.interfaces for a, p in i.addresses]
+        # addresses with a local route (fib_add_ifaddr: up devices only; lo's 127.0.0.0/8 is all local)
+        local = {a for i in host.interfaces if i.up for a, _ in i.addresses}
         for route in host.routes:
             if route.dev is not None and route.dev not in known:
                 raise HostFileError(f"route {route.text!r}: unknown interface {route.dev!r}", self.path, route.line)
+            src = route.prefsrc
+            if src is not None and src not in local and src >> 24 != 127 and not (
+                    route.type == "local" and route.plen == 32 and route.dst == src):
+                raise HostFileError(f"route {route.text!r}: src {ntoa(src)} is not a local address "
+                                    f"('Invalid prefsrc address', fib_valid_prefsrc)", self.path, route.line)
+            if route.gateway is not None and route.scope == "link" and not route.onlink:
+                raise HostFileError(f"route {route.text!r}: a gateway route of scope link finds no nexthop "
+                                    f"('Nexthop has invalid gateway')", self.path, route.line)
             if route.gateway is not None and not route.onlink:
                 reach = [n for net, p, n in connected if route.gateway & prefix_mask(p) == net and
                          (route.dev is None or route.dev == n)]

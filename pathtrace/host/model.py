@@ -47,6 +47,10 @@ class RouteConfig:
     scope: str | None = None        # host | link | global (derived when absent)
     proto: str = "static"
     onlink: bool = False
+    mtu: int = 0                    # RTAX_MTU (0: none, the device's)
+    mtu_lock: bool = False          # `mtu lock N`: path MTU discovery may not lower it
+    advmss: int = 0                 # RTAX_ADVMSS (0: none)
+    tos: int = 0                    # fa_dscp as a TOS byte (0: any)
     line: int = 0
     text: str = ""
 

@@ -128,9 +128,14 @@ def build_net(host: HostConfig) -> Net:
     _add_kernel_routes(net)
     for rc in host.routes:
         table = net.fib_tables.setdefault(rc.table, FibTable(rc.table))
+        dev, text = rc.dev, rc.text
+        if dev is None and rc.gateway is not None:
+            dev = _gateway_dev(net, rc.gateway, rc.table)
+            text = _with_dev(text, dev)
         table.insert(FibAlias(type=rc.type, dst=rc.dst, plen=rc.plen, table=rc.table, gateway=rc.gateway,
-                              dev=rc.dev, metric=rc.metric, prefsrc=rc.prefsrc,
-                              scope=_scope(rc.type, rc.gateway, rc.scope), proto=rc.proto, text=rc.text))
+                              dev=dev, metric=rc.metric, prefsrc=rc.prefsrc,
+                              scope=_scope(rc.type, rc.gateway, rc.scope), proto=rc.proto, text=text,
+                              mtu=rc.mtu, mtu_lock=rc.mtu_lock, advmss=rc.advmss, tos=rc.tos))
         if rc.table == 255:
             net.has_custom_local_routes = True
     rules = default_rules()
@@ -147,6 +152,33 @@ def build_net(host: HostConfig) -> Net:
     for sc in host.sockets:
         net.sockets.append(Socket(sc.proto, sc.addr, sc.port, sc.dev, sc.text))
     return net
+
+
+def _gateway_dev(net: Net, gateway: int, table_id: int) -> str | None:
+    """fib_check_nh_v4_gw without a device: look the gateway up in the route's table, then through the
+    rules, accepting only routes of scope link or host (a connected or `dev` route, or a local address);
+    the nexthop takes that route's device for good, so every later lookup sees `via GW dev DEV`."""
+    def on_link(fa: FibAlias) -> bool:
+        return fa.scope in ("link", "host") and fa.type in ("unicast", "local") and fa.dev is not None
+    table = net.fib_tables.get(table_id)
+    fa = table.lookup(gateway, on_link) if table is not None else None
+    if fa is None:
+        for rule in net.fib_rules or default_rules():
+            other = net.fib_tables.get(rule.table)
+            if rule.action == "lookup" and other is not None:
+                fa = other.lookup(gateway, on_link)
+                if fa is not None:
+                    break
+    return fa.dev if fa is not None else None
+
+
+def _with_dev(text: str, dev: str | None) -> str:
+    """The route as `ip route show` lists it: `dev DEV` after `via GW`."""
+    tokens = text.split()
+    if dev is None or "via" not in tokens or tokens.index("via") + 1 >= len(tokens):
+        return text
+    at = tokens.index("via") + 2
+    return " ".join([*tokens[:at], "dev", dev, *tokens[at:]])
 
 
 def _default_pref(existing: list[int]) -> int:

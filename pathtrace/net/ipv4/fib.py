@@ -25,6 +25,10 @@ class FibAlias:
     scope: str = "global"      # host | link | global
     proto: str = "static"
     text: str = ""
+    mtu: int = 0               # RTAX_MTU metric (0: the device's MTU)
+    mtu_lock: bool = False
+    advmss: int = 0            # RTAX_ADVMSS metric
+    tos: int = 0               # fa_dscp as a TOS byte: matches only flows with that TOS (& 0x1c)
 
     def describe(self) -> str:
         if self.text:
@@ -55,15 +59,18 @@ class FibTable:
     def insert(self, fa: FibAlias) -> None:
         bucket = self.by_plen.setdefault(fa.plen, {}).setdefault(fa.dst, [])
         bucket.append(fa)
-        bucket.sort(key=lambda a: a.metric)
+        bucket.sort(key=lambda a: (-a.tos, a.metric))     # fib_insert_alias: TOS descending, then priority
         self._plens = sorted(self.by_plen, reverse=True)
 
-    def lookup(self, daddr: int, usable=None) -> FibAlias | None:
-        """fib_table_lookup: the longest matching prefix; among its aliases the first usable one."""
+    def lookup(self, daddr: int, usable=None, tos: int = 0) -> FibAlias | None:
+        """fib_table_lookup: the longest matching prefix; among its aliases the first usable one whose
+        TOS is 0 or the flow's (fib_dscp_masked_match: the flow's TOS & INET_DSCP_LEGACY_TOS_MASK)."""
         for plen in self._plens:
             bucket = self.by_plen[plen].get(daddr & prefix_mask(plen))
             if bucket:
                 for fa in bucket:
+                    if fa.tos and fa.tos != tos & 0x1C:
+                        continue
                     if usable is None or usable(fa):
                         return fa
         return None

@@ -28,7 +28,7 @@ def ip_forward(skb: SkBuff) -> None:
         icmp_send(skb, ICMP_TIME_EXCEEDED, ICMP_EXC_TTL)
         kfree_skb_reason(skb, "IP_INHDR")
         return
-    mtu = rt.dev.mtu
+    mtu = rt.rtax_mtu or rt.dev.mtu     # ip_dst_mtu_maybe_forward: the route's mtu metric first
     if ip_exceeds_mtu(skb, mtu):
         ctx.step("ip_forward", check="mtu", result=f"len {skb.len} > mtu {mtu} with DF")
         icmp_send(skb, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, mtu)

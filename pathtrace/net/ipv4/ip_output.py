@@ -42,7 +42,7 @@ def ip_finish_output(skb: SkBuff) -> None:
     ctx = skb.ctx
     ctx.step("ip_finish_output")
     ctx.step("__ip_finish_output")
-    mtu = skb.dst.dev.mtu
+    mtu = skb.dst.rtax_mtu or skb.dst.dev.mtu     # ip_skb_dst_mtu: the route's mtu metric first
     if skb.len > mtu:
         ip_fragment(skb, mtu)
         return

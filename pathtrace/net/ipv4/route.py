@@ -55,6 +55,9 @@ class RouteResult:
     redirect: bool = False          # IPSKB_DOREDIRECT
     input: str = ""                 # dst.input: ip_local_deliver | ip_forward | ip_error
     mtu: int = 1500
+    rtax_mtu: int = 0               # the route's `mtu` metric: forwarding and output use it before the device's
+    mtu_locked: bool = False        # `mtu lock`: ip_dont_fragment is false for IP_PMTUDISC_WANT sockets
+    advmss: int = 0                 # the route's `advmss` metric (dst_metric_advmss)
 
     def nexthop(self, daddr: int) -> int:
         """rt_nexthop: the gateway, or the destination itself on a connected route."""
@@ -76,7 +79,7 @@ def fib_lookup(net: "Net", fl: Flowi4, oif_strict: bool = False) -> FibResult:
         usable = None
         if fl.oif is not None:
             usable = lambda fa, oif=fl.oif: fa.dev is None or fa.dev == oif or fa.type != "unicast"
-        fa = table.lookup(fl.daddr, usable)
+        fa = table.lookup(fl.daddr, usable, fl.tos)
         if fa is None:
             continue
         if fa.type == "throw":
@@ -228,7 +231,8 @@ def ip_mkroute_input(skb: "SkBuff", res: FibResult, daddr: int, saddr: int, in_d
         redirect = net.sysctl.dev(out_dev.name, "shared_media") or net.inet_addr_onlink(out_dev, saddr, fa.gateway or 0)
     skb.dst = RouteResult(type="unicast", dev=out_dev, gateway=fa.gateway, prefsrc=fa.prefsrc,
                           route=fa.describe(), table=res.table, rule=res.rule, redirect=bool(redirect),
-                          input="ip_forward", mtu=out_dev.mtu if out_dev else 1500)
+                          input="ip_forward", mtu=fa.mtu or (out_dev.mtu if out_dev else 1500),
+                          rtax_mtu=fa.mtu, mtu_locked=fa.mtu_lock, advmss=fa.advmss)
     return None
 
 
@@ -265,7 +269,8 @@ def ip_route_output(net: "Net", daddr: int, saddr: int = 0, oif: str | None = No
     dev = net.devices.get(fa.dev) if fa.dev else _dev_for_gateway(net, fa.gateway, res.table)
     src = saddr or fa.prefsrc or (net.inet_select_addr(dev, fa.gateway or daddr) if dev else 0)
     return RouteResult(type="unicast", dev=dev, gateway=fa.gateway, prefsrc=src, route=fa.describe(),
-                       table=res.table, rule=res.rule, mtu=dev.mtu if dev else 1500)
+                       table=res.table, rule=res.rule, mtu=fa.mtu or (dev.mtu if dev else 1500),
+                       rtax_mtu=fa.mtu, mtu_locked=fa.mtu_lock, advmss=fa.advmss)
 
 
 def ip_route_me_harder(skb: "SkBuff") -> bool:

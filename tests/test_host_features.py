@@ -259,3 +259,20 @@ def test_route_src_is_the_source_of_icmp_errors(tmp_path):
     rec = rig.send("eth1", build_udp("10.5.1.1", "10.0.0.200", ttl=1))
     icmp = ip_frames(rec)[0]
     assert icmp[9] == 1 and icmp[20] == 11 and icmp[12:16] == bytes([10, 0, 0, 1])
+
+
+def test_route_and_conntrack_features_agree_with_the_recorded_kernel():
+    """tests/data/host_features/routes.*: via without dev under strict rp_filter, a route mtu (DF and
+    fragmented), tos and metric, src as the ICMP error source, nf_conntrack_tcp_loose=0; the kernel's
+    side recorded with `pathtrace verify --json` on 6.18."""
+    import json
+    from pathlib import Path
+    from pathtrace.capture.reader import read_frames
+    from pathtrace.verify.runner import plan, run_model
+    data = Path(__file__).parent / "data" / "host_features"
+    host = load_host(str(data / "routes.yaml"))
+    kernel = json.loads((data / "routes.kernel.json").read_text())["observations"]
+    model = run_model(host, plan(host, read_frames(str(data / "routes.pcap"))))
+    assert len(model) == len(kernel) == 9
+    for n, (m, k) in enumerate(zip(model, kernel)):
+        assert (m.verdict, m.reason, m.egress, m.emitted) == (k["verdict"], k["reason"], k["egress"], k["emitted"]), n

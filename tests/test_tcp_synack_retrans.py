@@ -254,3 +254,44 @@ def test_model_matches_the_live_kernel():
     assert len(model) == 3 and all(abs(m - k) <= 2 * GRANULE[1.0] for m, k in zip(model, times))
     rec = _ack(rig, 0.1)
     assert "tcp_v4_send_reset" in fns(rec)
+
+
+def _marked_host(accept: int) -> str:
+    """A SYN marked in mangle PREROUTING; the mark's policy rule would route replies out of eth1."""
+    return f"""
+interfaces:
+  - {{name: eth0, mac: "02:00:00:00:00:01", addresses: [{ME}/24]}}
+  - {{name: eth1, mac: "02:00:00:00:01:01", addresses: [10.2.0.1/24]}}
+sysctl:
+  net.ipv4.tcp_fwmark_accept: {accept}
+routes:
+  - default via 10.2.0.2 dev eth1 table 100
+rules:
+  - fwmark 0x1 lookup 100 priority 100
+neighbours:
+  - {PEER} dev eth0 lladdr 02:aa:aa:aa:aa:01 permanent
+  - 10.2.0.2 dev eth1 lladdr 02:aa:aa:aa:aa:02 permanent
+sockets:
+  - tcp 0.0.0.0:22
+iptables: |
+  *mangle
+  :PREROUTING ACCEPT [0:0]
+  :INPUT ACCEPT [0:0]
+  :FORWARD ACCEPT [0:0]
+  :OUTPUT ACCEPT [0:0]
+  :POSTROUTING ACCEPT [0:0]
+  -A PREROUTING -p tcp --dport 22 -j MARK --set-mark 1
+  COMMIT
+"""
+
+
+@pytest.mark.parametrize("accept, dev", [(0, "eth0"), (1, "eth1")])
+def test_request_sock_mark_follows_tcp_fwmark_accept(tmp_path, accept, dev):
+    """inet_request_mark: the SYN's fwmark routes the SYN-ACK (and its retransmits) only with
+    tcp_fwmark_accept.  Kernel 6.18 with the default 0 sent the SYN-ACK of such a SYN by the main table
+    (generated seed 1044: kernel eth0, the model used to route it out of the mark's table)."""
+    rig = Rig(tmp_path, _marked_host(accept))
+    rec = rig.send("eth0", build.tcp_packet(PEER, ME, 40000, 22, "S", seq=1000, window=64240))
+    assert [e.dev for e in _synacks(rec.emitted)] == [dev]
+    rec = rig.send("eth0", build.icmp_packet(PEER, ME, id=7, seq=1), dt=1.1)
+    assert [e.dev for e in _synacks(rec.emitted)] == [dev]

@@ -157,10 +157,12 @@ def tcp_conn_request(net, skb: SkBuff, sock, key: tuple, now: float) -> TcpConn 
     conn.ecn_ok = bool(skb.tcp_flags & TCP_ECE and skb.tcp_flags & TCP_CWR) and bool(glob.get("tcp_ecn", 2))
     conn.ts_recent = opts.tsval or 0
     conn.snd_wnd = struct.unpack_from("!H", data, 14)[0]
-    conn.mark = skb.mark
+    # inet_request_mark: the listener's mark (none in host files), or the SYN's with tcp_fwmark_accept;
+    # the SYN-ACK is routed with it (inet_csk_route_req) and the child socket inherits it
+    conn.mark = skb.mark if glob.get("tcp_fwmark_accept", 0) else 0
     conn.synack_at = now
     conn.last_event = now
-    rt = ip_route_output(net, skb.iph.saddr, skb.iph.daddr, mark=skb.mark, ctx=ctx)
+    rt = ip_route_output(net, skb.iph.saddr, skb.iph.daddr, mark=conn.mark, ctx=ctx)
     if rt.error:
         ctx.step("tcp_conn_request", result=f"no route back ({rt.error})")
         return None

@@ -17,7 +17,7 @@ import pytest
 from pathtrace.verify.observe import Observation
 from pathtrace.verify.runner import run_model
 from pathtrace.verify.scenario import Scenario
-from tests.differential.generate import GENERATED, core_differences, draw
+from tests.differential.generate import GENERATED, WAIT, core_differences, draw
 
 CASES = sorted(GENERATED.glob("seed*.json")) if GENERATED.exists() else []
 LIVE_SEEDS = [0, 1, 2, 3]
@@ -54,7 +54,7 @@ def test_recorded_seed(path: Path) -> None:
     injections = sc.injections()
     assert [(i.ingress, i.wire.hex()) for i in injections] == [(p["ingress"], p["frame"]) for p in data["packets"]]
     kernel = [Observation.from_json(p["kernel"]) if p["kernel"] else None for p in data["packets"]]
-    _check(kernel, run_model(sc.host(), injections), data["known_disagreements"], path.stem)
+    _check(kernel, run_model(sc.host(), injections, wait=WAIT), data["known_disagreements"], path.stem)
 
 
 def _live() -> str | None:
@@ -81,7 +81,7 @@ def test_live_seed(seed: int) -> None:
     sc = g.scenario()
     injections = sc.injections()
     kernel = run_kernel(sc.host(), injections, wait=WAIT)
-    model = run_model(sc.host(), injections)
+    model = run_model(sc.host(), injections, wait=WAIT)
     agree = [not core_differences(k, m) for k, m in zip(kernel, model)]
     # live timing may differ from the recording: every packet outside the known list must agree
     assert all(a or str(n) in known for n, a in enumerate(agree)), \

@@ -411,7 +411,7 @@ def run_seed(g: Gen, tracer: object | None = None) -> Outcome:
     sc = g.scenario()
     try:
         injections = sc.injections()
-        model = run_model(sc.host(), injections)
+        model = run_model(sc.host(), injections, wait=WAIT)
     except PathtraceError as exc:
         return Outcome(g.seed, refused=f"model: {exc}")
     try:
@@ -472,7 +472,7 @@ def record_seed(g: Gen, tracer: object | None, runs: int = 2) -> dict:
     injections = sc.injections()
     results = [run_kernel(sc.host(), injections, wait=WAIT, tracer=tracer) for _ in range(runs)]
     stable = [n for n in range(len(injections)) if all(r[n].to_json() == results[0][n].to_json() for r in results)]
-    model = run_model(sc.host(), injections)
+    model = run_model(sc.host(), injections, wait=WAIT)
     known = {str(n): signature(g.packets[n], results[0][n], model[n]) for n in stable
              if core_differences(results[0][n], model[n])}
     return {"name": f"seed{g.seed}", "seed": g.seed, "host_yaml": sc.host_yaml, "gap": GAP,

@@ -261,18 +261,46 @@ def test_route_src_is_the_source_of_icmp_errors(tmp_path):
     assert icmp[9] == 1 and icmp[20] == 11 and icmp[12:16] == bytes([10, 0, 0, 1])
 
 
-def test_route_and_conntrack_features_agree_with_the_recorded_kernel():
-    """tests/data/host_features/routes.*: via without dev under strict rp_filter, a route mtu (DF and
-    fragmented), tos and metric, src as the ICMP error source, nf_conntrack_tcp_loose=0; the kernel's
-    side recorded with `pathtrace verify --json` on 6.18."""
+@pytest.mark.parametrize("name", ["routes", "secondary"])
+def test_host_features_agree_with_the_recorded_kernel(name):
+    """tests/data/host_features/NAME.*, the kernel's side recorded with `pathtrace verify --json` on 6.18.
+    routes: via without dev under strict rp_filter, a route mtu (DF and fragmented), tos and metric, src
+    as the ICMP error source, nf_conntrack_tcp_loose=0.  secondary: primary and secondary addresses on
+    one subnet and a /25 beside them, as sources of replies and ICMP errors, and their broadcasts."""
     import json
     from pathlib import Path
     from pathtrace.capture.reader import read_frames
     from pathtrace.verify.runner import plan, run_model
     data = Path(__file__).parent / "data" / "host_features"
-    host = load_host(str(data / "routes.yaml"))
-    kernel = json.loads((data / "routes.kernel.json").read_text())["observations"]
-    model = run_model(host, plan(host, read_frames(str(data / "routes.pcap"))))
+    host = load_host(str(data / f"{name}.yaml"))
+    kernel = json.loads((data / f"{name}.kernel.json").read_text())["observations"]
+    model = run_model(host, plan(host, read_frames(str(data / f"{name}.pcap"))))
     assert len(model) == len(kernel) == 9
     for n, (m, k) in enumerate(zip(model, kernel)):
         assert (m.verdict, m.reason, m.egress, m.emitted) == (k["verdict"], k["reason"], k["egress"], k["emitted"]), n
+
+
+# ---- secondary addresses ---------------------------------------------------------------------------
+
+def test_secondary_address_routes_match_the_kernel(tmp_path):
+    """`ip addr add 10.0.0.1/24; 10.0.0.2/24; 10.0.0.3/25` then `ip route show table all` on 6.18:
+    the secondary 10.0.0.2 adds only its local route, with the primary as src."""
+    host = load_host(write(tmp_path, """
+        interfaces:
+          - name: eth0
+            addresses: [10.0.0.1/24, 10.0.0.2/24, 10.0.0.3/25]
+        """))
+    net = build_net(host)
+    routes = {fa.describe() for t in (254, 255) for fa in net.fib_tables[t].routes() if fa.dev == "eth0"}
+    assert routes == {
+        "10.0.0.0/25 dev eth0 proto kernel scope link src 10.0.0.3",
+        "10.0.0.0/24 dev eth0 proto kernel scope link src 10.0.0.1",
+        "local 10.0.0.1 dev eth0 proto kernel scope host src 10.0.0.1",
+        "local 10.0.0.2 dev eth0 proto kernel scope host src 10.0.0.1",
+        "local 10.0.0.3 dev eth0 proto kernel scope host src 10.0.0.3",
+        "broadcast 10.0.0.127 dev eth0 proto kernel scope link src 10.0.0.3",
+        "broadcast 10.0.0.255 dev eth0 proto kernel scope link src 10.0.0.1",
+    }
+    # ip addr lists secondaries after every primary
+    assert [a.local & 0xFF for a in net.devices["eth0"].addrs] == [1, 3, 2]
+    assert net.inet_select_addr(net.devices["eth0"], 0x0A000063) == 0x0A000001

@@ -186,17 +186,40 @@ def _default_pref(existing: list[int]) -> int:
     return ordered[1] - 1 if len(ordered) >= 2 and ordered[1] > 0 else 0
 
 
+def _primary_of(dev: NetDevice, ifa: InAddr) -> InAddr | None:
+    """inet_insert_ifa: an address is secondary when an earlier one on the device has the same
+    prefix length and subnet; returns that primary, or None for a primary."""
+    for other in dev.addrs:
+        if other is ifa:
+            return None
+        if other.prefixlen == ifa.prefixlen and (other.local ^ ifa.local) & ifa.mask == 0:
+            return other
+    return None
+
+
+def _order_secondaries_last(dev: NetDevice) -> None:
+    """inet_insert_ifa appends secondaries after every primary (`ip addr` lists them last), and
+    inet_select_addr only picks primaries."""
+    prim = [ifa for ifa in dev.addrs if _primary_of(dev, ifa) is None]
+    dev.addrs = prim + [ifa for ifa in dev.addrs if ifa not in prim]
+
+
 def _add_kernel_routes(net: Net) -> None:
-    """fib_add_ifaddr: local, broadcast and prefix routes for every address of an up device."""
+    """fib_add_ifaddr: local, broadcast and prefix routes for every address of an up device; a
+    secondary address adds only its local route, with its primary as src."""
     local = net.fib_tables[255]
     main = net.fib_tables[254]
     for dev in net.devices.values():
+        _order_secondaries_last(dev)
         for ifa in dev.addrs:
             net.local_addrs.add(ifa.local)
             if not dev.up:
                 continue
+            prim = _primary_of(dev, ifa)
             local.insert(FibAlias(type="local", dst=ifa.local, plen=32, table=255, dev=dev.name,
-                                  prefsrc=ifa.local, scope="host", proto="kernel"))
+                                  prefsrc=(prim or ifa).local, scope="host", proto="kernel"))
+            if prim is not None:
+                continue    # its subnet's prefix and broadcast routes are the primary's
             if dev.loopback and ifa.prefixlen < 32:
                 local.insert(FibAlias(type="local", dst=ifa.local & ifa.mask, plen=ifa.prefixlen, table=255,
                                       dev=dev.name, prefsrc=ifa.local, scope="host", proto="kernel"))

@@ -261,12 +261,14 @@ def test_route_src_is_the_source_of_icmp_errors(tmp_path):
     assert icmp[9] == 1 and icmp[20] == 11 and icmp[12:16] == bytes([10, 0, 0, 1])
 
 
-@pytest.mark.parametrize("name", ["routes", "secondary"])
+@pytest.mark.parametrize("name", ["routes", "secondary", "peer"])
 def test_host_features_agree_with_the_recorded_kernel(name):
     """tests/data/host_features/NAME.*, the kernel's side recorded with `pathtrace verify --json` on 6.18.
     routes: via without dev under strict rp_filter, a route mtu (DF and fragmented), tos and metric, src
     as the ICMP error source, nf_conntrack_tcp_loose=0.  secondary: primary and secondary addresses on
-    one subnet and a /25 beside them, as sources of replies and ICMP errors, and their broadcasts."""
+    one subnet and a /25 beside them, as sources of replies and ICMP errors, and their broadcasts.
+    peer: point-to-point addresses (a /32 peer and a /24 peer prefix) for delivery, forwarding,
+    strict rp_filter, ICMP error sources and the peer prefix's broadcast."""
     import json
     from pathlib import Path
     from pathtrace.capture.reader import read_frames
@@ -304,3 +306,28 @@ def test_secondary_address_routes_match_the_kernel(tmp_path):
     # ip addr lists secondaries after every primary
     assert [a.local & 0xFF for a in net.devices["eth0"].addrs] == [1, 3, 2]
     assert net.inet_select_addr(net.devices["eth0"], 0x0A000063) == 0x0A000001
+
+
+def test_peer_addresses_route_the_peer_prefix(tmp_path):
+    """`ip addr add 10.2.0.1 peer 10.3.0.1` and `10.4.0.1 peer 10.5.0.0/24` on 6.18: the prefix route
+    and broadcast follow the peer (ifa_address), the local route the local address."""
+    host = load_host(write(tmp_path, """
+        interfaces:
+          - name: eth0
+            addresses: ["10.2.0.1 peer 10.3.0.1", "10.4.0.1 peer 10.5.0.0/24"]
+        """))
+    net = build_net(host)
+    routes = {fa.describe() for t in (254, 255) for fa in net.fib_tables[t].routes() if fa.dev == "eth0"}
+    assert routes == {
+        "10.3.0.1 dev eth0 proto kernel scope link src 10.2.0.1",
+        "10.5.0.0/24 dev eth0 proto kernel scope link src 10.4.0.1",
+        "local 10.2.0.1 dev eth0 proto kernel scope host src 10.2.0.1",
+        "local 10.4.0.1 dev eth0 proto kernel scope host src 10.4.0.1",
+        "broadcast 10.5.0.255 dev eth0 proto kernel scope link src 10.4.0.1",
+    }
+
+
+@pytest.mark.parametrize("text", ["10.2.0.1/24 peer 10.3.0.1", "10.2.0.1 peer 10.3.0.300/32", "10.2.0.1 peer 10.3.0.1/40"])
+def test_bad_peer_addresses(tmp_path, text):
+    err = load_err(tmp_path, f"interfaces:\n  - name: eth0\n    addresses: [\"{text}\"]\n")
+    assert err.line == 3 and "bad address" in str(err)

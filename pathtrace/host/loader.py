@@ -177,14 +177,21 @@ class _Loader:
             if "addresses" in fields:
                 for anode in self.sequence(fields["addresses"][1], "addresses"):
                     text = self.scalar(anode, "address")
-                    addr, _, plen = text.partition("/")
+                    local, sep, peer = (t.strip() for t in text.partition(" peer "))
+                    if sep and "/" in local:
+                        raise self.fail(anode, f"bad address {text!r}: with 'peer' the prefix length goes on the "
+                                               f"peer (10.0.0.1 peer 10.0.0.2/32)")
+                    addr, _, plen = (peer if sep else local).partition("/")
                     try:
-                        value = aton(addr)
+                        value = aton(local if sep else addr)
                         length = int(plen) if plen else 32
                         if not 0 <= length <= 32:
                             raise ValueError
+                        if sep:
+                            iface.peers[value] = aton(addr)
                     except ValueError:
-                        raise self.fail(anode, f"bad address {text!r} (expected CIDR like 192.0.2.1/24)") from None
+                        raise self.fail(anode, f"bad address {text!r} (expected CIDR like 192.0.2.1/24, "
+                                               f"or 10.0.0.1 peer 10.0.0.2/32)") from None
                     iface.addresses.append((value, length))
             if "mtu" in fields:
                 iface.mtu = self.integer(fields["mtu"][1], "mtu")
@@ -257,7 +264,7 @@ class _Loader:
 
     def validate(self, host: HostConfig, names: set[str]) -> None:
         known = names | {"lo"}
-        connected = [(a & prefix_mask(p), p, i.name) for i in host.interfaces for a, p in i.addresses]
+        connected = [(i.peers.get(a, a) & prefix_mask(p), p, i.name) for i in host.interfaces for a, p in i.addresses]
         # addresses with a local route (fib_add_ifaddr: up devices only; lo's 127.0.0.0/8 is all local)
         local = {a for i in host.interfaces if i.up for a, _ in i.addresses}
         for route in host.routes:

@@ -26,6 +26,7 @@ class InterfaceConfig:
     name: str
     mac: bytes
     addresses: list[tuple[int, int]]          # (address, prefix length)
+    peers: dict[int, int] = field(default_factory=dict)   # local address -> its `peer` (prefix length above)
     mtu: int = 1500
     up: bool = True
     driver: str = "veth"

@@ -9,7 +9,8 @@ from pathtrace.lib.inet import mac_ntoa, ntoa
 def render_host(net) -> str:
     out = [f"host {net.host.name}", ""]
     rows = [(d.name, d.driver, mac_ntoa(d.mac), d.mtu, "UP" if d.up else "DOWN",
-             " ".join(f"{ntoa(a.local)}/{a.prefixlen}" for a in d.addrs)) for d in net.devices.values()]
+             " ".join(f"{ntoa(a.local)} peer {ntoa(a.peer)}/{a.prefixlen}" if a.peer else f"{ntoa(a.local)}/{a.prefixlen}"
+                      for a in d.addrs)) for d in net.devices.values()]
     out.append(tabulate(rows, headers=["interface", "driver", "mac", "mtu", "state", "addresses"]))
     out.append("")
     for tid, table in sorted(net.fib_tables.items(), key=lambda kv: -kv[0]):

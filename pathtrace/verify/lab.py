@@ -125,7 +125,8 @@ class Lab:
         run(["ip", "-n", self.wire_ns, "link", "set", peer, "master", SILENCER])
         for addr, plen in iface.addresses:
             brd = ["broadcast", "+"] if plen < 31 else []
-            self._ip("addr", "add", f"{ntoa(addr)}/{plen}", *brd, "dev", iface.name)
+            where = [ntoa(addr), "peer", f"{ntoa(iface.peers[addr])}/{plen}"] if addr in iface.peers else [f"{ntoa(addr)}/{plen}"]
+            self._ip("addr", "add", *where, *brd, "dev", iface.name)
         if iface.up:
             self._ip("link", "set", iface.name, "up")
 

@@ -74,7 +74,7 @@ class Net:
         """inet_select_addr: the device's address on dst's subnet, else its primary, else any global one."""
         if dev is not None:
             for ifa in dev.addrs:
-                if dst and (dst & ifa.mask) == (ifa.local & ifa.mask):
+                if dst and (dst & ifa.mask) == (ifa.address & ifa.mask):
                     return ifa.local
             for ifa in dev.addrs:
                 if not (dev.loopback and scope == "global"):
@@ -86,7 +86,7 @@ class Net:
 
     def inet_addr_onlink(self, dev: NetDevice, a: int, b: int) -> bool:
         """inet_addr_onlink: `a` (and `b` unless it is 0) in one of the device's subnets."""
-        return any((a & ifa.mask) == (ifa.local & ifa.mask) and (not b or (b & ifa.mask) == (ifa.local & ifa.mask))
+        return any((a & ifa.mask) == (ifa.address & ifa.mask) and (not b or (b & ifa.mask) == (ifa.address & ifa.mask))
                    for ifa in dev.addrs)
 
 
@@ -109,12 +109,12 @@ def build_net(host: HostConfig) -> Net:
     for index, iface in enumerate((i for i in host.interfaces if i.name != "lo"), start=2):
         dev = NetDevice(name=iface.name, ifindex=index, mac=iface.mac, mtu=iface.mtu, up=iface.up,
                         driver=iface.driver, txqueuelen=iface.txqueuelen,
-                        addrs=[InAddr(a, p) for a, p in iface.addresses])
+                        addrs=[InAddr(a, p, iface.peers.get(a, 0)) for a, p in iface.addresses])
         net.devices[dev.name] = dev
         net.by_mac.setdefault(dev.mac, dev)
     for iface in host.interfaces:
         if iface.name == "lo":
-            lo.addrs += [InAddr(a, p) for a, p in iface.addresses if (a, p) != (aton("127.0.0.1"), 8)]
+            lo.addrs += [InAddr(a, p, iface.peers.get(a, 0)) for a, p in iface.addresses if (a, p) != (aton("127.0.0.1"), 8)]
     net.sysctl.init_devices(list(net.devices))
     for key, value in host.sysctl.items():
         if is_netfilter_sysctl(key):
@@ -192,7 +192,7 @@ def _primary_of(dev: NetDevice, ifa: InAddr) -> InAddr | None:
     for other in dev.addrs:
         if other is ifa:
             return None
-        if other.prefixlen == ifa.prefixlen and (other.local ^ ifa.local) & ifa.mask == 0:
+        if other.prefixlen == ifa.prefixlen and (other.address ^ ifa.address) & ifa.mask == 0:
             return other
     return None
 
@@ -226,7 +226,7 @@ def _add_kernel_routes(net: Net) -> None:
             if ifa.prefixlen < 31:
                 local.insert(FibAlias(type="broadcast", dst=ifa.broadcast, plen=32, table=255, dev=dev.name,
                                       prefsrc=ifa.local, scope="link", proto="kernel"))
-            if not dev.loopback and ifa.prefixlen < 32:
-                main.insert(FibAlias(type="unicast", dst=ifa.local & prefix_mask(ifa.prefixlen),
+            if not dev.loopback and (ifa.prefixlen < 32 or ifa.address != ifa.local):   # a peer's /32 too
+                main.insert(FibAlias(type="unicast", dst=ifa.address & prefix_mask(ifa.prefixlen),
                                      plen=ifa.prefixlen, table=254, dev=dev.name, prefsrc=ifa.local,
                                      scope="link", proto="kernel"))

@@ -12,14 +12,20 @@ class InAddr:
 
     local: int
     prefixlen: int
+    peer: int = 0        # ifa_address of `ip addr add LOCAL peer PEER/LEN` (0: the same as local)
 
     @property
     def mask(self) -> int:
         return prefix_mask(self.prefixlen)
 
     @property
+    def address(self) -> int:
+        """ifa_address: the address whose subnet the prefix covers (inet_ifa_match)."""
+        return self.peer or self.local
+
+    @property
     def broadcast(self) -> int:
-        return (self.local | (~self.mask & 0xFFFFFFFF)) if self.prefixlen < 31 else 0
+        return (self.address | (~self.mask & 0xFFFFFFFF)) if self.prefixlen < 31 else 0
 
 
 @dataclass(slots=True, eq=False)

@@ -241,7 +241,7 @@ def _dev_for_gateway(net: "Net", gateway: int | None, table: int) -> "NetDevice 
         return None
     for dev in net.devices.values():
         for ifa in dev.addrs:
-            if gateway & ifa.mask == ifa.local & ifa.mask:
+            if gateway & ifa.mask == ifa.address & ifa.mask:
                 return dev
     return None
 

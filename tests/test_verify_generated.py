@@ -76,7 +76,10 @@ def test_live_seed(seed: int) -> None:
     from pathtrace.verify.runner import run_kernel
     from tests.differential.generate import WAIT
     path = GENERATED / f"seed{seed}.json"
-    known = json.loads(path.read_text())["known_disagreements"] if path.exists() else {}
+    recorded = json.loads(path.read_text()) if path.exists() else {"known_disagreements": {}, "packets": []}
+    known = dict(recorded["known_disagreements"])
+    # a packet the recording found unstable over runs (kernel null) is at a timer's window edge
+    known.update({str(n): "unstable" for n, p in enumerate(recorded["packets"]) if p["kernel"] is None})
     g = draw(seed)
     sc = g.scenario()
     injections = sc.injections()

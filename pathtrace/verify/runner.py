@@ -98,6 +98,11 @@ def run_model(host: HostConfig, injections: list[Injection], ingress: str | None
             replayer._run_timers(ctx)
             record.emitted = list(record.emitted) + ctx.emitted
             result.append(from_model(record))
+            if n + 1 < len(injections) and gap > window:
+                # run_kernel discards what the kernel sends after the window and before the next
+                # injection (lab.drain(0.0)): timers due then fire, but into no packet's observation
+                replayer._run_timers(PacketContext(inj.frame.ts + min(gap, max_gap) - 1e-6, record=False,
+                                                   emit_frames=True, net=replayer.net))
         except Exception as exc:  # a model bug is a disagreement to report, not a crash
             result.append(Observation(verdict="MODEL_ERROR", reason=f"{type(exc).__name__}: {exc}"))
     return result

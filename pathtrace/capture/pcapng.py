@@ -91,18 +91,11 @@ def epb_direction(buf: bytes, pos: int, end: int, e: str) -> int:
     """The direction bits of an EPB's epb_flags option in buf[pos:end] (its options), 0 without one.
 
     Value 3 is invalid in the spec and read as unknown."""
-    while pos + 4 <= end:
-        code, length = struct.unpack_from(e + "HH", buf, pos)
-        if code == OPT_ENDOFOPT:
-            break
-        pos += 4
-        if pos + length > end:
-            break
-        if code == EPB_FLAGS and length == 4:
-            bits = struct.unpack_from(e + "I", buf, pos)[0] & 3
-            return bits if bits != 3 else DIR_UNKNOWN
-        pos += (length + 3) & ~3
-    return DIR_UNKNOWN
+    flags = parse_options(buf, pos, end, e).get(EPB_FLAGS)
+    if flags is None or len(flags) != 4:
+        return DIR_UNKNOWN
+    bits = struct.unpack(e + "I", flags)[0] & 3
+    return bits if bits != 3 else DIR_UNKNOWN
 
 
 def _frame(index: int, ts: float, iface: Interface | None, buf: bytes, start: int, end: int,

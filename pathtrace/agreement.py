@@ -37,11 +37,14 @@ class Identity:
     origin: str          # kernel | application | forwarded | unknown: who would have built it
 
 
+_TCP_OPTION_NAMES = {2: "mss", 3: "wscale", 4: "sackOK", 5: "sack", 8: "TS", 1: "nop", 0: "eol"}
+
+
 def _tcp_options(opts: bytes) -> tuple[list[str], dict[str, int]]:
     kinds: list[str] = []
     values: dict[str, int] = {}
     i = 0
-    names = {2: "mss", 3: "wscale", 4: "sackOK", 5: "sack", 8: "TS", 1: "nop", 0: "eol"}
+    names = _TCP_OPTION_NAMES
     while i < len(opts):
         kind = opts[i]
         if kind == 0:
@@ -459,13 +462,11 @@ class Agreement:
 
 def origin_of(ident: Identity | None, prediction: Prediction | None) -> str:
     """Who built a sent frame: the prediction knows (a masqueraded forward has a local source)."""
-    if ident is None:
-        return "unknown"
     if prediction is not None:
-        if prediction.kind == "forwarded" or (prediction.kind == "released" and ident.origin == "forwarded"):
-            return "forwarded"
-        return "kernel"
-    return ident.origin
+        forwarded = prediction.kind == "forwarded" or (
+            prediction.kind == "released" and ident is not None and ident.origin == "forwarded")
+        return "forwarded" if forwarded else "kernel"
+    return ident.origin if ident is not None else "unknown"
 
 
 def _describe_key(key: tuple) -> str:

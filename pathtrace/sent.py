@@ -47,9 +47,7 @@ def sent_frame(ctx: PacketContext, frame: Frame, dev: "NetDevice", agreement: Ag
             diffs = differences(prediction.identity, ident, prediction.kind == "forwarded")
     elif prediction is not None:
         ident = prediction.identity         # exact bytes: the same frame, no differences
-    origin = origin_of(ident, prediction) if ident is not None or prediction is None else \
-        ("forwarded" if prediction.kind == "forwarded" else "kernel")
-    info["origin"] = origin
+    origin = info["origin"] = origin_of(ident, prediction)
     if prediction is not None:
         info.update(predicted_by=prediction.index, as_=ORIGIN_WORDS.get(prediction.kind, prediction.kind))
         if origin != "forwarded":
@@ -127,30 +125,39 @@ def _learn_neighbour(ctx: PacketContext, frame: Frame, dev: "NetDevice", agreeme
     mac = frame.dst_mac
     if mac is None or mac[0] & 1 or len(frame.payload) < 20 or dev.loopback:
         return
+    hop = _resolve_from_capture(ctx, dev, int.from_bytes(frame.payload[16:20], "big"), mac, next_hops,
+                                before=lambda hop: agreement.forget_arp_request(dev.name, hop))
+    if hop is not None:
+        ctx.warnings.append(f"neighbour {ntoa(hop)} on {dev.name} taken from this frame's destination MAC: "
+                            "the host had resolved it")
+
+
+def _resolve_from_capture(ctx: PacketContext, dev: "NetDevice", addr: int, mac: bytes, next_hops: dict,
+                          before: "Callable[[int], None] | None" = None) -> int | None:
+    """Make the next hop towards `addr` on `dev` REACHABLE at `mac` unless the model has it valid
+    already (neigh_update, as an ARP reply would); returns the hop it updated.  Routes do not change
+    during a replay, so each address is looked up once (`next_hops`, bounded)."""
     net = ctx.net
-    daddr = int.from_bytes(frame.payload[16:20], "big")
-    nexthop = next_hops.get(daddr, -1)
-    if nexthop == -1:                       # routes do not change during a replay: one lookup per address
-        rt = ip_route_output(net, daddr)
+    route = next_hops.get(addr, -1)
+    if route == -1:
+        rt = ip_route_output(net, addr)
         ok = not rt.error and rt.type == "unicast" and rt.dev is not None
-        nexthop = next_hops[daddr] = (rt.dev.name, rt.nexthop(daddr)) if ok else None
+        route = next_hops[addr] = (rt.dev.name, rt.nexthop(addr)) if ok else None
         if len(next_hops) > 1 << 16:
             next_hops.clear()
-    if nexthop is None or nexthop[0] != dev.name:
-        return
-    nexthop = nexthop[1]
-    n = net.neigh.lookup(nexthop, dev.name)
-    if n is not None and (n.state in NUD_VALID or n.state == "NOARP" or n.state == "PERMANENT"):
-        return
+    if route is None or route[0] != dev.name:
+        return None
+    hop = route[1]
+    n = net.neigh.lookup(hop, dev.name)
     if n is None:
-        n = net.neigh.create(nexthop, dev.name)
+        n = net.neigh.create(hop, dev.name)
         _arp_constructor(net, n, dev)
-        if n.state == "NOARP":
-            return
-    ctx.warnings.append(f"neighbour {ntoa(nexthop)} on {dev.name} taken from this frame's destination MAC: "
-                        "the host had resolved it")
-    agreement.forget_arp_request(dev.name, nexthop)
+    if n.state in NUD_VALID or n.state in ("NOARP", "PERMANENT"):
+        return None
+    if before is not None:
+        before(hop)
     neigh_update(net, n, mac, "REACHABLE", override=True, ctx=ctx)
+    return hop
 
 
 def _sent_verdict(skb) -> tuple[str, str | None]:
@@ -193,8 +200,10 @@ def arrival_frame(net, frame: Frame, out_dev: "NetDevice") -> Frame | None:
     """The frame a forwarded IPv4 frame was when it arrived: addresses and ports before NAT (the
     conntrack entry it belongs to), TTL one more, checksums to match (partial stays partial), on the
     interface of the route back to its source.  `ifname` names that interface; None if not derivable."""
-    from pathtrace.lib.checksum import ip_fast_csum, is_partial_csum, l4_checksum, csum_fold, pseudo_header_sum
-    from pathtrace.net.netfilter.nf_conntrack_tuple import Tuple, nf_ct_invert_tuple, tuple_from_bytes
+    from pathtrace.lib.checksum import (
+        csum_fold, csum_partial, ip_fast_csum, is_partial_csum, l4_checksum, pseudo_header_sum,
+    )
+    from pathtrace.net.netfilter.nf_conntrack_tuple import nf_ct_invert_tuple, tuple_from_bytes
     l3 = bytearray(l3_of(ETH_P_IP, frame.payload))
     if frame.ethertype != ETH_P_IP or len(l3) < 20 or l3[8] >= 255:
         return None
@@ -227,10 +236,10 @@ def arrival_frame(net, frame: Frame, out_dev: "NetDevice") -> Frame | None:
             else:
                 value = l4_checksum(before.src, before.dst, proto, bytes(l3[ihl:])) or (0xFFFF if proto == 17 else 0)
             struct.pack_into("!H", l3, off, value)
-    elif proto == 1 and isinstance(before, Tuple) and len(l3) >= ihl + 8 and l3[ihl] in (0, 8):
+    elif proto == 1 and len(l3) >= ihl + 8 and l3[ihl] in (0, 8):
         struct.pack_into("!H", l3, ihl + 4, before.sport)
         l3[ihl + 2:ihl + 4] = b"\0\0"
-        struct.pack_into("!H", l3, ihl + 2, csum_fold(csum_partial_bytes(bytes(l3[ihl:]))))
+        struct.pack_into("!H", l3, ihl + 2, csum_fold(csum_partial(bytes(l3[ihl:]))))
     l3[10:12] = b"\0\0"
     struct.pack_into("!H", l3, 10, ip_fast_csum(bytes(l3[:ihl])))
     n = net.neigh.lookup(rt.nexthop(before.src), rt.dev.name)
@@ -243,23 +252,4 @@ def arrival_frame(net, frame: Frame, out_dev: "NetDevice") -> Frame | None:
 def assume_resolved(ctx: PacketContext, dev: "NetDevice", l3: bytes, next_hops: dict) -> None:
     """Traffic flowed through an interface the capture does not cover: the host had resolved the next
     hop towards the inferred arrival's source there (the capture cannot show its ARP)."""
-    saddr = int.from_bytes(l3[12:16], "big")
-    hop = next_hops.get(("back", saddr))
-    if hop is None:
-        rt = ip_route_output(ctx.net, saddr)
-        hop = next_hops[("back", saddr)] = rt.nexthop(saddr) if not rt.error and rt.dev is dev else 0
-    if not hop:
-        return
-    net = ctx.net
-    n = net.neigh.lookup(hop, dev.name)
-    if n is None:
-        n = net.neigh.create(hop, dev.name)
-        _arp_constructor(net, n, dev)
-    if n.state in NUD_VALID or n.state in ("NOARP", "PERMANENT"):
-        return
-    neigh_update(net, n, b"\x02\0\0\0\0\0", "REACHABLE", override=True, ctx=ctx)
-
-
-def csum_partial_bytes(data: bytes) -> int:
-    from pathtrace.lib.checksum import csum_partial
-    return csum_partial(data)
+    _resolve_from_capture(ctx, dev, int.from_bytes(l3[12:16], "big"), b"\x02\0\0\0\0\0", next_hops)

@@ -424,20 +424,27 @@ class Servers:
             s.close()
 
 
-def tcp_client(ns: str, src: str, sport: int, dst: str, dport: int, payload: bytes, *, banner: bool = False,
-               timeout: float = 3.0, ttl: int | None = None) -> dict[str, Any]:
-    """connect, (read a banner), send `payload`, read the reply, close as the request says.
-
-    GET /close asks the server to close first: the client reads to EOF, then closes."""
+def _client(ns: str, kind: int, src: str, sport: int, dst: str, dport: int, timeout: float,
+            ttl: int | None) -> tuple[socket.socket, dict[str, Any]]:
+    """A station's client socket bound to src:sport (and its IP_TTL), and the log entry it fills."""
     with in_netns(ns):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s = socket.socket(socket.AF_INET, kind)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if ttl is not None:
         s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
     s.bind((src, sport))
     s.settimeout(timeout)
-    out: dict[str, Any] = {"op": "tcp", "ns": ns.split("-", 1)[1], "src": f"{src}:{sport}", "dst": f"{dst}:{dport}",
-                           "sent": 0, "received": 0}
+    out: dict[str, Any] = {"op": "tcp" if kind == socket.SOCK_STREAM else "udp", "ns": ns.split("-", 1)[1],
+                           "src": f"{src}:{sport}", "dst": f"{dst}:{dport}", "sent": 0, "received": 0}
+    return s, out
+
+
+def tcp_client(ns: str, src: str, sport: int, dst: str, dport: int, payload: bytes, *, banner: bool = False,
+               timeout: float = 3.0, ttl: int | None = None) -> dict[str, Any]:
+    """connect, (read a banner), send `payload`, read the reply, close as the request says.
+
+    GET /close asks the server to close first: the client reads to EOF, then closes."""
+    s, out = _client(ns, socket.SOCK_STREAM, src, sport, dst, dport, timeout, ttl)
     try:
         s.connect((dst, dport))
     except socket.timeout:
@@ -476,16 +483,8 @@ def tcp_client(ns: str, src: str, sport: int, dst: str, dport: int, payload: byt
 def udp_client(ns: str, src: str, sport: int, dst: str, dport: int, payload: bytes, *, timeout: float = 1.0,
                ttl: int | None = None) -> dict[str, Any]:
     """One datagram on a connected socket (so an ICMP error shows as the socket's error)."""
-    with in_netns(ns):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s, out = _client(ns, socket.SOCK_DGRAM, src, sport, dst, dport, timeout, ttl)
     s.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
-    if ttl is not None:
-        s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
-    s.bind((src, sport))
-    s.settimeout(timeout)
-    out: dict[str, Any] = {"op": "udp", "ns": ns.split("-", 1)[1], "src": f"{src}:{sport}", "dst": f"{dst}:{dport}",
-                           "sent": 0, "received": 0}
     try:
         s.connect((dst, dport))
         out["sent"] = s.send(payload)

@@ -12,6 +12,7 @@ import yaml
 
 from pathtrace.errors import HostFileError
 from pathtrace.host import iproute
+from pathtrace.inputs import compose_yaml, decode, parse_int, read_text
 from pathtrace.host.model import (
     RT_TABLE_MAIN, HostConfig, InterfaceConfig, RuleConfig,
 )
@@ -58,7 +59,7 @@ class _Loader:
     def integer(self, node: yaml.Node, what: str) -> int:
         text = self.scalar(node, what)
         try:
-            return int(text, 0)
+            return parse_int(text)
         except ValueError:
             raise self.fail(node, f"{what} must be a number, not {text!r}") from None
 
@@ -76,20 +77,8 @@ class _Loader:
 
     # ---- sections -------------------------------------------------------------------
     def load(self) -> HostConfig:
-        try:
-            with open(self.path, encoding="utf-8") as fh:
-                text = fh.read()
-            try:   # libyaml when PyYAML has it: host files with thousands of rules load several times faster
-                root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-            except yaml.YAMLError:
-                root = yaml.compose(text, Loader=yaml.SafeLoader)    # the pure parser's message and line
-        except OSError as exc:
-            raise HostFileError(f"cannot read host file: {exc.strerror}", self.path) from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = mark.line + 1 if mark is not None else None
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise HostFileError(f"YAML syntax error: {problem}", self.path, line) from None
+        text = read_text(self.path, HostFileError, "host file")
+        root = compose_yaml(text, self.path, HostFileError)
         if root is None:
             raise HostFileError("host file is empty", self.path, 1)
         host = HostConfig(path=self.path, name=os.path.splitext(os.path.basename(self.path))[0],
@@ -128,10 +117,11 @@ class _Loader:
             rel = self.scalar(node, "iptables-file")
             full = rel if os.path.isabs(rel) else os.path.join(os.path.dirname(self.path), rel)
             try:
-                with open(full, encoding="utf-8") as fh:
-                    host.iptables_text = fh.read()
+                with open(full, "rb") as fh:
+                    data = fh.read()
             except OSError as exc:
                 raise self.fail(node, f"cannot read iptables-file {rel!r}: {exc.strerror}") from None
+            host.iptables_text = decode(data, full, HostFileError)
             host.iptables_path = full
             host.iptables_first_line = 1
         if "iptables-backend" in sections:
@@ -184,7 +174,7 @@ class _Loader:
                     addr, _, plen = (peer if sep else local).partition("/")
                     try:
                         value = aton(local if sep else addr)
-                        length = int(plen) if plen else 32
+                        length = parse_int(plen, 10) if plen else 32
                         if not 0 <= length <= 32:
                             raise ValueError
                         if sep:
@@ -227,18 +217,19 @@ class _Loader:
             text = self.scalar(value, key)
             if key.split(".")[-1] in probe.vectors:
                 try:
-                    probe.write_vector(key, tuple(int(v, 0) for v in text.split()))
+                    vector = tuple(parse_int(v) for v in text.split())
+                    probe.write_vector(key, vector)
                 except (ValueError, KeyError) as exc:
                     raise self.fail(value, f"sysctl {key}: {exc if isinstance(exc, ValueError) and 'takes' in str(exc) else 'three numbers expected, not ' + repr(text)}") from None
-                out[key] = text
+                out[key] = " ".join(map(str, vector))     # as read: the namespace parses it again
                 continue
             try:
-                number = int(text, 0)
+                number = parse_int(text)
             except ValueError:
                 raise self.fail(value, f"sysctl {key} must be a number, not {text!r}") from None
             if is_netfilter_sysctl(key):
                 self.netfilter_sysctl(key, knode, value, number)
-                out[key] = text
+                out[key] = str(number)
                 continue
             try:
                 probe.write(key, number)
@@ -248,7 +239,7 @@ class _Loader:
                 if isinstance(exc, KeyError):
                     raise self.fail(knode, f"unknown sysctl {key!r}") from None
                 raise self.fail(knode, f"sysctl {key}: unknown interface {exc.args[0]!r}") from None
-            out[key] = text
+            out[key] = str(number)
         return out
 
     def netfilter_sysctl(self, key: str, knode: yaml.Node, value: yaml.Node, number: int) -> None:

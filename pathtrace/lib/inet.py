@@ -9,7 +9,7 @@ import struct
 def aton(text: str) -> int:
     """Dotted quad to host-order int; raises ValueError on anything else."""
     parts = text.split(".")
-    if len(parts) != 4 or not all(p.isdigit() and len(p) <= 3 for p in parts):
+    if len(parts) != 4 or not all(p.isascii() and p.isdigit() and len(p) <= 3 for p in parts):
         raise ValueError(f"bad IPv4 address {text!r}")
     value = 0
     for p in parts:
@@ -36,7 +36,7 @@ def parse_prefix(text: str) -> tuple[int, int]:
     if text == "default":
         return 0, 0
     addr, _, plen_text = text.partition("/")
-    plen = 32 if not plen_text else int(plen_text) if plen_text.isdigit() else -1
+    plen = 32 if not plen_text else int(plen_text) if plen_text.isascii() and plen_text.isdigit() and len(plen_text) <= 2 else -1
     if not 0 <= plen <= 32:
         raise ValueError(f"bad prefix length in {text!r}")
     return aton(addr) & prefix_mask(plen), plen
@@ -44,7 +44,7 @@ def parse_prefix(text: str) -> tuple[int, int]:
 
 def parse_mac(text: str) -> bytes:
     parts = text.split(":")
-    if len(parts) != 6 or not all(len(p) in (1, 2) for p in parts):
+    if len(parts) != 6 or not all(len(p) in (1, 2) and p.isascii() and p.isalnum() for p in parts):
         raise ValueError(f"bad MAC address {text!r}")
     try:
         return bytes(int(p, 16) for p in parts)

@@ -101,7 +101,7 @@ def _yaml_error(exc: yaml.YAMLError, path: str, error: Type[PathtraceError]) -> 
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     line = mark.line + 1 if mark is not None else None
     problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    return error(f"YAML syntax error: {problem}", path, line)
+    return error(f"{getattr(error, 'yaml_syntax', 'YAML syntax error')}: {problem}", path, line)
 
 
 def check_yaml_chars(text: str, path: str, error: Type[PathtraceError]) -> None:

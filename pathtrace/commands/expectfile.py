@@ -27,6 +27,7 @@ import yaml
 
 from pathtrace.commands.flowspec import FlowSpec, FlowSpecError, from_mapping, parse_words
 from pathtrace.errors import PathtraceError
+from pathtrace.inputs import compose_yaml, node_value, read_text
 
 VERDICTS = {"LOCAL_DELIVER", "FORWARD", "DROP", "CONSUMED", "QUEUED", "STOLEN", "NOT_MODELLED"}
 EXPECT_KEYS = {"verdict", "reason", "egress", "table", "chain", "rule", "ct", "nat", "sends"}
@@ -37,6 +38,8 @@ _RULE_REF = re.compile(r"^(?P<table>[a-z]+)/(?P<chain>[^#\s]+)(?:#(?P<num>\d+)| 
 
 class ExpectFileError(PathtraceError):
     """The expectations file is invalid."""
+
+    yaml_syntax = "invalid YAML"
 
 
 @dataclass
@@ -90,18 +93,11 @@ class _Reader:
         return node.value
 
     def value(self, node: yaml.Node) -> Any:
-        return yaml.safe_load(yaml.serialize(node))
+        return node_value(node)
 
     # ---- structure --------------------------------------------------------------------------
     def load(self) -> list[Case]:
-        try:
-            with open(self.path, encoding="utf-8") as fh:
-                root = yaml.compose(fh)
-        except OSError as exc:
-            raise ExpectFileError(f"cannot read: {exc.strerror}", self.path) from None
-        except yaml.MarkedYAMLError as exc:
-            line = exc.problem_mark.line + 1 if exc.problem_mark else None
-            raise ExpectFileError(f"invalid YAML: {exc.problem}", self.path, line) from None
+        root = compose_yaml(read_text(self.path, ExpectFileError, "expectations file"), self.path, ExpectFileError)
         if root is None:
             raise ExpectFileError("empty expectations file (needs cases:)", self.path, 1)
         if isinstance(root, yaml.MappingNode):

@@ -12,6 +12,7 @@ import socket
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
+from pathtrace.inputs import check_arg, parse_int
 from pathtrace.lib.inet import aton, ntoa
 from pathtrace.packet import build
 
@@ -22,7 +23,10 @@ STATES = ("new", "established")
 OPTIONS: dict[str, str] = {"in": "ingress", "flags": "flags", "state": "state", "mark": "mark", "ttl": "ttl",
                            "len": "length", "type": "icmp_type", "code": "icmp_code", "df": "df", "tos": "tos",
                            "sport": "sport", "dport": "dport", "src": "src", "dst": "dst", "proto": "proto"}
-_INT_FIELDS = {"mark", "ttl", "length", "icmp_type", "icmp_code", "tos", "sport", "dport"}
+# the range of each number: the header field it fills (skb->mark is 32 bits)
+_INT_FIELDS = {"mark": (0, 0xFFFFFFFF), "ttl": (0, 255), "length": (20, 65535), "icmp_type": (0, 255),
+               "icmp_code": (0, 255), "tos": (0, 255), "sport": (0, 65535), "dport": (0, 65535)}
+_OPTION_OF = {field: name for name, field in OPTIONS.items()}
 
 
 class FlowSpecError(ValueError):
@@ -75,7 +79,14 @@ class FlowSpec:
 
 def parse_words(text: str | list[str]) -> FlowSpec:
     """A whole spelling as one string or a list of words (options included)."""
-    words = shlex.split(text) if isinstance(text, str) else list(text)
+    if isinstance(text, str):
+        check_arg(text, "packet", FlowSpecError)
+        try:
+            words = shlex.split(text)
+        except ValueError as exc:          # shlex: "No closing quotation", "No escaped character"
+            raise FlowSpecError(f"{str(exc)[0].lower()}{str(exc)[1:]} in {text!r}") from None
+    else:
+        words = [check_arg(w, "packet", FlowSpecError) for w in text]
     positional: list[str] = []
     options: dict[str, Any] = {}
     i = 0
@@ -133,9 +144,11 @@ def parse_proto(text: str) -> int:
     t = str(text).lower()
     if t in PROTO_NUMBERS:
         return PROTO_NUMBERS[t]
-    if t.isdigit() and int(t) <= 255:
+    if t.isascii() and t.isdigit() and len(t) <= 3 and int(t) <= 255:
         return int(t)
     try:
+        if not t.isascii() or "\0" in t:
+            raise OSError
         return socket.getprotobyname(t)
     except OSError:
         raise FlowSpecError(f"unknown protocol {text!r} (tcp, udp, icmp or a number)") from None
@@ -152,7 +165,7 @@ def _endpoint(text: str, proto: int, what: str) -> tuple[int, int]:
             if what == "source":
                 return value, 40000
             raise FlowSpecError(f"{what} {text!r} needs a port (ADDR:PORT) for {PROTO_NAMES[proto]}")
-        if not port.isdigit() or not 0 <= int(port) <= 65535:
+        if not (port.isascii() and port.isdigit() and len(port) <= 5) or not 0 <= int(port) <= 65535:
             raise FlowSpecError(f"bad {what} port {port!r}")
         return value, int(port)
     if sep:
@@ -162,10 +175,17 @@ def _endpoint(text: str, proto: int, what: str) -> tuple[int, int]:
 
 def _convert(field: str, value: Any) -> Any:
     if field in _INT_FIELDS:
+        name = _OPTION_OF[field]
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise FlowSpecError(f"--{name} must be a number, not {value!r}")
         try:
-            return value if isinstance(value, int) else int(str(value), 0)
+            number = value if isinstance(value, int) else parse_int(check_arg(value, f"--{name}", FlowSpecError))
         except ValueError:
-            raise FlowSpecError(f"{field} must be a number, not {value!r}") from None
+            raise FlowSpecError(f"--{name} must be a number, not {value!r}") from None
+        lo, hi = _INT_FIELDS[field]
+        if not lo <= number <= hi:
+            raise FlowSpecError(f"--{name} {number} out of range {lo}-{hi}")
+        return number
     if field == "df":
         return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
     if field == "state":
@@ -184,10 +204,10 @@ def _convert(field: str, value: Any) -> Any:
 def _validate(spec: FlowSpec) -> None:
     if spec.flags is not None and spec.proto != 6:
         raise FlowSpecError("--flags is only for tcp")
-    if not 0 <= spec.ttl <= 255:
-        raise FlowSpecError(f"ttl {spec.ttl} out of range 0-255")
-    if spec.length is not None and not 20 <= spec.length <= 65535:
-        raise FlowSpecError(f"len {spec.length} out of range 20-65535")
+    for field, (lo, hi) in _INT_FIELDS.items():     # values given as ints by the caller, not _convert
+        value = getattr(spec, field)
+        if value is not None and not lo <= value <= hi:
+            raise FlowSpecError(f"--{_OPTION_OF[field]} {value} out of range {lo}-{hi}")
 
 
 def ip_packet(spec: FlowSpec, seq: int = 1000, ack: int = 0, flags: str | None = None,

@@ -176,9 +176,10 @@ def test_capture_case(tmp_path: Path, router: str) -> None:
             expect: {verdict: DROP}
         """)
     code, out = check(router, expect)
-    assert code == 1
-    assert "PASS  from a capture" in out
-    assert "FAIL  index past the end" in out and "no packet with index 7" in out
+    assert code == 2        # bad input (issue 13), found before any case runs
+    assert "e.yaml:9: index 7:" in out and "has 2 packets" in out
+    code, out = check(router, write(tmp_path, "e2.yaml", open(expect).read().split("  - name: index")[0]))
+    assert code == 0 and "PASS  from a capture" in out, out
 
 
 def test_junit_report(tmp_path: Path, router: str) -> None:

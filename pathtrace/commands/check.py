@@ -104,6 +104,30 @@ def _rule_text(want: dict[str, Any]) -> str:
     return where + ("policy" if want.get("num") == 0 else f"rule {want.get('num')}")
 
 
+def validate_cases(host: HostConfig, cases: list[Case], path: str) -> None:
+    """Bad input in the expectations, found before any case runs (exit 2, not a failed case): an
+    interface the host lacks, a capture that cannot be read, an index past its end."""
+    from pathtrace.capture import count_frames, read_frames
+    devices = {i.name for i in host.interfaces} | {"lo"}
+    for case in cases:
+        for dev, line in [(case.ingress, case.line)] + [(s.packet.ingress, s.line) for s in case.steps if s.packet]:
+            if dev is not None and dev not in devices:
+                raise ExpectFileError(f"in: {dev}: no such interface in {host.path} (have "
+                                      f"{', '.join(sorted(devices))})", path, line)
+        if case.pcap is None:
+            continue
+        try:
+            total = count_frames(case.pcap)
+            if total is None:
+                total = sum(1 for _ in read_frames(case.pcap))
+        except PathtraceError as exc:
+            raise ExpectFileError(f"pcap: {exc}", path, case.line) from None
+        for s in case.steps:
+            if s.index is not None and s.index >= total:
+                raise ExpectFileError(f"index {s.index}: {case.pcap} has {total} packets (indices from 0)",
+                                      path, s.line)
+
+
 def run_case(host: HostConfig, case: Case, coverage: Coverage | None) -> CaseResult:
     result = CaseResult(case)
     start = time.monotonic()
@@ -189,6 +213,7 @@ def check(host: str, expect: str, junit_path: str | None, coverage: bool, quiet:
         cfg = load_host(host)
         base_nf = create_namespace(cfg).nf
         cases = load_expectations(expect)
+        validate_cases(cfg, cases, expect)
     except (PathtraceError, ExpectFileError) as exc:
         click.echo(f"pathtrace: {exc}", err=True)
         sys.exit(2)

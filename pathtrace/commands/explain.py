@@ -20,6 +20,7 @@ from pathtrace.commands.phases import describe, group
 from pathtrace.commands.reasons import plain, suggestions
 from pathtrace.commands.session import Outcome, Session
 from pathtrace.errors import PathtraceError
+from pathtrace.inputs import check_arg, parse_int
 from pathtrace.render.fields import emitted_summary
 
 
@@ -116,20 +117,21 @@ def render_text(x: dict[str, Any]) -> str:
 @click.option("--flags", help="TCP flags (S, SA, A, FA, R, ...).")
 @click.option("--state", type=click.Choice(["new", "established"]), help="Conntrack state to set up first.")
 @click.option("--mark", help="skb->mark (e.g. 0x1).")
-@click.option("--ttl", type=int)
-@click.option("--len", "length", type=int, help="IP total length (payload zero-padded).")
+@click.option("--ttl", metavar="N")
+@click.option("--len", "length", metavar="N", help="IP total length (payload zero-padded).")
 @click.option("--df", is_flag=True, default=None, help="Set Don't Fragment.")
-@click.option("--type", "icmp_type", type=int, help="ICMP type.")
-@click.option("--code", "icmp_code", type=int, help="ICMP code.")
+@click.option("--type", "icmp_type", metavar="N", help="ICMP type.")
+@click.option("--code", "icmp_code", metavar="N", help="ICMP code.")
 @click.option("--pcap", type=click.Path(dir_okay=False), help="Take the packet from a capture.")
-@click.option("--index", type=int, help="With --pcap: 0-based packet index (earlier packets replayed first).")
+@click.option("--index", "index_text", metavar="N", help="With --pcap: 0-based packet index (earlier packets replayed first).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 def explain(host: str, packet: tuple[str, ...], ingress: str | None, flags: str | None, state: str | None,
-            mark: str | None, ttl: int | None, length: int | None, df: bool | None, icmp_type: int | None,
-            icmp_code: int | None, pcap: str | None, index: int | None, fmt: str) -> None:
+            mark: str | None, ttl: str | None, length: str | None, df: bool | None, icmp_type: str | None,
+            icmp_code: str | None, pcap: str | None, index_text: str | None, fmt: str) -> None:
     """Explain one packet: PROTO SRC[:PORT] DST[:PORT], or --pcap FILE --index N."""
     from pathtrace.host.loader import load_host
     try:
+        index = None if index_text is None else _index(index_text)
         session = Session(load_host(host))
         if pcap is not None:
             if packet or index is None:
@@ -155,6 +157,17 @@ def explain(host: str, packet: tuple[str, ...], ingress: str | None, flags: str 
         click.echo(json.dumps(x, indent=2, default=str))
     else:
         click.echo(render_text(x), nl=False)
+
+
+def _index(text: str) -> int:
+    """--index: a packet number from 0 in ASCII digits."""
+    try:
+        index = parse_int(check_arg(text, "--index"), 10)
+    except ValueError:
+        raise PathtraceError(f"--index must be a packet number from 0, not {text!r}") from None
+    if index < 0:
+        raise PathtraceError(f"--index must be a packet number from 0, not {text!r}")
+    return index
 
 
 def _capture_headers(path: str, index: int) -> Headers | None:

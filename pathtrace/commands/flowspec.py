@@ -122,6 +122,7 @@ def from_mapping(data: Mapping[str, Any]) -> FlowSpec:
 
 def from_parts(words: list[str], options: Mapping[str, Any]) -> FlowSpec:
     """PROTO SRC[:PORT] DST[:PORT] plus options (None values are ignored)."""
+    words = [check_arg(str(w), "packet", FlowSpecError) for w in words]
     if len(words) != 3:
         raise FlowSpecError(f"expected PROTO SRC DST, got {' '.join(words) or 'nothing'!r}")
     proto = parse_proto(words[0])
@@ -134,6 +135,8 @@ def from_parts(words: list[str], options: Mapping[str, Any]) -> FlowSpec:
         field = OPTIONS.get(name)
         if field is None or field in ("src", "dst", "proto"):
             raise FlowSpecError(f"unknown packet option --{name}")
+        if isinstance(value, str):
+            check_arg(value, f"--{name}", FlowSpecError)
         fields[field] = _convert(field, value)
     spec = FlowSpec(**fields)
     _validate(spec)

@@ -20,6 +20,13 @@ loop on the same file gives the reference ratio.  Figures:
   bidir     the summary capture as the router would capture it (each received frame followed by the
             frames the model sent for it; workload.write_bidir) against the one-way capture: time
             per packet, best of 3 each (issue 11: at least as fast per packet)
+  workloads issue 14: the traffic a per-flow cache cannot serve, next to the conversations above, on the
+            same router - `scan` (every packet a new flow: SYNs to ever new server:port pairs),
+            `midstream` (one-way TCP picked up mid-stream, 2,000 uploads), `udp` (one-way UDP from
+            2,000 clients).  Each: --summary three times and --format jsonl once, packets/s and the
+            ratio to dpkt's read loop timed in the same run, peak RSS; and the first --identical
+            packets replayed with and without the cache (--format jsonl, then --summary --counters)
+            must give the same bytes.  Run alone with --only workloads [--workloads scan,udp].
 """
 from __future__ import annotations
 
@@ -46,7 +53,10 @@ except SystemExit:
     pass
 sys.stdout.flush()
 elapsed = time.perf_counter() - start
-usage = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the forked parent (the bench, holding
+# captured outputs), VmHWM belongs to this image only; --jobs workers are children (RUSAGE_CHILDREN)
+hwm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:'))
+usage = max(hwm, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 print(json.dumps({{'elapsed': elapsed, 'maxrss_kb': usage}}), file=sys.stderr)
 """
 
@@ -85,11 +95,79 @@ def host(out: Path, rules: int) -> Path:
     return path
 
 
+WORKLOADS = {   # name -> (writer, target packets/s with --summary)
+    "conversations": (lambda path, n: workload.write_capture(path, n, 2000), 400_000),
+    "scan": (lambda path, n: workload.write_scan(path, n), 100_000),
+    "midstream": (lambda path, n: workload.write_midstream(path, n, 2000), 250_000),
+    "udp": (lambda path, n: workload.write_udp(path, n, 2000), 250_000),
+}
+JSONL_TARGET = 50_000
+
+
+def workload_capture(out: Path, name: str, packets: int) -> Path:
+    path = out / f"{name}-{packets}.pcap" if name != "conversations" else out / f"nat-{packets}-2000.pcap"
+    if not path.exists():
+        t0 = time.perf_counter()
+        WORKLOADS[name][0](path, packets)
+        print(f"  generated {path.name} in {time.perf_counter() - t0:.0f}s", flush=True)
+    return path
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load {one:.2f}/{five:.2f}"
+
+
+def bench_workload(name: str, out: Path, host_file: Path, packets: int, runs: int, identical: int,
+                   jsonl_packets: int) -> dict:
+    """One issue-14 workload: --summary `runs` times and --format jsonl once (its first `jsonl_packets`),
+    each against dpkt's read loop timed just before it; then cache against --no-cache on the first
+    `identical` packets."""
+    cap = workload_capture(out, name, packets)
+    target = WORKLOADS[name][1]
+    res: dict = {"packets": packets, "summary": [], "jsonl": None}
+    for i in range(runs):
+        bare = dpkt_read_loop(cap)
+        r = replay([str(host_file), str(cap), "--summary", "--no-progress"])
+        pps = packets / r["elapsed"]
+        res["summary"].append({"pps": round(pps), "dpkt_read_pps": round(bare), "ratio": round(pps / bare, 3),
+                               "peak_rss_mib": round(r["maxrss_kb"] / 1024, 1), "load": load()})
+        print(f"{name} summary run {i + 1}: {packets:,} packets in {r['elapsed']:.1f}s = {pps:,.0f} packets/s "
+              f"(target >= {target:,}); dpkt {bare:,.0f}/s, ratio {pps / bare:.3f}; "
+              f"peak RSS {r['maxrss_kb'] / 1024:.0f} MiB; {load()}", flush=True)
+    bare = dpkt_read_loop(cap)
+    with open("/dev/null", "w") as null:
+        r = replay([str(host_file), str(cap), "--format", "jsonl", "--no-progress", "--limit", str(jsonl_packets)],
+                   stdout=null)
+    pps = jsonl_packets / r["elapsed"]
+    res["jsonl"] = {"packets": jsonl_packets, "pps": round(pps), "dpkt_read_pps": round(bare),
+                    "ratio": round(pps / bare, 3), "load": load()}
+    print(f"{name} jsonl ({jsonl_packets:,} packets): {pps:,.0f} packets/s (target >= {JSONL_TARGET:,}); dpkt {bare:,.0f}/s, "
+          f"ratio {pps / bare:.3f}; {load()}", flush=True)
+    if identical:
+        same = True
+        for fmt in (["--format", "jsonl"], ["--summary", "--counters"]):
+            args = [str(host_file), str(cap), "--limit", str(identical), "--no-progress", *fmt]
+            on, off = replay(args), replay(args + ["--no-cache"])
+            same = same and on["stdout"] == off["stdout"] and bool(on["stdout"])
+        res["identical_packets"] = identical
+        res["identical"] = same
+        print(f"{name}: first {identical:,} packets with and without the cache identical: {same}", flush=True)
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="100k/300k packets instead of 1M/10M")
     ap.add_argument("--out", type=Path, default=HERE / "out")
-    ap.add_argument("--only", default="summary,jsonl,python,rules,memory,jobs,cache,bidir")
+    ap.add_argument("--only", default="summary,jsonl,python,rules,memory,jobs,cache,bidir,workloads")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS), help="which of the issue-14 workloads to run")
+    ap.add_argument("--packets", type=int, default=0, help="packets per workload capture (default: 1M, --quick 100k)")
+    ap.add_argument("--runs", type=int, default=3, help="--summary runs per workload")
+    ap.add_argument("--jsonl-packets", type=int, default=0,
+                    help="packets of each workload's capture replayed with --format jsonl (default: all)")
+    ap.add_argument("--identical", type=int, default=20_000,
+                    help="packets compared with and without the cache per workload (0: skip)")
     args = ap.parse_args()
     args.out.mkdir(exist_ok=True)
     only = set(args.only.split(","))
@@ -190,6 +268,12 @@ def main() -> None:
         print(f"bidir: one-way {main_n:,} packets {runs['oneway'][1]:.1f}s = {us['oneway']:.2f} us/packet; "
               f"bidirectional {n_bidir:,} packets {runs['bidir'][1]:.1f}s = {us['bidir']:.2f} us/packet "
               f"({us['bidir'] / us['oneway']:.2f}x, target <= 1)", flush=True)
+    if "workloads" in only:
+        n = args.packets or main_n
+        results["workloads"] = {}
+        for name in args.workloads.split(","):
+            results["workloads"][name] = bench_workload(name, args.out, h1000, n, args.runs, args.identical,
+                                                        args.jsonl_packets or n)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
 

@@ -150,3 +150,91 @@ def write_bidir(oneway: Path, host: Path, path: Path) -> int:
                 fh.write(e.frame)
                 count += 1
     return count
+
+
+# ---- workloads that defeat a per-flow cache (issue 14) ------------------------------------------
+
+def _pcap_writer(path: Path):
+    """A classic pcap file and a function that appends one frame at capture time t."""
+    rec = struct.Struct("<IIII")
+    fh = open(path, "wb")
+    fh.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+
+    def put(t: float, frame: bytes) -> None:
+        sec = int(t)
+        fh.write(rec.pack(sec, int((t - sec) * 1e6), len(frame), len(frame)))
+        fh.write(frame)
+    return fh, put
+
+
+def _lan_eth(host: int) -> bytes:
+    from pathtrace.packet import build
+    return build.mac_bytes(ROUTER_LAN_MAC) + build.mac_bytes(f"02:11:11:11:11:{host:02x}") + b"\x08\x00"
+
+
+def write_scan(path: Path, packets: int, gap: float = 0.001) -> None:
+    """Every packet a new flow: SYNs from the LAN's 250 hosts to ever new (server, port) pairs on the
+    WAN side, as a scan or the first packets of many short connections look.  Each is a new conntrack
+    entry, masqueraded; the 5-tuple repeats only after 250 x 64,500 packets.  1,000 SYNs a second: with
+    SYN_SENT's 120 s timeout at most ~120,000 entries are alive at once (the model does not enforce
+    nf_conntrack_max, so a faster scan's memory would grow with the capture)."""
+    from pathtrace.packet import build
+    eths = [_lan_eth(h) for h in range(2, 252)]
+    fh, put = _pcap_writer(path)
+    t = 1_700_000_000.0
+    with fh:
+        for i in range(packets):
+            h = i % 250
+            j = i // 250
+            server = f"203.0.{113 + (j // 64500) % 8}.{1 + j % 250}"
+            dport = 1 + (j * 7) % 65535
+            sport = 1024 + j % 64500
+            pkt = build.tcp_packet(f"192.168.1.{2 + h}", server, sport, dport, "S", seq=(i * 2654435761) & 0xFFFFFFFF,
+                                   window=64240)
+            put(t, eths[h] + pkt)
+            t += gap
+
+
+def write_midstream(path: Path, packets: int, flows: int, payload: int = 100, gap: float = 0.00001) -> None:
+    """One way only, TCP picked up mid-stream: F LAN clients' uploads to WAN servers as a capture on the
+    LAN side of the router with `tcpdump -Q in` shows them - in-sequence data segments with ACK set and
+    no handshake, interleaved round robin.  Conntrack picks each flow up (nf_conntrack_tcp_loose) as
+    ESTABLISHED [UNREPLIED]; the stateful FORWARD chain sees every packet as NEW."""
+    from pathtrace.packet import build
+    fh, put = _pcap_writer(path)
+    state = []
+    for f in range(flows):
+        h = f % 250
+        server = f"203.0.113.{1 + (f // 250) % 250 if flows > 250 else 1 + f % 250}"
+        pkt = bytearray(build.tcp_packet(f"192.168.1.{2 + h}", server, 20000 + f, 443, "A", seq=0, ack=0,
+                                         window=65535, payload=b"u" * payload))
+        state.append([_lan_eth(2 + h), pkt, (f * 7919) & 0xFFFFFFFF, (f * 104729 + 1) & 0xFFFFFFFF])
+    t = 1_700_000_000.0
+    with fh:
+        for i in range(packets):
+            st = state[i % flows]
+            pkt = st[1]
+            struct.pack_into("!II", pkt, 24, st[2], st[3])
+            _fix_tcp_checksum(pkt)
+            st[2] = (st[2] + payload) & 0xFFFFFFFF
+            put(t, st[0] + pkt)
+            t += gap
+
+
+def write_udp(path: Path, packets: int, flows: int, payload: int = 120, gap: float = 0.00001) -> None:
+    """One-way UDP from many clients: F (LAN host, source port) pairs sending syslog, telemetry and DNS
+    (ports 514, 4739, 53 in turn) to WAN collectors that never answer, interleaved round robin."""
+    from pathtrace.packet import build
+    fh, put = _pcap_writer(path)
+    frames = []
+    for f in range(flows):
+        h = f % 250
+        server = f"203.0.113.{1 + (f // 250) % 250 if flows > 250 else 1 + f % 250}"
+        dport = (514, 4739, 53)[f % 3]
+        frames.append(_lan_eth(2 + h) + build.udp_packet(f"192.168.1.{2 + h}", server, 30000 + f, dport,
+                                                          payload=bytes([f & 0xFF]) * payload))
+    t = 1_700_000_000.0
+    with fh:
+        for i in range(packets):
+            put(t, frames[i % flows])
+            t += gap

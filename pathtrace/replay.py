@@ -124,7 +124,6 @@ class Replayer:
         `lines` (a renderer's per-flow templates), written as that renderer's lines; frames of
         flows `accept` refused are skipped there too."""
         cache = self.cache
-        clock = self.net.neigh.clock
         cursor = getattr(frames, "cursor", None)
         lane = None
         if cache is not None and cache.accel is not None and cursor is not None and (emit is None or lines) \
@@ -134,9 +133,23 @@ class Replayer:
         extra = (lines.template_type, lines.flat_for) if lines is not None else (None, None)
         # counts only, one process: the lane also matches the frames the host sent (bidirectional captures)
         agree_ok = emit is None and accept is None
+        frames = iter(frames)
+        try:
+            self._stream(frames, counter, limit, tick, emit, lines, accept, lane, cursor, foreign, extra, agree_ok)
+        finally:        # an interrupted replay (SIGINT) still counts what it replayed
+            self.flush()
+            if cache is not None:
+                for (verdict, reason, emitted), count in cache.tallied.items():
+                    counter.add_many(verdict, reason, emitted, count)
+                cache.tallied.clear()
+
+    def _stream(self, frames, counter, limit, tick, emit, lines, accept, lane, cursor, foreign, extra,
+                agree_ok) -> None:
+        """stream's loop (see there)."""
+        cache = self.cache
+        clock = self.net.neigh.clock
         agree = None
         agreement = self.agreement
-        frames = iter(frames)
         n = 0
         while not limit or n < limit:
             if lane is not None and self.sent_seen:
@@ -173,8 +186,8 @@ class Replayer:
                         foreign.add(key)
             elif emit is not None:
                 record = replay_frame(self, frame)
+                counter.add(record)       # before emit: an interrupt raised there leaves both consistent
                 emit(record, frame)
-                counter.add(record)
             elif self.sent_seen:
                 counter.add(replay_frame(self, frame))
             else:
@@ -182,11 +195,6 @@ class Replayer:
             if tick is not None and not n & 1023:
                 tick(n)
             n += 1
-        self.flush()
-        if cache is not None:
-            for (verdict, reason, emitted), count in cache.tallied.items():
-                counter.add_many(verdict, reason, emitted, count)
-            cache.tallied.clear()
 
     def _lane_hostdevs(self) -> tuple[dict[bytes, str], dict[bytes, str]]:
         """The host's MACs and interface names as bytes, for the C lane's direction rule (direction.py)."""

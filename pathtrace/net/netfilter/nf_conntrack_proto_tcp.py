@@ -502,6 +502,8 @@ def nf_conntrack_tcp_packet(table: ConntrackTable, ct: NfConn, skb, ctinfo: int,
             return NF_ACCEPT      # SYN retransmit does not renew the timeout
         if new_state == ESTABLISHED and timeout > _timeout(table, UNACK):
             timeout = _timeout(table, UNACK)
+        if old_state == new_state == ESTABLISHED and index == ACK_SET and ctx.learn is not None:
+            ctx.learn.tracker = "tcp"     # picked up mid-stream, [UNREPLIED]: the cache clamps as above
     elif not ct.status & IPS_ASSURED and old_state in (SYN_RECV, ESTABLISHED) and new_state == ESTABLISHED:
         ct.status |= IPS_ASSURED
     elif old_state == new_state == ESTABLISHED and index == ACK_SET and ctx.learn is not None:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import gc
+import os
+import signal
 import sys
 import time
 
@@ -9,10 +11,89 @@ import click
 
 from pathtrace.errors import PathtraceError
 
+EXIT_INTERRUPTED = 128 + signal.SIGINT      # 130, as a shell reports a command ended by ^C
+EXIT_PIPE = 128 + signal.SIGPIPE            # 141, as a shell reports `tcpdump -r big.pcap | head`
+
 
 def _fail(exc: PathtraceError) -> None:
     click.echo(f"pathtrace: {exc}", err=True)
     sys.exit(2)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null: the reader went away, and Python's final flush must not
+    report a BrokenPipeError."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+class _Commands(click.Group):
+    """The command group, with the exit statuses of interruptions (pathtrace(1) EXIT STATUS):
+    SIGINT exits 130 (click would say "Aborted!" and exit 1, the status of an internal
+    failure), a closed output pipe 141 without a traceback."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            try:
+                sys.stdout.flush()
+            except (OSError, ValueError):
+                _silence_stdout()
+            click.echo("pathtrace: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:
+            _silence_stdout()
+            sys.exit(EXIT_PIPE)
+
+
+class _Interrupt:
+    """SIGINT while replaying: a flag the replay loop's callbacks look at between records, so
+    an interrupted replay stops on a record boundary (every line printed complete, its frames
+    in --write-pcap, the summary counting exactly what was replayed).  A second ^C interrupts
+    at once."""
+
+    def __init__(self) -> None:
+        self.hit = False
+        self._old = None
+
+    def __enter__(self) -> "_Interrupt":
+        try:
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:          # not the main thread (tests): leave SIGINT alone
+            self._old = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+    def _handler(self, signum: int, frame: object) -> None:
+        if self.hit:
+            raise KeyboardInterrupt
+        self.hit = True
+
+    def check(self) -> None:
+        if self.hit:
+            raise KeyboardInterrupt
+
+
+def _packet_count(text: str | None) -> int:
+    """-c/--count N (--limit N): a positive number of packets, 0 for no count given."""
+    from pathtrace.inputs import parse_int
+    if text is None:
+        return 0
+    try:
+        n = parse_int(text, 10)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise PathtraceError(f"-c/--count {text!r}: the number of packets to replay must be 1 or more")
+    return n
 
 
 class _Progress:
@@ -39,7 +120,7 @@ class _Progress:
             sys.stderr.flush()
 
 
-@click.group()
+@click.group(cls=_Commands)
 @click.version_option(package_name="pathtrace")
 def main() -> None:
     """Replay captures through a model of the Linux 6.x network stack."""
@@ -56,7 +137,7 @@ def main() -> None:
 @click.option("--verbose", "-v", is_flag=True, help="Show rules evaluated that did not match.")
 @click.option("--counters", is_flag=True, help="Print per-rule counters (iptables -L -v -n) at the end.")
 @click.option("--write-pcap", type=click.Path(dir_okay=False), help="Write every frame that left the host to a pcap.")
-@click.option("--limit", type=int, default=0, help="Stop after N packets.")
+@click.option("-c", "--count", "--limit", "count", metavar="N", help="Stop after N packets (as tcpdump -c; --limit is an alias).")
 @click.option("--no-progress", is_flag=True, help="No progress line on the terminal.")
 @click.option("--no-cache", is_flag=True, help="Run every packet through the whole model (same output, slower).")
 @click.option("--ifindex", "ifindex", metavar="MAP",
@@ -64,7 +145,7 @@ def main() -> None:
 @click.option("--jobs", "-j", type=click.IntRange(1, 256), default=1,
               help="Split the capture by flow over N processes (same output; see pathtrace(1)).")
 def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: str | None, summary: bool,
-           verbose: bool, counters: bool, write_pcap: str | None, limit: int, no_progress: bool,
+           verbose: bool, counters: bool, write_pcap: str | None, count: str | None, no_progress: bool,
            no_cache: bool, ifindex: str | None, jobs: int) -> None:
     """Replay CAPTURE (pcap/pcapng) through the host described in HOST (YAML)."""
     from pathtrace.capture import read_frames
@@ -77,12 +158,14 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
         fmt = "none" if summary or counters else ("text" if sys.stdout.isatty() else "jsonl")
     gc.set_threshold(100_000, 50, 100)   # loading builds long-lived objects; per-packet garbage is freed by refcount
     try:
+        limit = _packet_count(count)
         cfg = load_host(host)
         if ingress and ingress not in {i.name for i in cfg.interfaces} | {"lo"}:
             raise PathtraceError(f"--in {ingress}: no such interface in {host}")
         net = create_namespace(cfg)
         frames = read_frames(capture, ordered="auto")
         index_map, map_warnings = ifindex_map_for(cfg, capture, ifindex)
+        writer = _pcap_writer(write_pcap)
     except PathtraceError as exc:
         _fail(exc)
         return
@@ -106,8 +189,11 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
     except PathtraceError as exc:
         _fail(exc)
         return
+    interrupted = False
     if jobs <= 1:
-        _replay_one(replayer, frames, fmt, verbose, limit, write_pcap, counter, out, not no_progress)
+        interrupted = _replay_one(replayer, frames, fmt, verbose, limit, writer, counter, out, not no_progress)
+    elif writer is not None:
+        writer.close()
     replayer.flush()
     warnings = []
     if replayer.count and replayer.otherhost_drops * 2 > replayer.count:
@@ -118,8 +204,10 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
     if late:
         warnings.append(f"{late} frames came later than the reorder window (capture/reorder.py) allowed "
                         "and were replayed out of timestamp order")
+    if interrupted:
+        warnings.append(f"interrupted (SIGINT) after {counter.packets} packets: the output is partial")
     if summary:
-        out.write(counter.render(net, warnings))
+        out.write(counter.render(net, warnings, partial=interrupted))
         out.write("\n" + replayer.agreement.summary_text() + "\n")
     else:
         for w in warnings:
@@ -130,6 +218,20 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
         out.write(f"\nrules no packet hit: {len(unhit)}\n")
         for c in unhit:
             out.write(f"  {c['table']}/{c['chain']} rule {c['rule']}: {c['text']}\n")
+    if interrupted:
+        out.flush()
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def _pcap_writer(path: str | None):
+    """The --write-pcap file, opened before the replay so a bad path is a one-line error."""
+    from pathtrace.packet.pcapwriter import PcapWriter
+    if path is None:
+        return None
+    try:
+        return PcapWriter(path)
+    except OSError as exc:
+        raise PathtraceError(f"--write-pcap {path}: cannot write: {exc.strerror or exc}") from None
 
 
 def _shows_sent_frames(capture: str, net, ingress: str | None, look: int = 2000) -> bool:
@@ -149,35 +251,49 @@ def _shows_sent_frames(capture: str, net, ingress: str | None, look: int = 2000)
         return False
 
 
-def _replay_one(replayer, frames, fmt: str, verbose: bool, limit: int, write_pcap: str | None, counter,
-                out, progress_on: bool) -> None:
-    """The single-process replay loop: render each record as it comes."""
-    from pathtrace.packet.pcapwriter import PcapWriter
+def _replay_one(replayer, frames, fmt: str, verbose: bool, limit: int, writer, counter, out,
+                progress_on: bool) -> bool:
+    """The single-process replay loop: render each record as it comes.  True when SIGINT stopped it
+    (on a record boundary: every record printed has its frames in the --write-pcap file)."""
     from pathtrace.render.record import render_record
     from pathtrace.replay import LineLane
     progress = _Progress(progress_on)
-    writer = PcapWriter(write_pcap) if write_pcap else None
-    def write_record(record, frame) -> None:
-        if fmt != "none":
-            out.write(render_record(record, frame, fmt, verbose))
-        if writer is not None:
-            for e in record.emitted:
-                writer.write(e.frame, record.time)
-    emit = write_record if fmt != "none" or writer is not None else None
-    lines = None
-    if fmt in ("jsonl", "text") and writer is None and _utf8(out):
-        # cached frames' output comes from their flows' templates (written by the C lane when built)
-        from pathtrace.render.template import FlowTemplate, flat_for
-        lines = LineLane(FlowTemplate, flat_for, _bytes_writer(out))
-    try:
-        replayer.stream(frames, counter, limit, progress.tick, emit, lines)
-    except PathtraceError as exc:
-        progress.done()
-        _fail(exc)
-    finally:
-        if writer is not None:
-            writer.close()
+    interrupted = False
+    with _Interrupt() as stop:
+        def write_record(record, frame) -> None:
+            if writer is not None:       # frames first: a record on stdout always has its frames in the pcap
+                for e in record.emitted:
+                    writer.write(e.frame, record.time)
+            if fmt != "none":
+                out.write(render_record(record, frame, fmt, verbose))
+            stop.check()
+
+        def tick(n: int) -> None:
+            progress.tick(n)
+            stop.check()
+        emit = write_record if fmt != "none" or writer is not None else None
+        lines = None
+        if fmt in ("jsonl", "text") and writer is None and _utf8(out):
+            # cached frames' output comes from their flows' templates (written by the C lane when built)
+            from pathtrace.render.template import FlowTemplate, flat_for
+            write_bytes = _bytes_writer(out)
+
+            def write_lines(data: bytes) -> None:
+                write_bytes(data)
+                stop.check()
+            lines = LineLane(FlowTemplate, flat_for, write_lines)
+        try:
+            replayer.stream(frames, counter, limit, tick, emit, lines)
+        except PathtraceError as exc:
+            progress.done()
+            _fail(exc)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            if writer is not None:
+                writer.close()
     progress.done()
+    return interrupted
 
 
 def _utf8(out) -> bool:

@@ -27,8 +27,8 @@ class PcapWriter:
         ticks = round(ts * self._scale)
         sec, frac = divmod(ticks, self._scale)
         data = bytes(frame[:self._snaplen])
-        self._f.write(self._rec(sec & 0xFFFFFFFF, frac, len(data), len(frame) if wirelen is None else wirelen))
-        self._f.write(data)
+        # one write per record: an interrupt cannot leave a header without its data
+        self._f.write(self._rec(sec & 0xFFFFFFFF, frac, len(data), len(frame) if wirelen is None else wirelen) + data)
         self.count += 1
 
     def close(self) -> None:

@@ -28,10 +28,12 @@ class SummaryCounter:
         for dev, kind in emitted:
             self.emitted[(dev, kind)] += count
 
-    def render(self, net, warnings: list[str]) -> str:
+    def render(self, net, warnings: list[str], partial: bool = False) -> str:
+        """The tables; `partial`: the replay was interrupted, the counts are those so far."""
         rows = [(v, r or "-", n, f"{100.0 * n / max(self.packets, 1):.1f}%")
                 for (v, r), n in sorted(self.verdicts.items(), key=lambda kv: (-kv[1], kv[0]))]
-        out = [f"{self.packets} packets", tabulate(rows, headers=["verdict", "reason", "packets", "share"])]
+        head = f"{self.packets} packets" + (" (partial: interrupted)" if partial else "")
+        out = [head, tabulate(rows, headers=["verdict", "reason", "packets", "share"])]
         tx = [(d.name, d.rx_packets, d.tx_packets, d.tx_bytes) for d in net.devices.values()
               if d.rx_packets or d.tx_packets]
         if tx:

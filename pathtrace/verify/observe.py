@@ -114,12 +114,15 @@ def _is_local_reply(l3_in: bytes, frame: bytes) -> bool:
     out = frame[14:]
     if out[16:20] != l3_in[12:16]:
         return False
-    ihl = (out[0] & 0xF) * 4
-    if out[9] == 1:
-        return len(out) > ihl and out[ihl] not in ICMP_ERRORS
-    if out[9] == 6:
-        return len(out) > ihl + 13 and not out[ihl + 13] & 0x04
-    return out[9] == 17
+    ihl, ihl_in = (out[0] & 0xF) * 4, (l3_in[0] & 0xF) * 4
+    if out[9] != l3_in[9]:
+        return False
+    if out[9] == 1:     # an echo reply carries the request's identifier
+        return len(out) > ihl + 6 and out[ihl] not in ICMP_ERRORS and out[ihl + 4:ihl + 6] == l3_in[ihl_in + 4:ihl_in + 6]
+    ports_back = out[ihl:ihl + 2] == l3_in[ihl_in + 2:ihl_in + 4] and out[ihl + 2:ihl + 4] == l3_in[ihl_in:ihl_in + 2]
+    if out[9] == 6:     # not a retransmission of an earlier connection's SYN-ACK: the ports must answer this one
+        return len(out) > ihl + 13 and not out[ihl + 13] & 0x04 and ports_back
+    return out[9] == 17 and ports_back
 
 
 def classify_kernel(ethertype: int, l3_in: bytes, local_addrs: set[bytes], frames: list[tuple[str, bytes]],

@@ -16,6 +16,7 @@ routes, sysctls and packets dropped while the packet still disagrees the same wa
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -59,6 +60,7 @@ class Iface:
     net: int          # network address
     plen: int
     mtu: int = 1500
+    extra: list[str] = field(default_factory=list)    # secondary and point-to-point addresses, as written
 
     @property
     def addr(self) -> str:
@@ -92,9 +94,11 @@ class Pkt:
     ttl: int = 64
     df: bool = False
     size: int = 0
-    l2: str = "host"            # host | bcast | other
+    l2: str = "host"            # host | bcast | other | mcast
     bad: str = ""               # ip | l4
     icmp_type: int = 8
+    frag: str = ""              # "K/N": the K-th of N fragments of the datagram (UDP), sent as its own frame
+    ident: int = 0              # IP ID (fragments of one datagram share it); 0: from the packet's index
 
 
 @dataclass
@@ -115,7 +119,8 @@ class Gen:
     def yaml(self) -> str:
         out = [f"name: gen{self.seed}", "interfaces:"]
         for i in self.ifaces:
-            out.append(f'  - {{name: {i.name}, mac: "{i.mac}", addresses: [{i.addr}/{i.plen}], mtu: {i.mtu}}}')
+            addrs = ", ".join([f"{i.addr}/{i.plen}"] + [f'"{a}"' for a in i.extra])
+            out.append(f'  - {{name: {i.name}, mac: "{i.mac}", addresses: [{addrs}], mtu: {i.mtu}}}')
         if self.sysctl:
             out.append("sysctl:")
             out += [f"  {k}: {v}" for k, v in self.sysctl]
@@ -153,12 +158,14 @@ class Gen:
 
 def frame(g: Gen, n: int, p: Pkt) -> tuple[str, bytes]:
     ifc = g.ifaces[p.ingress]
-    ident = 0x3000 + n
+    ident = p.ident or 0x3000 + n
     pay = bytes(p.size)
     ipkw = dict(ttl=p.ttl, df=p.df, id=ident)
     if p.bad == "ip":
         ipkw["check"] = 0x1234
-    if p.proto == "tcp":
+    if p.frag:
+        pkt = _fragment(p, b.udp(p.sport, p.dport, b"gen" + pay, src=p.src, dst=p.dst), ipkw)
+    elif p.proto == "tcp":
         pkt = b.tcp_packet(p.src, p.dst, p.sport, p.dport, p.flags, seq=1000, ack=1 if "A" in p.flags else 0,
                            payload=pay, tcp_check=0x4321 if p.bad == "l4" else None, **ipkw)
     elif p.proto == "icmp":
@@ -168,8 +175,21 @@ def frame(g: Gen, n: int, p: Pkt) -> tuple[str, bytes]:
     else:
         pkt = b.udp_packet(p.src, p.dst, p.sport, p.dport, b"gen" + pay, udp_check=0x2222 if p.bad == "l4" else None,
                            **ipkw)
-    dst = {"host": ifc.mac, "bcast": "ff:ff:ff:ff:ff:ff", "other": "02:00:00:00:99:99"}[p.l2]
+    if p.l2 == "mcast":    # RFC 1112 mapping: 01:00:5e and the group's low 23 bits
+        low = aton(p.dst) & 0x7FFFFF
+        dst = f"01:00:5e:{low >> 16:02x}:{low >> 8 & 255:02x}:{low & 255:02x}"
+    else:
+        dst = {"host": ifc.mac, "bcast": "ff:ff:ff:ff:ff:ff", "other": "02:00:00:00:99:99"}[p.l2]
     return ifc.name, b.ether(dst, ifc.peer_mac, b.ETH_P_IP, pkt)
+
+
+def _fragment(p: Pkt, segment: bytes, ipkw: dict) -> bytes:
+    """The K-th of N IPv4 fragments of SEGMENT (pieces of equal 8-byte multiples, the last takes the rest)."""
+    k, n = (int(x) for x in p.frag.split("/"))
+    piece = max(8, (len(segment) // n + 7) // 8 * 8)
+    start = (k - 1) * piece
+    chunk = segment[start:] if k == n else segment[start:start + piece]
+    return b.ipv4(p.src, p.dst, b.IPPROTO_UDP, chunk, mf=k < n, frag_offset=start // 8, **ipkw)
 
 
 # ---- drawing --------------------------------------------------------------------------------
@@ -187,7 +207,67 @@ def draw(seed: int) -> Gen:
     g.sockets = ["tcp 0.0.0.0:22", "udp 0.0.0.0:53"] + (["tcp 0.0.0.0:80"] if r.random() < 0.5 else [])
     _ruleset(g, r)
     _packets(g, r)
+    if os.environ.get("PATHTRACE_GEN_EXTRAS", "1") != "0":    # 0: the scenarios of the first series
+        _extras(g, random.Random(seed ^ 0x5EED))
     return g
+
+
+def _extras(g: Gen, r: random.Random) -> None:
+    """Secondary and point-to-point addresses, route attributes, fragments and multicast. Drawn from their
+    own generator and inserted into the shuffled packets, so the rest of a seed's scenario stays as it was."""
+    def insert(*pkts: Pkt) -> None:
+        at = r.randint(0, len(g.packets))
+        g.packets[at:at] = list(pkts)
+    for n, ifc in enumerate(g.ifaces):
+        if ifc.plen <= 29 and r.random() < 0.2:
+            ifc.extra.append(f"{ntoa(ifc.net + 5)}/{ifc.plen}")
+            insert(Pkt("secondary", n, ifc.peer, ntoa(ifc.net + 5), r.choice(["udp", "icmp", "tcp"]), dport=53))
+        if r.random() < 0.12:
+            local, peer = f"10.{n + 1}.200.1", f"10.{n + 1}.201.1"
+            ifc.extra.append(f"{local} peer {peer}/32")
+            insert(Pkt("peer-local", n, ifc.peer, local, r.choice(["udp", "icmp"])))
+            other = r.randrange(len(g.ifaces))
+            insert(Pkt("peer-forward", other, g.ifaces[other].peer, peer, "udp", dport=5000))
+    gw_if = [i for i in g.ifaces if i.plen <= 30]
+    attrs = [" mtu 1400", " mtu lock 1300", " metric 10", " proto static", " advmss 1000", ""]
+    for k, route in enumerate(g.routes):
+        if route.startswith("172.16.") and r.random() < 0.6:
+            dev = route.split(" dev ")[1].split()[0]
+            ifc = next(i for i in g.ifaces if i.name == dev)
+            extra = r.choice(attrs + [f" src {ifc.addr}"])
+            g.routes[k] = route + extra
+            if "mtu" in extra:
+                mtu = int(extra.split()[-1])
+                for df in (True, False):
+                    src = r.randrange(len(g.ifaces))
+                    insert(Pkt("route-mtu", src, g.ifaces[src].peer, f"172.16.{route.split('.')[2]}.9", "udp",
+                               df=df, size=mtu - 20, dport=5000))
+    if gw_if and r.random() < 0.15:
+        via = r.choice(gw_if)
+        g.routes.append(f"172.16.9.0/24 via 10.99.0.1 dev {via.name} onlink")
+        src = r.randrange(len(g.ifaces))
+        insert(Pkt("onlink", src, g.ifaces[src].peer, "172.16.9.9", "udp", dport=5000))
+    if r.random() < 0.1:
+        ifc = r.choice(g.ifaces)
+        g.routes.append(f"{ifc.peer}/32 dev {ifc.name} advmss 1000")
+        insert(Pkt("advmss", g.ifaces.index(ifc), ifc.peer, ifc.addr, "tcp", dport=22))
+    if r.random() < 0.35:
+        n = r.randrange(len(g.ifaces))
+        ifc = g.ifaces[n]
+        dst = r.choice([ifc.addr, r.choice(REMOTES), r.choice(REMOTES)])
+        pieces = r.choice([2, 2, 3])
+        size = r.choice([600, 1400, 2000])
+        ident = 0x7000 + r.randrange(0x800)
+        frags = [Pkt("fragment", n, ifc.peer, dst, "udp", dport=r.choice([53, 5000]), size=size,
+                     frag=f"{k}/{pieces}", ident=ident) for k in range(1, pieces + 1)]
+        if r.random() < 0.3:
+            frags.reverse()
+        insert(*frags)
+    if r.random() < 0.3:
+        n = r.randrange(len(g.ifaces))
+        ifc = g.ifaces[n]
+        group, proto = r.choice([("224.0.0.1", "icmp"), ("239.1.2.3", "udp"), ("224.0.0.251", "udp")])
+        insert(Pkt("multicast", n, ifc.peer, group, proto, dport=5000, l2="mcast"))
 
 
 def _sysctls(g: Gen, r: random.Random) -> None:
@@ -365,11 +445,24 @@ def _packets(g: Gen, r: random.Random) -> None:
 _CORE_DROP = re.compile(r" ttl=\d+| len=\d+| DF| frag off=\d+( MF)?| mtu=\d+")
 
 
+# Every port a generated packet carries (a miss uses the hit's port + 1); any other source port in a
+# frame the host sent was chosen by NAT, which the kernel draws at random (nf_nat_l4proto_unique_tuple:
+# get_random_u16() for source NAT), so core compares "kept" against "re-chosen", strict the value.
+GEN_PORTS = {40000, 40001} | {p + d for p in (22, 23, 53, 54, 80, 443, 5000, 8080, 9999) for d in (0, 1)}
+_PORTS = re.compile(r"(UDP|TCP) (\d+)>(\d+)")
+
+
+def _nat_port(m: re.Match) -> str:
+    sport, dport = (x if int(x) in GEN_PORTS else "nat" for x in (m[2], m[3]))
+    return f"{m[1]} {sport}>{dport}"
+
+
 def core_summary(s: str) -> str:
-    """An emitted-frame summary without MAC, TTL, lengths and fragment fields."""
+    """An emitted-frame summary without MAC, TTL, lengths and fragment fields, and with NAT-chosen ports
+    marked as such."""
     dev, _, rest = s.partition(" ")
     _, _, rest = rest.partition(" ")
-    return dev + " " + _CORE_DROP.sub("", rest)
+    return dev + " " + _PORTS.sub(_nat_port, _CORE_DROP.sub("", rest))
 
 
 def _core_frames(o: Observation) -> Counter:
@@ -404,6 +497,16 @@ class Outcome:
     model: list[Observation] = field(default_factory=list)
 
 
+def _kernel_cache_path(g: Gen) -> Path | None:
+    """Where the kernel's answer for this exact scenario is kept (PATHTRACE_KERNEL_CACHE=DIR): the kernel's
+    result depends only on the host file and the frames, so model fixes can be re-measured without the lab."""
+    root = os.environ.get("PATHTRACE_KERNEL_CACHE")
+    if not root:
+        return None
+    digest = hashlib.sha256(g.yaml().encode() + b"".join(i.encode() + b"\0" + f for i, f in g.frames())).hexdigest()
+    return Path(root) / f"seed{g.seed}-{digest[:16]}.json"
+
+
 def run_seed(g: Gen, tracer: object | None = None) -> Outcome:
     from pathtrace.errors import PathtraceError
     from pathtrace.verify.netns import LabError
@@ -414,10 +517,19 @@ def run_seed(g: Gen, tracer: object | None = None) -> Outcome:
         model = run_model(sc.host(), injections, wait=WAIT)
     except PathtraceError as exc:
         return Outcome(g.seed, refused=f"model: {exc}")
+    cached = _kernel_cache_path(g)
+    if cached is not None and cached.exists():
+        data = json.loads(cached.read_text())
+        if data.get("refused"):
+            return Outcome(g.seed, refused=data["refused"])
+        return Outcome(g.seed, kernel=[Observation.from_json(o) for o in data["kernel"]], model=model)
     try:
         kernel = run_kernel(sc.host(), injections, wait=WAIT, tag=f"ptg{os.getpid()}", tracer=tracer)
     except LabError as exc:
         return Outcome(g.seed, refused=f"kernel: {exc}")
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_text(json.dumps({"kernel": [o.to_json() for o in kernel]}))
     return Outcome(g.seed, kernel=kernel, model=model)
 
 

@@ -125,7 +125,7 @@ def fib_validate_source_ret(net: "Net", skb: "SkBuff", saddr: int, daddr: int, o
     mark = skb.mark if sysctl.dev(dev.name, "src_valid_mark") else 0
     fl = Flowi4(daddr=saddr, saddr=daddr, iif=oif or "lo", mark=mark)
     res = fib_lookup(net, fl)
-    if res.error is not None and res.fa is None or res.error == ENETUNREACH:
+    if res.error is not None:          # fib_lookup failed, a blackhole/unreachable/prohibit route too
         return ("IP_RPFILTER" if rpf else None), False                 # last_resort
     if res.type != "unicast" and res.type != "local":
         return "IP_INVALID_SOURCE", False                             # e_inval: e.g. a broadcast source
@@ -194,8 +194,8 @@ def _martian(ctx: "PacketContext", which: str, reason: str, saddr: int, daddr: i
 
 def _brd_input(skb: "SkBuff", daddr: int, saddr: int, dev: "NetDevice", res: FibResult | None) -> str | None:
     net = skb.ctx_net
-    if not ipv4_is_zeronet(saddr):
-        reason = fib_validate_source(net, skb, saddr, daddr, None, dev)
+    if not ipv4_is_zeronet(saddr):    # brd_input validates with dst 0: policy rules see no destination
+        reason = fib_validate_source(net, skb, saddr, 0, None, dev)
         if reason:
             return _martian(skb.ctx, "source", reason, saddr, daddr)
     skb.dst = RouteResult(type="broadcast", dev=dev, input="ip_local_deliver",

@@ -168,7 +168,8 @@ def tcp_conn_request(net, skb: SkBuff, sock, key: tuple, now: float) -> TcpConn 
         return None
     conn.dst = rt
     mtu = rt.mtu if rt.mtu else (rt.dev.mtu if rt.dev else 1500)
-    advmss = max(mtu - 40, 256)
+    # dst_metric_advmss: the route's advmss metric, else ipv4_default_advmss (MTU - 40, 256 .. 65495)
+    advmss = rt.advmss or min(max(mtu - 40, 256), 65495)
     conn.mss_clamp = min(opts.mss or 536, advmss)
     ctx.step("tcp_openreq_init_rwin")
     tcp_openreq_init_rwin(conn, advmss)

@@ -200,6 +200,10 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
         warnings.append(f"{replayer.otherhost_drops} of {replayer.count} frames were dropped as PACKET_OTHERHOST: "
                         "the capture was probably taken on another host; try --in IFACE")
     replayer.agreement.finish()
+    cursor = getattr(frames, "cursor", None) or getattr(getattr(frames, "reader", None), "cursor", None)
+    if getattr(cursor, "malformed", 0):
+        warnings.append(f"{cursor.malformed} pcapng packet blocks too short for their header (first at byte "
+                        f"{cursor.first_malformed}): each is one malformed record, later blocks were replayed")
     late = getattr(getattr(frames, "stats", None), "late", 0)
     if late:
         warnings.append(f"{late} frames came later than the reorder window (capture/reorder.py) allowed "

@@ -128,6 +128,8 @@ class PcapngCursor:
         self.ifaces: list[Interface] = []
         self._lane_ifaces: tuple | None = None
         self._consumed = 0  # file offset of buf[0], for error messages
+        self.malformed = 0  # packet blocks too short for their header (replayed as malformed records)
+        self.first_malformed: int | None = None
         self._eof = False
         self._done = False
         self._section("<")
@@ -223,6 +225,17 @@ class PcapngCursor:
                 return frame
         return None
 
+    def _malformed(self, index: int, off: int, blen: int, need: int) -> Frame:
+        """A packet block, not at the end of the file, too short for its own header: one record (a frame
+        with `error`, as the kernel never sees such a frame) and the replay goes on with the next block."""
+        self.index = index + 1
+        self.malformed += 1
+        if self.first_malformed is None:
+            self.first_malformed = self._consumed + off
+        return Frame(index, self.last_ts, None, -1, None, None, None, _NO_VLAN, 0, b"", 0, 0,
+                     f"malformed pcapng packet block at byte {self._consumed + off} (length {blen}: "
+                     f"too short for its {need}-byte packet header)")
+
     def _block(self, btype: int, blen: int, buf: bytes, off: int, truncated: bool) -> Frame | None:
         """The packet of the block at buf[off:], None for other blocks (an IDB is taken in)."""
         body = off + 8
@@ -230,8 +243,10 @@ class PcapngCursor:
         index = self.index
         if btype == EPB or btype == PB:
             if bend - body < 20:
-                self._done = True
-                return None  # truncated before the packet header: nothing to report
+                if truncated:
+                    self._done = True
+                    return None  # the file ends inside the packet header: nothing to report
+                return self._malformed(index, off, blen, 20)
             if btype == EPB:
                 ifid, hi, lo, caplen, wirelen = self._epb(buf, body)
             else:
@@ -264,8 +279,10 @@ class PcapngCursor:
             return _frame(index, ts, iface, buf, start, end, wirelen, error, direction)
         if btype == SPB:
             if bend - body < 4:
-                self._done = True
-                return None
+                if truncated:
+                    self._done = True
+                    return None
+                return self._malformed(index, off, blen, 4)
             wirelen = self._u32(buf, body)[0]
             iface = self.ifaces[0] if self.ifaces else None
             start = body + 4

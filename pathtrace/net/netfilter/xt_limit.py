@@ -47,10 +47,10 @@ def parse_rate(text: str, scale: int = XT_LIMIT_SCALE) -> int:
             raise XtError(f"bad rate {text!r}")
     digits = ""
     for c in num:
-        if not c.isdigit():
+        if not "0" <= c <= "9":       # strtoul's digits (str.isdigit also takes '²')
             break
         digits += c
-    r = int(digits) if digits else 0
+    r = int(digits) if 0 < len(digits) <= 20 else 0
     if not r:
         raise XtError(f"bad rate {text!r}")
     val = scale * mult // r

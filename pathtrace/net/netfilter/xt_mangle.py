@@ -156,6 +156,8 @@ def build_classify(opts: list[Opt], ctx: RuleCtx) -> XtTarget:
         raise XtError("CLASSIFY target: --set-class MAJOR:MINOR is required")
     major, colon, minor = opts[0].arg.partition(":")
     try:
+        if not (major + minor).isascii() or len(major) > 8 or len(minor) > 8:
+            raise ValueError
         int(major, 16), int(minor, 16)
     except ValueError:
         raise XtError(f"CLASSIFY: bad class {opts[0].arg!r}") from None

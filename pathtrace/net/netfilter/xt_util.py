@@ -21,9 +21,14 @@ for _n, _v in PROTO_NAMES.items():
 PROTO_BY_NUM[0] = "all"
 
 
+def _digits(text: str) -> bool:
+    """ASCII decimal digits only (str.isdigit also takes '²' and '٣'), and few enough for any field."""
+    return text.isascii() and text.isdigit() and len(text) <= 20
+
+
 def parse_proto(text: str) -> int:
     t = text.lower()
-    if t.isdigit():
+    if _digits(t):
         n = int(t)
         if n > 255:
             raise XtError(f"invalid protocol {text!r}")
@@ -34,8 +39,9 @@ def parse_proto(text: str) -> int:
 
 
 def parse_int(text: str, lo: int, hi: int, what: str) -> int:
+    from pathtrace.inputs import parse_int as strtoul
     try:
-        n = int(text, 0)
+        n = strtoul(text)
     except ValueError:
         raise XtError(f"invalid {what} {text!r}") from None
     if not lo <= n <= hi:
@@ -58,7 +64,7 @@ def parse_addr_mask(text: str) -> tuple[int, int]:
     addr_text, slash, mask_text = text.partition("/")
     if not slash:
         mask = 0xFFFFFFFF
-    elif mask_text.isdigit():
+    elif _digits(mask_text):
         plen = int(mask_text)
         if plen > 32:
             raise XtError(f"invalid mask {mask_text!r}")
@@ -91,7 +97,7 @@ SERVICES: dict[str, int] = {
 
 
 def parse_port(text: str) -> int:
-    if text.isdigit():
+    if _digits(text):
         n = int(text)
         if n > 65535:
             raise XtError(f"invalid port/service {text!r} specified")

@@ -41,8 +41,9 @@ class IpSet:
 
 def _net(text: str) -> tuple[int, int]:
     a, slash, p = text.partition("/")
-    mask = prefix_mask(int(p)) if slash and p.isdigit() and int(p) <= 32 else 0xFFFFFFFF
-    if slash and not (p.isdigit() and int(p) <= 32):
+    ok = p.isascii() and p.isdigit() and len(p) <= 2 and int(p) <= 32
+    mask = prefix_mask(int(p)) if slash and ok else 0xFFFFFFFF
+    if slash and not ok:
         raise XtError(f"ipset: bad prefix in {text!r}")
     return parse_addr(a) & mask, mask
 

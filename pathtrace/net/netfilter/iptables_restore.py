@@ -27,6 +27,7 @@ _COUNTERS = re.compile(r"^\[(\d+):(\d+)\]$")
 _TABLE_HINT = re.compile(r"^#\s*table\s*[:=]\s*(\w+)", re.I)
 IFNAMSIZ = 16
 XT_EXTENSION_MAXNAMELEN = 29
+NFT_JUMP_STACK_SIZE = 16        # include/net/netfilter/nf_tables.h: nft_chain_validate's level limit
 
 
 @dataclass(slots=True)
@@ -61,13 +62,16 @@ class RulesetParser:
     def parse(self) -> dict[str, Table]:
         lines = self.text.splitlines()
         if any(l.lstrip().startswith("*") for l in lines):
-            texts = self._split_save(lines)
-        else:
-            texts = self._split_listing(lines)
+            return self._split_save(lines)
+        texts = self._split_listing(lines)
         return {t.name: self._build_table(t) for t in texts.values()}
 
-    def _split_save(self, lines: list[str]) -> dict[str, _TableText]:
-        tables: dict[str, _TableText] = {}
+    def _split_save(self, lines: list[str]) -> dict[str, Table]:
+        """iptables-restore: each '*table' ... COMMIT block is checked and committed on its own, so an
+        error in any block is reported, and a later block of the same table replaces the earlier one
+        (the table is flushed first; iptables-legacy keeps the built-in chains' policies, iptables-nft
+        starts from ACCEPT, as iptables 1.8.9 does on 6.18)."""
+        tables: dict[str, Table] = {}
         cur: _TableText | None = None
         for n, raw in enumerate(lines, 1):
             line = raw.strip()
@@ -77,11 +81,15 @@ class RulesetParser:
                 if cur is not None:
                     raise self.err(f"table '{line[1:]}' starts before COMMIT of table '{cur.name}'", n)
                 cur = self._new_table(line[1:].strip(), n)
+                if cur.name in tables and getattr(self.host, "iptables_backend", "nft") == "legacy":
+                    for name, chain in tables[cur.name].chains.items():
+                        if chain.builtin:
+                            cur.chains[name].policy = chain.policy
                 continue
             if cur is None:
                 raise self.err(f"line outside a table (expected '*table'): {line!r}", n)
             if line == "COMMIT":
-                tables[cur.name] = cur
+                tables[cur.name] = self._build_table(cur)
                 cur = None
                 continue
             if line.startswith(":"):
@@ -524,8 +532,9 @@ def check_table(table: Table, parser: RulesetParser) -> None:
                 if dest.builtin:
                     raise HostFileError(f"cannot jump to built-in chain {t.chain}", parser.path or None, rule.line)
     reach: dict[str, int] = {name: 0 for name in table.chains}
+    nft = getattr(parser.host, "iptables_backend", "nft") != "legacy"
     for hook in TABLE_HOOKS[table.name]:
-        _walk(table, table.builtin(hook), 1 << hook, reach, [], parser)
+        _walk(table, table.builtin(hook), 1 << hook, reach, parser, NFT_JUMP_STACK_SIZE if nft else None)
     for chain in table.chains.values():
         mask = reach[chain.name]
         for rule in chain.rules:
@@ -533,23 +542,46 @@ def check_table(table: Table, parser: RulesetParser) -> None:
                 _check_ext(ext, table.name, mask, rule, parser)
 
 
-def _walk(table: Table, chain: Chain, hookbit: int, reach: dict[str, int], stack: list[tuple[str, int]],
-          parser: RulesetParser) -> None:
-    if reach[chain.name] & hookbit and not any(c == chain.name for c, _ in stack):
-        return
-    reach[chain.name] |= hookbit
-    for rule in chain.rules:
+def _walk(table: Table, start: Chain, hookbit: int, reach: dict[str, int], parser: RulesetParser,
+          max_level: int | None) -> None:
+    """Every chain reachable from the built-in chain `start` gets `hookbit` in `reach`; a jump back onto
+    the path is a loop (mark_source_chains, ELOOP).  With `max_level` (iptables-nft: nf_tables'
+    nft_chain_validate) a chain reached at that many jumps (-j or -g) from the base chain is refused
+    (EMLINK); iptables-legacy has no such limit (its jump stack holds one entry per user chain).
+    Iterative: a thousand nested chains are walked without recursion."""
+    reach[start.name] |= hookbit
+    level: dict[str, int] = {start.name: 0}     # deepest level each chain was walked at (for max_level)
+    path: list[list] = [[start, 0]]             # [chain, next rule]: the jumps from the base chain
+    on_path = {start.name}
+    while path:
+        frame = path[-1]
+        chain, i = frame
+        if i >= len(chain.rules):
+            path.pop()
+            on_path.discard(chain.name)
+            continue
+        frame[1] = i + 1
+        rule = chain.rules[i]
         t = rule.target
         if t.kind not in ("jump", "goto"):
             continue
-        names = [c for c, _ in stack] + [chain.name]
-        if t.chain in names:
+        if t.chain in on_path:
+            names = [f[0].name for f in path]
             loop = " -> ".join(names[names.index(t.chain):] + [t.chain])
             raise HostFileError(f"chain loop {loop}: the kernel refuses the table (mark_source_chains, ELOOP)",
                                 parser.path or None, rule.line)
-        stack.append((chain.name, rule.line))
-        _walk(table, table.chains[t.chain], hookbit, reach, stack, parser)
-        stack.pop()
+        depth = len(path)
+        if max_level is not None and depth >= max_level:
+            raise HostFileError(f"rule in chain {chain.name} jumps to {t.chain} at {depth} jumps from "
+                                f"{start.name}: iptables-nft refuses it (RULE_APPEND failed (Too many links): "
+                                f"nf_tables' jump stack holds {max_level})", parser.path or None, rule.line)
+        dest = table.chains[t.chain]
+        if reach[dest.name] & hookbit and (max_level is None or level.get(dest.name, -1) >= depth):
+            continue
+        reach[dest.name] |= hookbit
+        level[dest.name] = depth
+        path.append([dest, 0])
+        on_path.add(dest.name)
 
 
 def _hook_list(mask: int) -> str:

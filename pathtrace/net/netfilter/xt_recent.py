@@ -48,6 +48,9 @@ class RecentTable:
         return e
 
 
+XT_RECENT_NAME_LEN = 200         # include/uapi/linux/netfilter/xt_recent.h
+
+
 def build(opts: list[Opt], ctx: RuleCtx) -> XtMatch:
     action = None
     inv = False
@@ -70,7 +73,11 @@ def build(opts: list[Opt], ctx: RuleCtx) -> XtMatch:
         elif o.name == "--rttl":
             rttl = True
         elif o.name == "--name":
-            name = o.arg
+            # libxt_recent copies at most XT_RECENT_NAME_LEN - 1 characters (measured: iptables 1.8.9
+            # on 6.18 stores a 250-character --name as its first 199); the kernel refuses an empty one
+            name = o.arg[:XT_RECENT_NAME_LEN - 1]
+            if not name:
+                raise XtError("recent: --name must not be empty (recent_mt_check: EINVAL)")
         elif o.name == "--rsource":
             side_dst = False
         elif o.name == "--rdest":

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 from pathtrace.drivers.net import driver_ops
 from pathtrace.lib.checksum import is_partial_csum
 from pathtrace.net.core.skbuff import (
-    CHECKSUM_PARTIAL, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, PACKET_BROADCAST, PACKET_HOST, PACKET_MULTICAST, PACKET_OTHERHOST,
+    CHECKSUM_PARTIAL, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, PACKET_BROADCAST, PACKET_HOST, PACKET_LOOPBACK, PACKET_MULTICAST,
+    PACKET_OTHERHOST,
     PKT_TYPE_NAMES, SkBuff, kfree_skb_reason,
 )
 from pathtrace.trace import Emitted
@@ -111,6 +112,20 @@ def dev_queue_xmit(skb: SkBuff, dev: "NetDevice", dst_mac: bytes, ethertype: int
     if skb.generated_by and kind == "forwarded":
         kind = "generated"
     ctx.emitted.append(Emitted(dev.name, frame, "", kind))
+
+
+def dev_loopback_xmit(skb: SkBuff, dev: "NetDevice") -> None:
+    """dev_loopback_xmit: a broadcast/multicast copy of what the host sends comes back in on the same
+    device as PACKET_LOOPBACK, its route kept (ip_rcv_finish skips the input lookup)."""
+    from pathtrace.net.ipv4.ip_input import ip_rcv
+    ctx = skb.ctx
+    ctx.step("dev_loopback_xmit", dev=dev.name)
+    new = SkBuff(ctx=ctx, dev=dev, iif=dev, pkt_type=PACKET_LOOPBACK, protocol=skb.protocol,
+                 raw=skb.network_bytes(), mark=skb.mark, tstamp=skb.tstamp, ct=skb.ct, ctinfo=skb.ctinfo,
+                 dst=skb.dst)
+    ctx.step("__netif_rx", dev=dev.name)
+    ctx.step("__netif_receive_skb_core", dev=dev.name)
+    ip_rcv(new, dev)
 
 
 def _loopback_xmit(skb: SkBuff, lo: "NetDevice", data: bytes) -> None:

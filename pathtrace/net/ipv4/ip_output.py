@@ -31,10 +31,31 @@ def dst_output(skb: SkBuff) -> None:
 
 def ip_output(skb: SkBuff) -> None:
     dev = skb.dst.dev
+    if skb.dst.type == "broadcast" and not dev.loopback and not skb.cb.get("forwarded"):
+        ip_mc_output(skb)
+        return
     skb.ctx.step("ip_output", dev=dev.name)
     indev = skb.dev if skb.cb.get("forwarded") else None
     skb.dev = dev
     if nf_hook(NF_INET_POST_ROUTING, skb, indev, dev):
+        ip_finish_output(skb)
+
+
+def ip_mc_output(skb: SkBuff) -> None:
+    """dst.output of an RTCF_BROADCAST route the host sends on: a clone goes through POST_ROUTING to
+    ip_mc_finish_output, which loops it back in on the same device (dev_loopback_xmit); the packet
+    itself leaves as any other."""
+    from pathtrace.net.core.dev import dev_loopback_xmit
+    ctx = skb.ctx
+    dev = skb.dst.dev
+    ctx.step("ip_mc_output", dev=dev.name)
+    skb.dev = dev
+    clone = skb.clone()
+    with ctx.nested():
+        if nf_hook(NF_INET_POST_ROUTING, clone, None, dev):
+            ctx.step("ip_mc_finish_output")
+            dev_loopback_xmit(clone, dev)
+    if nf_hook(NF_INET_POST_ROUTING, skb, None, dev):
         ip_finish_output(skb)
 
 

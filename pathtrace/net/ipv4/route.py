@@ -262,6 +262,13 @@ def ip_route_output(net: "Net", daddr: int, saddr: int = 0, oif: str | None = No
         return RouteResult(type="unreachable", error=res.error or ENETUNREACH, table=res.table, rule=res.rule,
                            route=res.fa.describe() if res.fa else "")
     fa = res.fa
+    if fa.type == "broadcast" and fa.dev in net.devices:
+        # __mkroute_output: a directed broadcast leaves on the route's device with RTCF_BROADCAST |
+        # RTCF_LOCAL (dst.output ip_mc_output loops a copy back; dst.input ip_local_deliver)
+        dev = net.devices[fa.dev]
+        src = saddr or fa.prefsrc or net.inet_select_addr(dev, daddr)
+        return RouteResult(type="broadcast", dev=dev, prefsrc=src, route=fa.describe(), table=res.table,
+                           rule=res.rule, input="ip_local_deliver", mtu=dev.mtu)
     if fa.type in ("local", "broadcast"):
         src = saddr or daddr
         return RouteResult(type=fa.type, dev=net.loopback, prefsrc=src, route=fa.describe(), table=res.table,

@@ -117,8 +117,9 @@ def nf_nat_used_tuple(t: Tuple, ct: "NfConn") -> bool:
 
 
 def find_appropriate_src(ct: "NfConn", t: Tuple, rng: "NatRange") -> Tuple | None:
-    """An existing SNAT mapping of the same source (ip, port, proto) that fits the range."""
-    for other in ct.table.bysource.get((t.proto, t.src, t.sport), ()):
+    """An existing SNAT mapping of the same source (ip, port, proto) that fits the range; the newest
+    first, as nf_nat_setup_info adds to the head of the nf_nat_bysource chain (hlist_add_head_rcu)."""
+    for other in reversed(ct.table.bysource.get((t.proto, t.src, t.sport), ())):
         if other is ct:
             continue
         inv = nf_ct_invert_tuple(other.reply)

@@ -20,6 +20,7 @@ CLIENT, REMOTE, GW = "10.0.1.10", "198.51.100.20", "198.51.100.254"
 def host(sysctl: str = "", routes: str = "", rules: str = "", iptables: str = "", mtu_out: int = 1500,
          sockets: str = "") -> str:
     """A three-legged router/host: lan eth0, outside eth1 (default route), dmz eth2."""
+    forward = "" if "net.ipv4.ip_forward:" in sysctl else "  net.ipv4.ip_forward: 1\n"    # no duplicate key
     text = f"""\
 name: diff
 interfaces:
@@ -27,8 +28,7 @@ interfaces:
   - {{name: eth1, mac: "{R_OUT}", addresses: [198.51.100.1/24], mtu: {mtu_out}}}
   - {{name: eth2, mac: "{R_DMZ}", addresses: [192.0.2.1/24]}}
 sysctl:
-  net.ipv4.ip_forward: 1
-{sysctl}routes:
+{forward}{sysctl}routes:
   - default via {GW} dev eth1
 {routes}neighbours:
   - {CLIENT} dev eth0 lladdr {CLIENT_MAC} permanent

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathtrace.host.model import (
     RT_TABLE_MAIN, TABLE_NAMES, NeighbourConfig, RouteConfig, RuleConfig, SocketConfig,
 )
+from pathtrace.inputs import parse_int
 from pathtrace.lib.inet import aton, parse_mac, parse_prefix
 
 ROUTE_TYPES = {"unicast", "local", "broadcast", "blackhole", "unreachable", "prohibit", "throw"}
@@ -17,7 +18,7 @@ NUD_STATES = {"permanent", "noarp", "reachable", "stale", "delay", "probe", "fai
 def parse_table(text: str) -> int:
     if text in TABLE_NAMES:
         return TABLE_NAMES[text]
-    if text.isdigit() and 0 < int(text) < 2**32:
+    if _digits(text) and 0 < int(text) < 2**32:
         return int(text)
     raise ValueError(f"bad routing table {text!r} (a number or local/main/default)")
 
@@ -50,10 +51,7 @@ def parse_route(text: str) -> RouteConfig:
             route.dev = _take(tokens, i, "an interface")
             i += 2
         elif key in ("metric", "preference", "priority"):
-            val = _take(tokens, i, "a number")
-            if not val.isdigit():
-                raise ValueError(f"bad metric {val!r}")
-            route.metric = int(val)
+            route.metric = _number(_take(tokens, i, "a number"), "metric")
             i += 2
         elif key == "table":
             route.table = parse_table(_take(tokens, i, "a table"))
@@ -107,16 +105,28 @@ MAX_ROUTE_MTU = 65520
 MAX_ROUTE_ADVMSS = 65495
 
 
-def _number(text: str, what: str) -> int:
-    if not text.isdigit() or int(text) >= 2**32:
+def _digits(text: str) -> bool:
+    """ASCII decimal digits (str.isdigit also takes '²' and '٣'), few enough for a u32."""
+    return text.isascii() and text.isdigit() and len(text) <= 10
+
+
+def _number(text: str, what: str, base: int = 10) -> int:
+    """A u32 as iproute2's get_u32 reads it (base 0: 0x.. hex, 0.. octal)."""
+    try:
+        n = parse_int(text, base) if base == 0 or _digits(text) else -1
+    except ValueError:
+        n = -1
+    if not 0 <= n < 2**32:
         raise ValueError(f"bad {what} {text!r}")
-    return int(text)
+    return n
 
 
 def _tos(text: str) -> int:
     """rtm_tos: a byte whose ECN bits must be clear ('Invalid dsfield (tos): ECN bits must be 0').
     iproute2 reads it in hex whether or not it starts with 0x (rtnl_dsfield_a2n): 'tos 16' is 0x16."""
     try:
+        if not text.isascii() or len(text) > 4:
+            raise ValueError
         tos = int(text, 16)
     except ValueError:
         raise ValueError(f"bad tos {text!r}") from None
@@ -148,7 +158,7 @@ def parse_rule(text: str) -> RuleConfig:
             rule.dst = None if val == "all" else parse_prefix(val)
         elif key == "fwmark":
             mark, _, mask = val.partition("/")
-            rule.fwmark = (int(mark, 0), int(mask, 0) if mask else 0xFFFFFFFF)
+            rule.fwmark = (_number(mark, "fwmark", 0), _number(mask, "fwmark mask", 0) if mask else 0xFFFFFFFF)
         elif key in ("iif", "dev"):
             rule.iif = val
         elif key == "oif":
@@ -156,11 +166,11 @@ def parse_rule(text: str) -> RuleConfig:
         elif key in ("lookup", "table"):
             rule.table = parse_table(val)
         elif key in ("priority", "pref", "preference", "order"):
-            if not val.isdigit():
-                raise ValueError(f"bad priority {val!r}")
-            rule.priority = int(val)
+            rule.priority = _number(val, "priority")
         elif key in ("tos", "dsfield"):
-            rule.tos = int(val, 0)
+            rule.tos = _number(val, "tos", 0)
+            if rule.tos > 255:
+                raise ValueError(f"bad tos {val!r}")
         else:
             raise ValueError(f"unknown rule selector {key!r}")
         i += 2
@@ -209,7 +219,7 @@ def parse_socket(text: str) -> SocketConfig:
     if len(tokens) < 2 or tokens[0] not in ("tcp", "udp"):
         raise ValueError("socket must look like 'tcp 0.0.0.0:22' or 'udp 127.0.0.53:53'")
     host, sep, port = tokens[1].rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not _digits(port) or not 0 < int(port) < 65536:
         raise ValueError(f"bad socket address {tokens[1]!r}")
     addr = 0 if host in ("*", "") else aton(host)
     sock = SocketConfig(proto=tokens[0], addr=addr, port=int(port), text=text)

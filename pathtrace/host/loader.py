@@ -278,6 +278,7 @@ class _Loader:
                 if not reach and not via_route:
                     raise HostFileError(f"route {route.text!r}: gateway is not reachable (no connected route to it; "
                                         f"'Nexthop has invalid gateway')", self.path, route.line)
+        self.duplicate_routes(host)
         for rule in host.rules:
             for dev in (rule.iif, rule.oif):
                 if dev is not None and dev not in known:
@@ -288,6 +289,25 @@ class _Loader:
         for sock in host.sockets:
             if sock.dev is not None and sock.dev not in known:
                 raise HostFileError(f"socket {sock.text!r}: unknown interface {sock.dev!r}", self.path, sock.line)
+
+
+    def duplicate_routes(self, host: HostConfig) -> None:
+        """`ip route add` of a route whose table, prefix, tos and metric a route already has fails with
+        'File exists' (fib_table_insert, NLM_F_EXCL: EEXIST), the kernel's own routes for the addresses
+        included (checked on 6.18: the connected 10.0.0.0/24 or 'local 10.0.0.1 table local' again)."""
+        from dataclasses import replace
+        from pathtrace.net.core.net_namespace import build_net
+        kernel = build_net(replace(host, routes=[], rules=[], neighbours=[], sockets=[], sysctl={}))
+        seen: dict[tuple, str] = {}
+        for table in kernel.fib_tables.values():
+            for fa in table.routes():
+                seen[(fa.table, fa.dst, fa.plen, fa.tos, fa.metric)] = f"the kernel's route '{fa.describe()}'"
+        for route in host.routes:
+            key = (route.table, route.dst, route.plen, route.tos, route.metric)
+            if key in seen:
+                raise HostFileError(f"route {route.text!r}: File exists (same table, prefix, tos and metric as "
+                                    f"{seen[key]}; ip route add refuses it)", self.path, route.line)
+            seen[key] = f"line {route.line}"
 
 
 def is_netfilter_sysctl(key: str) -> bool:

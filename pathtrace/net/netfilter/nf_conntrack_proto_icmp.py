@@ -8,7 +8,7 @@ that connection is unknown or the outer destination does not match it.
 from __future__ import annotations
 
 from pathtrace.net.netfilter.nf_conntrack_core import (
-    CTINFO_NAMES, IP_CT_DIR_REPLY, IP_CT_IS_REPLY, IP_CT_RELATED, NF_ACCEPT, NF_INET_PRE_ROUTING,
+    CTINFO_NAMES, IP_CT_DIR_REPLY, IP_CT_IS_REPLY, IP_CT_RELATED, IPS_CONFIRMED, NF_ACCEPT, NF_INET_PRE_ROUTING,
     ConntrackTable, NfConn,
 )
 from pathtrace.net.netfilter.nf_conntrack_tuple import fmt_tuple, nf_ct_invert_tuple, tuple_from_bytes
@@ -29,6 +29,8 @@ def nf_conntrack_icmp_packet(table: ConntrackTable, ct: NfConn, skb, ctinfo: int
     table.refresh(ct, ctx.now, timeout)
     if ctx.record:
         ctx.step("nf_conntrack_icmp_packet", timeout=timeout)
+    if ctx.learn is not None and ct.status & IPS_CONFIRMED:
+        ctx.learn.tracker = "icmp"    # a query of a known connection: the replay cache re-runs the refresh
     return NF_ACCEPT
 
 

@@ -24,12 +24,13 @@
 #define TH_SYN 0x02
 #define TH_ACK 0x10
 #define FLAG_SACK_PERM 0x02
+#define FLAG_BE_LIBERAL 0x08
 #define FLAG_DATA_UNACKNOWLEDGED 0x10
 #define FLAG_MAXACK_SET 0x20
 #define ACK_SET 3
 #define MAX_RECORD (64 << 20)
 
-enum { K_PLAIN = 0, K_UDP = 1, K_TCP = 2 };
+enum { K_PLAIN = 0, K_UDP = 1, K_TCP = 2, K_ICMP = 3 };
 
 /* The attributes the hot path reads and writes.  Those that are __slots__ members of their
  * object's class (the model's dataclasses use slots=True) are resolved once to the member's
@@ -58,8 +59,9 @@ typedef struct {
     int fixed;
     PyObject *neigh, *nstate, *nhh, *nlladdr, *ntimer, *neigh_entries, *nkey;
     int assured, seen_reply;
-    PyObject *udp_timeout, *udp_stream_timeout;
+    PyObject *udp_timeout, *udp_stream_timeout, *icmp_timeout;
     int dir, detail;
+    int be_liberal;                 /* sysctl nf_conntrack_tcp_be_liberal */
     PyObject *sender, *receiver;
     PyObject *t_est, *t_retrans, *t_unack;
     long long v_est, v_retrans, v_unack, v_max_retrans;
@@ -183,7 +185,10 @@ static int neigh_ok(FastEntry *fe) {
 
 static int guards(FastEntry *fe, const unsigned char *p) {
     if (word_sum(p, fe->hlen) % 0xFFFF) return 0;
-    if (fe->check_l4 && !(fe->proto == 17 && p[fe->hlen + 6] == 0 && p[fe->hlen + 7] == 0)) {
+    if (fe->check_l4 && fe->proto == 1) {          /* no pseudo header: an all-zero sum is wrong too */
+        uint64_t s = word_sum(p + fe->hlen, fe->tot_len - fe->hlen);
+        if (s == 0 || s % 0xFFFF) return 0;
+    } else if (fe->check_l4 && !(fe->proto == 17 && p[fe->hlen + 6] == 0 && p[fe->hlen + 7] == 0)) {
         uint64_t s = word_sum(p + fe->hlen, fe->tot_len - fe->hlen) + word_sum(p + 12, 8) + fe->pseudo_const;
         if (s % 0xFFFF) return 0;
     }
@@ -284,7 +289,9 @@ static PyObject *call_slow(FastEntry *fe, const unsigned char *p, Py_ssize_t n, 
     return r;
 }
 
-/* nf_conntrack_tcp_packet for an in-window ACK of an ESTABLISHED connection (flowcache's TCP `fast`). */
+static PyObject *tcp_accept(FastEntry *fe, double now, uint64_t seen_flags, long long last_win);
+
+/* nf_conntrack_tcp_packet for an ACK of an ESTABLISHED connection (flowcache's TCP `fast`). */
 static PyObject *tcp_fast(FastEntry *fe, const unsigned char *p, Py_ssize_t n, double now) {
     Seen s, r;
     int ok = read_seen(fe, fe->sender, &s);
@@ -308,15 +315,23 @@ static PyObject *tcp_fast(FastEntry *fe, const unsigned char *p, Py_ssize_t n, d
     }
     /* _window_test */
     uint32_t maxackwin = s.maxwin > 66000 ? (uint32_t)s.maxwin : 66000;
-    if ((uint32_t)(seq - (uint32_t)s.maxend - 1) < 0x80000000u) Py_RETURN_NONE;
-    if ((uint32_t)(sack - (uint32_t)r.end - 1) < 0x80000000u) Py_RETURN_NONE;
-    if (r.maxwin && (uint32_t)((uint32_t)s.end - (uint32_t)r.maxwin - 1 - end) < 0x80000000u) Py_RETURN_NONE;
-    if ((uint32_t)((uint32_t)r.end - maxackwin - 1 - sack) < 0x80000000u) Py_RETURN_NONE;
+    int test = 0;
+    if ((uint32_t)(seq - (uint32_t)s.maxend - 1) < 0x80000000u) test = 1;
+    else if ((uint32_t)(sack - (uint32_t)r.end - 1) < 0x80000000u) test = 2;
+    else if (r.maxwin && (uint32_t)((uint32_t)s.end - (uint32_t)r.maxwin - 1 - end) < 0x80000000u) test = 3;
+    else if ((uint32_t)((uint32_t)r.end - maxackwin - 1 - sack) < 0x80000000u) test = 4;
+    uint64_t sflags = s.flags, rflags = r.flags;
+    if (test) {
+        /* out of window, nothing changed: a liberal sender's segment is accepted as it is (a flow
+         * picked up mid-stream), unless _window_verdict finds it overshot; else the model says why */
+        if (!((s.flags & FLAG_BE_LIBERAL) || fe->be_liberal)) Py_RETURN_NONE;
+        if (test == 1 && r.maxwin) Py_RETURN_NONE;
+        return tcp_accept(fe, now, sflags | rflags, -1);
+    }
     /* tcp_window_update's in-window branch */
     uint32_t win = (flags & TH_SYN) ? win_raw : (uint32_t)((uint64_t)win_raw << s.scale);
     uint32_t swin = win + (sack - ack);
     if (s.maxwin < swin) SET(fe->sender, A_TD_MAXWIN, swin);
-    uint64_t sflags = s.flags;
     if ((uint32_t)((uint32_t)s.end - end) >= 0x80000000u) {
         SET(fe->sender, A_TD_END, end);
         sflags |= FLAG_DATA_UNACKNOWLEDGED;
@@ -334,7 +349,6 @@ static PyObject *tcp_fast(FastEntry *fe, const unsigned char *p, Py_ssize_t n, d
         SET(fe->receiver, A_TD_MAXWIN, (uint32_t)(r.maxwin + end - s.maxend));
     if ((uint32_t)((uint32_t)r.maxend - 1 - sack - win) >= 0x80000000u)
         SET(fe->receiver, A_TD_MAXEND, (uint32_t)(sack + win + (win == 0)));
-    uint64_t rflags = r.flags;
     if (ack == (uint32_t)r.end) {
         rflags &= ~(uint64_t)FLAG_DATA_UNACKNOWLEDGED;
         SET(fe->receiver, A_TD_FLAGS, rflags);
@@ -373,9 +387,23 @@ static PyObject *tcp_fast(FastEntry *fe, const unsigned char *p, Py_ssize_t n, d
         SET(st, A_ST_LAST_WIN, win_raw);
         SET(st, A_ST_RETRANS, 0);
     }
+    return tcp_accept(fe, now, sflags | rflags, win_raw);
+}
+
+/* The end of nf_conntrack_tcp_packet for an accepted ACK that stays ESTABLISHED: last_index and
+ * last_dir, tcp_timeout(table, st, ACK_SET, ESTABLISHED) - `last_win` is st.last_win when known
+ * (-1: read it) - and the refresh, shortened to the unacknowledged timeout while [UNREPLIED]. */
+static PyObject *tcp_accept(FastEntry *fe, double now, uint64_t seen_flags, long long last_win) {
+    PyObject *st = fe->st;
+    const uint64_t L = 1ULL << 32;
     SET(st, A_ST_LAST_INDEX, ACK_SET);
     SET(st, A_ST_LAST_DIR, fe->dir);
-    /* tcp_timeout(table, st, ACK_SET, ESTABLISHED) */
+    if (last_win < 0) {
+        uint64_t w;
+        int k = get_u32(fe, st, A_ST_LAST_WIN, L, &w);
+        if (k < 0) return NULL;
+        last_win = k ? (long long)w : 1;    /* past 32 bits: not zero */
+    }
     PyObject *timeout = fe->t_est;
     long long tval = fe->v_est;
     int overflow = 0;
@@ -387,12 +415,13 @@ static PyObject *tcp_fast(FastEntry *fe, const unsigned char *p, Py_ssize_t n, d
     int many = overflow > 0 || (!overflow && nretrans >= fe->v_max_retrans);
     if (many && tval > fe->v_retrans) {
         timeout = fe->t_retrans; tval = fe->v_retrans;
-    } else if ((sflags | rflags) & FLAG_DATA_UNACKNOWLEDGED) {
+    } else if (seen_flags & FLAG_DATA_UNACKNOWLEDGED) {
         if (tval > fe->v_unack) { timeout = fe->t_unack; tval = fe->v_unack; }
-    } else if (win_raw == 0 && tval > fe->v_retrans) {    /* st.last_win == win_raw now */
+    } else if (last_win == 0 && tval > fe->v_retrans) {
         timeout = fe->t_retrans; tval = fe->v_retrans;
     }
-    if (!fe->fixed && set_double(fe, fe->ct, A_CT_TIMEOUT, now + (double)tval) < 0) return NULL;
+    long long refresh = (!fe->seen_reply && tval > fe->v_unack) ? fe->v_unack : tval;
+    if (!fe->fixed && set_double(fe, fe->ct, A_CT_TIMEOUT, now + (double)refresh) < 0) return NULL;
     if (!fe->detail) return Py_NewRef(fe->no_detail);
     PyObject *d = PyDict_New();
     if (d == NULL) return NULL;
@@ -431,10 +460,29 @@ static PyObject *udp_fast(FastEntry *fe, const unsigned char *p, double now) {
     return d;
 }
 
+/* nf_conntrack_icmp_packet for a query of a known connection: the refresh. */
+static PyObject *icmp_fast(FastEntry *fe, const unsigned char *p, double now) {
+    int g = ct_guards(fe, p, now);
+    if (g <= 0) { if (g < 0) return NULL; Py_RETURN_NONE; }
+    if (!fe->fixed) {
+        double x = PyFloat_AsDouble(fe->icmp_timeout);
+        if (x == -1.0 && PyErr_Occurred()) return NULL;
+        if (set_double(fe, fe->ct, A_CT_TIMEOUT, now + x) < 0) return NULL;
+    }
+    PyObject *d = PyDict_New();
+    if (d == NULL) return NULL;
+    if (PyDict_SetItem(d, s_timeout, fe->icmp_timeout) < 0) {
+        Py_DECREF(d);
+        return NULL;
+    }
+    return d;
+}
+
 static PyObject *fast_run(FastEntry *fe, const unsigned char *p, Py_ssize_t n, double now) {
     if (n < fe->tot_len) Py_RETURN_NONE;            /* cannot happen: the length is in the key */
     if (fe->kind == K_TCP) return tcp_fast(fe, p, n, now);
     if (fe->kind == K_UDP) return udp_fast(fe, p, now);
+    if (fe->kind == K_ICMP) return icmp_fast(fe, p, now);
     int g = guards(fe, p);
     if (g < 0) return NULL;
     if (!g) Py_RETURN_NONE;
@@ -468,7 +516,8 @@ static int FastEntry_init(FastEntry *fe, PyObject *args, PyObject *kw) {
                                      &fe->detail, &fe->sender, &fe->receiver, &sysctl, &fe->no_detail, &fe->slow,
                                      &fe->touch))
         return -1;
-    if (fe->hlen < 20 || fe->tot_len < fe->hlen + (fe->kind == K_TCP ? 20 : fe->kind == K_UDP ? 8 : 0)) {
+    if (fe->kind < K_PLAIN || fe->kind > K_ICMP
+        || fe->hlen < 20 || fe->tot_len < fe->hlen + (fe->kind == K_TCP ? 20 : fe->kind != K_PLAIN ? 8 : 0)) {
         PyErr_SetString(PyExc_ValueError, "lengths");
         return -1;
     }
@@ -498,7 +547,9 @@ static int FastEntry_init(FastEntry *fe, PyObject *args, PyObject *kw) {
         Py_INCREF(fe->nstate); Py_INCREF(fe->nhh); Py_INCREF(fe->nlladdr); Py_INCREF(fe->ntimer);
     }
     long long unused;
-    if (fe->kind == K_UDP) {
+    if (fe->kind == K_ICMP) {
+        if (!(fe->icmp_timeout = sysctl_int(sysctl, "nf_conntrack_icmp_timeout", &unused))) return -1;
+    } else if (fe->kind == K_UDP) {
         if (!(fe->udp_timeout = sysctl_int(sysctl, "nf_conntrack_udp_timeout", &unused))) return -1;
         if (!(fe->udp_stream_timeout = sysctl_int(sysctl, "nf_conntrack_udp_timeout_stream", &unused))) return -1;
     } else if (fe->kind == K_TCP) {
@@ -508,13 +559,18 @@ static int FastEntry_init(FastEntry *fe, PyObject *args, PyObject *kw) {
         if (!(fe->t_unack = sysctl_int(sysctl, "nf_conntrack_tcp_timeout_unacknowledged", &fe->v_unack))) return -1;
         if (!(mr = sysctl_int(sysctl, "nf_conntrack_tcp_max_retrans", &fe->v_max_retrans))) return -1;
         Py_DECREF(mr);
+        long long liberal;
+        if (!(mr = sysctl_int(sysctl, "nf_conntrack_tcp_be_liberal", &liberal))) return -1;
+        Py_DECREF(mr);
+        fe->be_liberal = liberal != 0;
     }
     return 0;
 }
 
 /* Every reference a FastEntry owns: one list for traverse and clear. */
 #define FE_OWNED(X) X(ct) X(st) X(table) X(status) X(mark) X(labels) X(pstate) X(neigh) X(nstate) X(nhh) \
-    X(nlladdr) X(ntimer) X(neigh_entries) X(nkey) X(udp_timeout) X(udp_stream_timeout) X(sender) X(receiver) \
+    X(nlladdr) X(ntimer) X(neigh_entries) X(nkey) X(udp_timeout) X(udp_stream_timeout) X(icmp_timeout) X(sender) \
+    X(receiver) \
     X(t_est) X(t_retrans) X(t_unack) X(no_detail) X(slow)
 #define FE_VISIT(field) Py_VISIT(fe->field);
 #define FE_CLEAR(field) Py_CLEAR(fe->field);

@@ -9,7 +9,11 @@ the same headers - every field a decision can read: MACs, ingress, IP header but
 checksum, ports, TCP flags, lengths - and with those objects unchanged gets the same
 path without running the model; per-packet work that the kernel repeats for every
 packet (checksum verification, TCP window tracking, timeout refresh, counters) is
-re-done here with the model's own functions.
+re-done here with the model's own functions.  That includes flows that never get a reply:
+TCP picked up mid-stream ([UNREPLIED], liberal window tracking: out-of-window segments are
+accepted unchanged, the refresh is held to the unacknowledged timeout), one-way UDP and
+ICMP queries (echo requests with or without replies: keyed on type, code and id, not on the
+sequence number, so renderers' per-flow templates are off for them).
 
 Anything that could make the next packet differ makes a path uncacheable: rate limits
 (ICMP, limit, hashlimit), packet-counting matches (statistic, quota, recent, connbytes,
@@ -34,7 +38,7 @@ from pathtrace.net.core.neighbour import NUD_CONNECTED
 from pathtrace.net.core.skbuff import Iphdr, SkBuff
 from pathtrace.net.netfilter.nf_conntrack_core import GC_INTERVAL
 from pathtrace.net.netfilter.nf_conntrack_proto_tcp import (
-    ACK_SET, FLAG_SACK_PERM, _sack, _Th, tcp_timeout, tcp_window_update,
+    ACK_SET, FLAG_BE_LIBERAL, FLAG_SACK_PERM, _sack, _Th, _window_test, tcp_timeout, tcp_window_update,
 )
 from pathtrace.trace import Emitted, PacketContext, PacketRecord, Step
 
@@ -45,6 +49,21 @@ _ESTABLISHED = 3          # TCP_CONNTRACK_ESTABLISHED
 _TCP_FIELDS = struct.Struct("!IIBBH").unpack_from     # seq, ack_seq, doff, flags, window
 _NO_DETAIL: dict = {}
 _MAX_ENTRIES = 65536      # the cache is cleared when it grows past this (memory stays flat)
+_TRACKER_STEPS = {"tcp": "nf_conntrack_tcp_packet", "udp": "nf_conntrack_udp_packet",
+                  "icmp": "nf_conntrack_icmp_packet"}
+_KINDS = {"udp": 1, "tcp": 2, "icmp": 3}      # _fastpath.c's K_UDP, K_TCP, K_ICMP
+
+
+class _Untemplated:
+    """FlowEntry.render of an ICMP entry: an echo's summary shows its sequence number, which is not
+    in the key, so renderers' per-flow templates (render/template.py) must not be used for it
+    (`templated` takes an object whose format is not theirs as no template; so does the C lane)."""
+
+    __slots__ = ()
+    fmt = None
+
+
+_UNTEMPLATED = _Untemplated()
 
 
 @dataclass(slots=True)
@@ -56,7 +75,7 @@ class Learning:
     ct_dir: int = 0
     ct_found: bool = False
     ct_sig: tuple = ()
-    tracker: str | None = None          # "tcp" (ESTABLISHED ack) | "udp", set by the trackers
+    tracker: str | None = None          # "tcp" (ESTABLISHED ack) | "udp" | "icmp", set by the trackers
     neigh: Any = None
     neigh_seen: bool = False
     neigh_sig: tuple = ()
@@ -158,6 +177,8 @@ class FlowCache:
             l4 = p[20:24] + p[32:34]
         elif proto == 17:
             l4 = p[20:26]
+        elif proto == 1 and len(p) >= 28:
+            l4 = p[20:22] + p[24:26] + b"\0\0"    # type, code, id: not the checksum, sequence or data
         else:
             return None
         head = p[:4] + p[6:10] + p[12:20] + l4
@@ -279,7 +300,7 @@ class FlowCache:
         n = learn.neigh
         tracker_step = -1
         if rec.path:
-            fn = {"tcp": "nf_conntrack_tcp_packet", "udp": "nf_conntrack_udp_packet"}.get(learn.tracker or "")
+            fn = _TRACKER_STEPS.get(learn.tracker or "")
             tracker_step = next((i for i, s in enumerate(rec.path) if s.fn == fn), -1)
         devs = tuple((d, d.rx_packets - rx, d.rx_dropped - rxd, d.tx_packets - tx, d.tx_bytes - txb)
                      for d, rx, rxd, tx, txb in before["devs"]
@@ -305,6 +326,8 @@ class FlowCache:
             steps=list(rec.path) if rec.path else None, tracker_step=tracker_step,
             l2_out=l2_out, mangle=mangle, emit_kind=emit_kind, emit_dev=emit_dev)
         entry.fast = _compile(entry, self.net.neigh.entries, self.accel)
+        if entry.proto == 1:
+            entry.render = _UNTEMPLATED
 
     def _refusal(self, ctx: PacketContext, skb: SkBuff, rec: PacketRecord, frame: Frame) -> str | None:
         learn = ctx.learn
@@ -353,7 +376,7 @@ def _compile(e: FlowEntry, neigh_entries: dict, accel: Any = None) -> Any:
         return fast
     ct = e.ct
     st = ct.proto if ct is not None else None
-    kind = 0 if ct is None else 1 if e.tracker == "udp" else 2
+    kind = 0 if ct is None else _KINDS[e.tracker]
     status = e.ct_sig[0] if ct is not None else 0
     tcp = kind == 2
     return accel.FastEntry(
@@ -382,10 +405,17 @@ def _compile_python(e: FlowEntry, neigh_entries: dict) -> Any:
 
     def guards(p: bytes) -> bool:
         """ip_fast_csum and nf_ip_checksum as one's-complement sums taken modulo 0xFFFF (the sums
-        are never all zero: the version nibble, the pseudo header), then the neighbour."""
+        are never all zero: the version nibble, the pseudo header - ICMP has none, so an ICMP sum
+        must be non-zero too), then the neighbour."""
         if int.from_bytes(p[:hlen], "big") % 0xFFFF:
             return False
-        if check_l4 and not (proto == 17 and p[hlen + 6] == 0 and p[hlen + 7] == 0):
+        if check_l4 and proto == 1:
+            body = int.from_bytes(p[hlen:tot_len], "big")
+            if odd:
+                body <<= 8
+            if not body or body % 0xFFFF:
+                return False
+        elif check_l4 and not (proto == 17 and p[hlen + 6] == 0 and p[hlen + 7] == 0):
             body = int.from_bytes(p[hlen:tot_len], "big")
             if odd:
                 body <<= 8
@@ -418,6 +448,17 @@ def _compile_python(e: FlowEntry, neigh_entries: dict) -> Any:
                 return False
         return True
 
+    if e.tracker == "icmp":
+        def fast(p: bytes, now: float) -> dict | None:
+            """nf_conntrack_icmp_packet for a query of a known connection: the refresh."""
+            if not ct_guards(p, now):
+                return None
+            timeout = sysctl["nf_conntrack_icmp_timeout"]
+            if not status & _IPS_FIXED_TIMEOUT:
+                ct.timeout = now + timeout
+            return {"timeout": timeout}
+        return fast
+
     if e.tracker == "udp":
         assured = bool(status & _IPS_ASSURED)
         fixed = status & _IPS_FIXED_TIMEOUT
@@ -440,11 +481,13 @@ def _compile_python(e: FlowEntry, neigh_entries: dict) -> Any:
     d = e.ct_dir
     sender, receiver = st.seen[d], st.seen[1 - d]
     fixed = status & _IPS_FIXED_TIMEOUT
+    unreplied = not status & _IPS_SEEN_REPLY
     l4 = hlen + 4
     detail = e.steps is not None
 
     def fast(p: bytes, now: float) -> dict | None:
-        """nf_conntrack_tcp_packet for an in-window ACK of an ESTABLISHED connection."""
+        """nf_conntrack_tcp_packet for an ACK of an ESTABLISHED connection: in window, or out of it
+        from a liberal sender (a flow picked up mid-stream), which tcp_in_window accepts unchanged."""
         if sender.td_maxwin == 0 or not ct_guards(p, now):
             return None
         seq, ack, doff, flags, win = _TCP_FIELDS(p, l4)
@@ -454,12 +497,20 @@ def _compile_python(e: FlowEntry, neigh_entries: dict) -> Any:
         if doff > 20 and receiver.flags & FLAG_SACK_PERM:
             sack = _sack(_Th(p[hlen:tot_len]), ack)
         if tcp_window_update(st, sender, receiver, d, ACK_SET, flags, seq, ack, sack, end, win):
-            return None                      # out of window: nothing changed, the model says what happens
+            # out of window, nothing changed: accepted as it is when the sender is liberal, unless
+            # _window_verdict finds it overshot (which moves td_end): the model says what happens
+            if not (sender.flags & FLAG_BE_LIBERAL or sysctl["nf_conntrack_tcp_be_liberal"]):
+                return None
+            if receiver.td_maxwin and _window_test(sender, receiver, seq, end, sack) == 1:
+                return None
         st.last_index = ACK_SET
         st.last_dir = d
         timeout = tcp_timeout(table, st, ACK_SET, _ESTABLISHED)
         if not fixed:
-            ct.timeout = now + timeout
+            refresh = timeout
+            if unreplied and refresh > sysctl["nf_conntrack_tcp_timeout_unacknowledged"]:
+                refresh = sysctl["nf_conntrack_tcp_timeout_unacknowledged"]     # [UNREPLIED]
+            ct.timeout = now + refresh
         return {"state": "ESTABLISHED", "new_state": "ESTABLISHED", "timeout": timeout} if detail else _NO_DETAIL
     return fast
 

@@ -32,14 +32,20 @@ def seen_strategy(draw):
     end = draw(SEQ)
     return TcpSeen(td_end=end, td_maxend=(end + draw(SMALL)) & 0xFFFFFFFF, td_maxwin=draw(SMALL),
                    td_maxack=(end - draw(SMALL)) & 0xFFFFFFFF, td_scale=draw(st.sampled_from([0, 0, 1, 7])),
-                   flags=draw(st.sampled_from([0, 0x02, 0x10, 0x20, 0x32, 0x3F])))
+                   flags=draw(st.sampled_from([0, 0x02, 0x10, 0x20, 0x32, 0x3F, 0x0A, 0x1A])))
 
 
-def _state(sender: TcpSeen, receiver: TcpSeen, direction: int, retrans: int, last_win: int) -> tuple:
+def _state(sender: TcpSeen, receiver: TcpSeen, direction: int, retrans: int, last_win: int,
+           unreplied: bool = False, liberal: bool = False) -> tuple:
+    """unreplied: picked up mid-stream, no reply seen ([UNREPLIED]: the refresh is clamped to the
+    unacknowledged timeout, set apart from max_retrans here); liberal: nf_conntrack_tcp_be_liberal."""
     st_ = TcpState(seen=[sender, receiver] if direction == 0 else [receiver, sender], state=ESTABLISHED,
                    retrans=retrans, last_win=last_win)
     table = ConntrackTable()
-    ct = NfConn(orig=None, reply=None, status=0x18E, timeout=2000.0, proto=st_, table=table)
+    table.sysctl["nf_conntrack_tcp_be_liberal"] = int(liberal)
+    table.sysctl["nf_conntrack_tcp_timeout_max_retrans"] = 400
+    table.sysctl["nf_conntrack_tcp_timeout_unacknowledged"] = 250
+    ct = NfConn(orig=None, reply=None, status=0x188 if unreplied else 0x18E, timeout=2000.0, proto=st_, table=table)
     return ct, st_, table
 
 
@@ -70,9 +76,9 @@ def _near(data, anchors: list[int]) -> int:
        window=st.integers(0, 65535), plen=st.sampled_from([0, 1, 100]), flags=st.sampled_from(["A", "PA", "AU"]),
        use_sack=st.booleans(), retrans=st.integers(0, 4), last_win=st.sampled_from([0, 1, 65535]),
        repeat=st.booleans(), corrupt=st.sampled_from([0] * 8 + [1, 2]), detail=st.booleans(),
-       now=st.sampled_from([1000.0] * 6 + [1999.0, 2000.0, 2500.0]))
+       now=st.sampled_from([1000.0] * 6 + [1999.0, 2000.0, 2500.0]), unreplied=st.booleans(), liberal=st.booleans())
 def test_tcp_fast_path_same_as_python(sender, receiver, direction, data, window, plen, flags, use_sack, retrans,
-                                      last_win, repeat, corrupt, detail, now):
+                                      last_win, repeat, corrupt, detail, now, unreplied, liberal):
     maxackwin = max(sender.td_maxwin, 66000)
     seq = _near(data, [sender.td_maxend + 1 - plen, sender.td_maxend - plen, sender.td_end - receiver.td_maxwin - plen,
                        sender.td_end])
@@ -89,7 +95,8 @@ def test_tcp_fast_path_same_as_python(sender, receiver, direction, data, window,
     pkt = bytes(pkt)
     results = []
     for accel in (None, fastpath):
-        ct, st_, table = _state(copy.copy(sender), copy.copy(receiver), direction, retrans, last_win)
+        ct, st_, table = _state(copy.copy(sender), copy.copy(receiver), direction, retrans, last_win, unreplied,
+                                liberal)
         if repeat:      # the previous segment was this one: a retransmission is counted
             st_.last_dir, st_.last_seq, st_.last_ack = direction, seq, ack
             st_.last_end, st_.last_win = (seq + plen) & 0xFFFFFFFF, window

@@ -40,7 +40,7 @@ def seeds(target: str) -> list[bytes]:
         return [p.read_bytes()[:60_000] for p in files]
     if target == "host":
         return [p.read_bytes() for p in sorted([*ROOT.glob("rulesets/*.yaml"), *ROOT.glob("tests/data/**/*.yaml")])
-                if not p.name.endswith(".expect.yaml") and p.stat().st_size < 100_000]
+                if not p.name.endswith(".expect.yaml") and "fuzz" not in p.parts and p.stat().st_size < 100_000]
     if target == "ruleset":
         out = []
         for p in sorted(ROOT.glob("rulesets/*.yaml")):
@@ -59,9 +59,14 @@ def seeds(target: str) -> list[bytes]:
 
 
 def mutate(rng: random.Random, data: bytes, pool: list[bytes], text: bool) -> bytes:
-    """One to four random edits: byte flips, cuts, duplications, splices and hostile tokens."""
+    """One to three random edits: byte flips, cuts, duplications, splices and hostile tokens; text
+    mostly gets a word replaced (by a hostile token or a word of another seed), which keeps the file
+    well-formed enough to reach the parsers behind the YAML."""
     b = bytearray(data)
-    for _ in range(rng.randint(1, 4)):
+    for _ in range(rng.choice((1, 1, 1, 2, 2, 3))):
+        if text and rng.random() < 0.6:
+            b = bytearray(_replace_word(rng, bytes(b), pool))
+            continue
         op = rng.randrange(9 if text else 7)
         pos = rng.randrange(len(b) + 1)
         if op == 0 and b:                                   # flip bits
@@ -92,6 +97,24 @@ def mutate(rng: random.Random, data: bytes, pool: list[bytes], text: bool) -> by
                 lines.insert(j, lines[i]) if rng.random() < 0.5 else lines.__setitem__(i, lines[j])
                 b = bytearray(b"\n".join(lines))
     return bytes(b)
+
+
+def _replace_word(rng: random.Random, data: bytes, pool: list[bytes]) -> bytes:
+    """One whitespace-separated word of one line replaced by a hostile token or another seed's word."""
+    lines = data.split(b"\n")
+    i = rng.randrange(len(lines))
+    words = lines[i].split(b" ")
+    j = rng.randrange(len(words))
+    if rng.random() < 0.5:
+        new = rng.choice(TOKENS)
+    else:
+        other = rng.choice(rng.choice(pool).split(b"\n") or [b""]).split(b" ")
+        new = rng.choice(other)
+    if words[j].endswith(b":") and rng.random() < 0.7:
+        new += b":"                                 # keep a YAML key a key
+    words[j] = new
+    lines[i] = b" ".join(words)
+    return b"\n".join(lines)
 
 
 def run(target: str, count: int, rng: random.Random, keep: bool) -> tuple[int, list[Path]]:

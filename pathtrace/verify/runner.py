@@ -94,7 +94,8 @@ def run_model(host: HostConfig, injections: list[Injection], ingress: str | None
             record = replayer.process(inj.frame)
             gap = injections[n + 1].frame.ts - inj.frame.ts if n + 1 < len(injections) else wait
             window = min(max(gap, 0.0), max_gap, wait)
-            ctx = PacketContext(inj.frame.ts + window, record=False, emit_frames=True, net=replayer.net)
+            # the window's end is inclusive (a timer due exactly then counts): capture times are floats
+            ctx = PacketContext(inj.frame.ts + window + 1e-6, record=False, emit_frames=True, net=replayer.net)
             replayer._run_timers(ctx)
             record.emitted = list(record.emitted) + ctx.emitted
             result.append(from_model(record))

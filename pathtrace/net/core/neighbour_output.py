@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pathtrace.kernel.time.timer import timer_expiry
 from pathtrace.lib.inet import ipv4_is_lbcast, ipv4_is_multicast, mac_ntoa, ntoa
 from pathtrace.net.core.dev import BROADCAST_MAC, dev_queue_xmit
 from pathtrace.net.core.neighbour import (
@@ -85,7 +86,7 @@ def __neigh_event_send(net: "Net", n: Neighbour, skb: SkBuff | None, dev: "NetDe
             n.probes = parms.ucast_probes
             n.state = NUD_INCOMPLETE
             n.updated = now
-            n.timer = now + max(parms.retrans_time, 0.01)
+            n.timer = timer_expiry(now, max(parms.retrans_time, 0.01))
             immediate_probe = True
         else:
             n.state = NUD_FAILED
@@ -95,7 +96,7 @@ def __neigh_event_send(net: "Net", n: Neighbour, skb: SkBuff | None, dev: "NetDe
     elif n.state == NUD_STALE:
         n.state = NUD_DELAY
         n.updated = now
-        n.timer = now + parms.delay_probe_time
+        n.timer = timer_expiry(now, parms.delay_probe_time)
     if ctx is not None:
         ctx.step("__neigh_event_send", neighbour=ntoa(n.addr), state=n.state)
     if n.state == NUD_INCOMPLETE:
@@ -136,14 +137,14 @@ def neigh_timer_handler(net: "Net", n: Neighbour, ctx: "PacketContext") -> None:
     if n.state == NUD_REACHABLE:
         if now - n.updated < parms.delay_probe_time:
             n.state = NUD_DELAY
-            n.timer = now + parms.delay_probe_time
+            n.timer = timer_expiry(now, parms.delay_probe_time)
         else:
             n.state = NUD_STALE
         return
     if n.state == NUD_DELAY:
         if n.confirmed >= n.updated and now <= n.confirmed + parms.delay_probe_time:
             n.state = NUD_REACHABLE
-            n.timer = n.confirmed + parms.base_reachable_time
+            n.timer = timer_expiry(now, n.confirmed + parms.base_reachable_time - now)
             return
         n.state = NUD_PROBE
         n.updated = now
@@ -154,7 +155,7 @@ def neigh_timer_handler(net: "Net", n: Neighbour, ctx: "PacketContext") -> None:
         neigh_invalidate(net, n, ctx)
         return
     if n.state in (NUD_INCOMPLETE, NUD_PROBE):
-        n.timer = now + parms.retrans_time
+        n.timer = timer_expiry(now, parms.retrans_time)
         neigh_probe(net, n, dev, ctx, None)
 
 
@@ -191,7 +192,7 @@ def neigh_update(net: "Net", n: Neighbour, lladdr: bytes, new: str, override: bo
     n.updated = ctx.now
     if new == NUD_REACHABLE:
         n.confirmed = ctx.now
-        n.timer = ctx.now + net.neigh.parms.base_reachable_time
+        n.timer = timer_expiry(ctx.now, net.neigh.parms.base_reachable_time)
     elif new == NUD_STALE:
         n.timer = None
     ctx.step("__neigh_update", neighbour=ntoa(n.addr), old=old, new=new, lladdr=mac_ntoa(lladdr))

@@ -31,6 +31,7 @@ class Socket:
     dev: str | None
     text: str
     rx_packets: int = 0
+    drops: int = 0          # tcp_listendrop / sk_drops
 
 
 @dataclass(eq=False)

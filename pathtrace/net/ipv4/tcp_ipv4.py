@@ -121,7 +121,10 @@ def tcp_v4_rcv(skb: SkBuff) -> None:
     ctx.step("tcp_conn_request")
     conn = tcp_conn_request(net, skb, sock, key, now)
     if conn is None:
-        kfree_skb_reason(skb, "NOT_SPECIFIED")
+        # drop_and_free → drop: tcp_listendrop, but tcp_conn_request returns 0, which
+        # tcp_rcv_state_process takes as acceptable: the SYN is consumed, with no drop reason
+        sock.drops += 1
+        consume_skb(skb, "LOCAL_DELIVER", listendrop=1)
         return
     conns[key] = conn
     sock.rx_packets += 1

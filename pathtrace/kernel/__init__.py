@@ -1,0 +1,1 @@
+"""kernel/: the core kernel services the network stack's model leans on (timers)."""

@@ -1,0 +1,1 @@
+"""kernel/time/: timekeeping and the timer wheel."""

@@ -20,7 +20,8 @@ from pathtrace.lib.inet import aton, ntoa, parse_mac, prefix_mask
 from pathtrace.net.ipv4.devinet import Sysctl
 
 TOP_KEYS = {"name", "interfaces", "sysctl", "routes", "rules", "neighbours", "neighbors",
-            "sockets", "iptables", "iptables-file", "iptables-backend", "ipsets"}
+            "sockets", "iptables", "iptables-file", "iptables-backend", "ipsets",
+            "nftables", "nftables-file"}
 IFACE_KEYS = {"name", "mac", "addresses", "mtu", "state", "driver", "txqueuelen", "ifindex"}
 DRIVERS = {"e1000e", "e1000", "ixgbe", "virtio_net", "veth", "igb", "mlx5_core", "bnxt_en", "tg3", "r8169"}
 
@@ -130,6 +131,7 @@ class _Loader:
                 raise self.fail(sections["iptables-backend"][1],
                                 f"iptables-backend must be nft (iptables-nft) or legacy (iptables-legacy), not {backend!r}")
             host.iptables_backend = backend
+        self.nftables(host, sections)
         if "ipsets" in sections:
             node = sections["ipsets"][1]
             host.ipsets_line = node.start_mark.line + 1
@@ -290,6 +292,27 @@ class _Loader:
             if sock.dev is not None and sock.dev not in known:
                 raise HostFileError(f"socket {sock.text!r}: unknown interface {sock.dev!r}", self.path, sock.line)
 
+
+    def nftables(self, host: HostConfig, sections: dict) -> None:
+        """`nftables: |` (nft list ruleset, or its -j JSON) or `nftables-file:`; parsed with the namespace."""
+        if "nftables" in sections and "nftables-file" in sections:
+            raise self.fail(sections["nftables-file"][0], "use either 'nftables' or 'nftables-file', not both")
+        if "nftables" in sections:
+            node = sections["nftables"][1]
+            host.nftables_text = self.scalar(node, "nftables")
+            host.nftables_path = self.path
+            host.nftables_first_line = node.start_mark.line + (2 if node.style in ("|", ">") else 1)
+        elif "nftables-file" in sections:
+            node = sections["nftables-file"][1]
+            rel = self.scalar(node, "nftables-file")
+            full = rel if os.path.isabs(rel) else os.path.join(os.path.dirname(self.path), rel)
+            try:
+                with open(full, "rb") as fh:
+                    data = fh.read()
+            except OSError as exc:
+                raise self.fail(node, f"cannot read nftables-file {rel!r}: {exc.strerror}") from None
+            host.nftables_text = decode(data, full, HostFileError)
+            host.nftables_path = full
 
     def duplicate_routes(self, host: HostConfig) -> None:
         """`ip route add` of a route whose table, prefix, tos and metric a route already has fails with

@@ -107,3 +107,6 @@ class HostConfig:
     ipsets: dict[str, list[str]] = field(default_factory=dict)
     ipsets_line: int = 0
     iptables_backend: str = "nft"           # nft (iptables-nft, current distributions) | legacy
+    nftables_text: str | None = None        # `nft list ruleset` text or `nft -j list ruleset` JSON
+    nftables_path: str = ""                 # file the text came from (host file or nftables-file)
+    nftables_first_line: int = 1            # line of the text's first line within that file

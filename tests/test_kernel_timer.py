@@ -17,8 +17,12 @@ def test_rearmed_from_its_own_expiry_is_1024_ms() -> None:
 
 
 def test_longer_timers_land_in_coarser_levels() -> None:
-    t = 1000.0                               # a granule boundary at every level
-    assert abs(timer_expiry(t, 4.0) - t - 4.224) < 1e-9    # 1000 jiffies: level 2, 64-jiffy granule
-    assert abs(timer_expiry(t, 8.0) - t - 8.192) < 1e-9
-    assert abs(timer_expiry(t, 16.0) - t - 16.128) < 1e-9
-    assert abs(timer_expiry(t, 0.04) - t - 0.044) < 1e-9   # 10 jiffies: level 0, one jiffy later
+    # 4, 8 and 16 s (1000-4000 jiffies) are level 2: a 64-jiffy (256 ms) granule, as the 4.224 and
+    # 8.192 s SYN-ACK intervals show; 40 ms (10 jiffies) is level 0: one jiffy late
+    for delay in (4.0, 8.0, 16.0):
+        for n in range(64):
+            now = 1000.0 + n * 0.004
+            fires = timer_expiry(now, delay)
+            assert delay < fires - now <= delay + 0.256 + 1e-9
+            assert round(fires * 250) % 64 == 0
+    assert abs(timer_expiry(1000.0, 0.04) - 1000.0 - 0.044) < 1e-9

@@ -240,8 +240,9 @@ def _extras(g: Gen, r: random.Random) -> None:
                 mtu = int(extra.split()[-1])
                 for df in (True, False):
                     src = r.randrange(len(g.ifaces))
+                    total = min(mtu + 20, g.ifaces[src].mtu)     # past the route's MTU, within the wire's
                     insert(Pkt("route-mtu", src, g.ifaces[src].peer, f"172.16.{route.split('.')[2]}.9", "udp",
-                               df=df, size=mtu - 20, dport=5000))
+                               df=df, size=total - 31, dport=5000))
     if gw_if and r.random() < 0.15:
         via = r.choice(gw_if)
         g.routes.append(f"172.16.9.0/24 via 10.99.0.1 dev {via.name} onlink")
@@ -452,6 +453,14 @@ GEN_PORTS = {40000, 40001} | {p + d for p in (22, 23, 53, 54, 80, 443, 5000, 808
 _PORTS = re.compile(r"(UDP|TCP) (\d+)>(\d+)")
 
 
+_ECHO_ID = re.compile(r" id=(\d+)")
+
+
+def _nat_id(m: re.Match) -> str:
+    """Echo identifiers: the generator's is 0x55; any other was chosen by NAT (as ports are)."""
+    return m[0] if int(m[1]) == 0x55 else " id=nat"
+
+
 def _nat_port(m: re.Match) -> str:
     sport, dport = (x if int(x) in GEN_PORTS else "nat" for x in (m[2], m[3]))
     return f"{m[1]} {sport}>{dport}"
@@ -462,7 +471,7 @@ def core_summary(s: str) -> str:
     marked as such."""
     dev, _, rest = s.partition(" ")
     _, _, rest = rest.partition(" ")
-    return dev + " " + _PORTS.sub(_nat_port, _CORE_DROP.sub("", rest))
+    return dev + " " + _ECHO_ID.sub(_nat_id, _PORTS.sub(_nat_port, _CORE_DROP.sub("", rest)))
 
 
 def _core_frames(o: Observation) -> Counter:

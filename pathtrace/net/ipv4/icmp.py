@@ -317,6 +317,9 @@ def ip_rt_send_redirect(skb: SkBuff) -> None:
     with ctx.nested():
         ctx.step("ip_rt_send_redirect", gateway=ntoa(gw))
         ctx.step("__icmp_send", type=ICMP_REDIRECT, code=ICMP_REDIR_HOST, to=ntoa(iph.saddr))
+        if iph.frag_off & IP_OFFSET:      # __icmp_send answers fragment 0 only (the peer still counted it)
+            ctx.step("__icmp_send", result="not sent: not the first fragment")
+            return
         out_rt = ip_route_output(net, iph.saddr, 0, ctx=ctx)
         if out_rt.error:
             return

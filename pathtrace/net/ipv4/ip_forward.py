@@ -10,7 +10,9 @@ def ip_exceeds_mtu(skb: SkBuff, mtu: int) -> bool:
         return False
     if not skb.iph.frag_off & IP_DF:
         return False
-    return True
+    if (skb.cb.get("frag_max_size") or 0) > mtu:
+        return True               # an original fragment exceeds the MTU and DF is set
+    return not skb.cb.get("ignore_df")
 
 
 def ip_forward(skb: SkBuff) -> None:

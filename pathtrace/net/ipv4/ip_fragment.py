@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from pathtrace.lib.checksum import ip_fast_csum
 from pathtrace.lib.inet import ntoa
-from pathtrace.net.core.skbuff import IP_MF, IP_OFFSET, SkBuff, kfree_skb_reason
+from pathtrace.net.core.skbuff import IP_DF, IP_MF, IP_OFFSET, SkBuff, kfree_skb_reason
 
 IP_DEFRAG_LOCAL_DELIVER = "LOCAL_DELIVER"
 IP_DEFRAG_CONNTRACK_IN = "CONNTRACK_IN"
@@ -24,6 +24,8 @@ class FragQueue:
     total: int | None = None
     first: SkBuff | None = None
     count: int = 0
+    max_size: int = 0          # q.max_size: the largest fragment (header included)
+    max_df_size: int = 0       # qp->max_df_size: the largest one that carried DF
 
 
 def ip_defrag(net, skb: SkBuff, user: str) -> SkBuff | None:
@@ -53,6 +55,10 @@ def ip_defrag(net, skb: SkBuff, user: str) -> SkBuff | None:
         return None
     q.pieces[offset] = data
     q.count += 1
+    fragsize = len(data) + iph.ihl * 4
+    q.max_size = max(q.max_size, fragsize)
+    if iph.frag_off & IP_DF:
+        q.max_df_size = max(q.max_df_size, fragsize)
     if offset == 0:
         q.first = skb
     ctx.step("ip_defrag", user=user, offset=offset, length=len(data), more=bool(iph.frag_off & IP_MF))
@@ -74,10 +80,12 @@ def ip_defrag(net, skb: SkBuff, user: str) -> SkBuff | None:
     del net.ip_frags[key]
     # ip_frag_reasm turns the completing fragment itself into the whole datagram
     import copy
-    frag_max = max(len(p) for p in q.pieces.values()) + skb.iph.ihl * 4
+    # ip_frag_reasm: frag_max_size makes the output refragment at the sizes that came in; DF is set
+    # only when the largest fragments all carried it (IPSKB_FRAG_PMTU)
+    frag_max = max(q.max_df_size, q.max_size)
     skb.iph = copy.copy(q.first.iph)
     skb.payload = buf[:q.total]
-    skb.iph.frag_off &= ~(IP_MF | IP_OFFSET) & 0xFFFF
+    skb.iph.frag_off = IP_DF if q.max_df_size == q.max_size else 0
     skb.iph.tot_len = skb.iph.ihl * 4 + q.total
     skb.iph.check = 0
     skb.iph.check = ip_fast_csum(skb.iph.pack())

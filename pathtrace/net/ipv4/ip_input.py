@@ -82,19 +82,18 @@ def ip_rcv_finish(skb: SkBuff) -> None:
 
 
 def ip_rcv_finish_core(skb: SkBuff) -> bool:
-    from pathtrace.net.ipv4.route import ip_route_input_slow
+    from pathtrace.net.ipv4.route import ip_route_input_rcu
     ctx = skb.ctx
     iph = skb.iph
     dev = skb.dev
     if skb.dst is None:
         ctx.step("ip_route_input_noref", daddr=ntoa(iph.daddr), saddr=ntoa(iph.saddr), iif=dev.name,
                  mark=skb.mark) if ctx.record else None
-        ctx.step("ip_route_input_slow")
-        reason = ip_route_input_slow(skb, iph.daddr, iph.saddr, dev)
+        reason = ip_route_input_rcu(skb, iph.daddr, iph.saddr, dev)
         if reason:
             kfree_skb_reason(skb, reason)
             return False
-        if ctx.record:
+        if ctx.record and skb.dst.type != "multicast":
             dst = skb.dst
             ctx.step("ip_route_input_slow", result=dst.type, route=dst.route or None,
                      table={255: "local", 254: "main", 253: "default"}.get(dst.table, str(dst.table)),

@@ -64,7 +64,7 @@ def ip_finish_output(skb: SkBuff) -> None:
     ctx.step("ip_finish_output")
     ctx.step("__ip_finish_output")
     mtu = skb.dst.rtax_mtu or skb.dst.dev.mtu     # ip_skb_dst_mtu: the route's mtu metric first
-    if skb.len > mtu:
+    if skb.len > mtu or skb.cb.get("frag_max_size"):    # a reassembled datagram is always refragmented
         ip_fragment(skb, mtu)
         return
     ip_finish_output2(skb)
@@ -73,10 +73,16 @@ def ip_finish_output(skb: SkBuff) -> None:
 def ip_fragment(skb: SkBuff, mtu: int) -> None:
     from pathtrace.net.ipv4.icmp import ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, icmp_send
     ctx = skb.ctx
-    if skb.iph.frag_off & IP_DF and not skb.cb.get("ignore_df"):
+    frag_max = skb.cb.get("frag_max_size") or 0
+    if skb.iph.frag_off & IP_DF and (not skb.cb.get("ignore_df") or frag_max > mtu):
         ctx.step("ip_fragment", result=f"len {skb.len} > mtu {mtu} with DF")
         icmp_send(skb, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, mtu)
         kfree_skb_reason(skb, "PKT_TOO_BIG")
+        return
+    if frag_max and frag_max < mtu:
+        mtu = frag_max                  # ip_do_fragment: the largest fragment that came in
+    if skb.len <= mtu:
+        ip_finish_output2(skb)          # one piece: ip_do_fragment sends it as it is
         return
     ip_do_fragment(skb, mtu)
 

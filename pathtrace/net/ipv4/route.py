@@ -142,6 +142,53 @@ def fib_validate_source_ret(net: "Net", skb: "SkBuff", saddr: int, daddr: int, o
     return None, res.error is None and res.fa is not None and res.fa.dev == dev.name and _nh_on_link(res.fa)
 
 
+IGMP_ALL_HOSTS = 0xE0000001      # 224.0.0.1: every IPv4 interface joins it when it comes up (ip_mc_up)
+
+
+def ip_check_mc_rcu(dev: "NetDevice", daddr: int) -> bool:
+    """Whether the interface has joined the group.  A host file names no memberships, so only the
+    all-hosts group every interface joins (ip_mc_up → ip_mc_inc_group(IGMP_ALL_HOSTS)) is ours."""
+    return daddr == IGMP_ALL_HOSTS and bool(dev.addrs)
+
+
+def ip_route_input_rcu(skb: "SkBuff", daddr: int, saddr: int, dev: "NetDevice") -> str | None:
+    """ip_route_input_rcu: a multicast destination is ours only for a joined group (no multicast
+    routing is modelled: IN_DEV_MFORWARD is off) and then routed by ip_route_input_mc; anything
+    else to a group is dropped with NOT_SPECIFIED.  Other destinations take ip_route_input_slow."""
+    ctx = skb.ctx
+    if not ipv4_is_multicast(daddr):
+        ctx.step("ip_route_input_slow")
+        return ip_route_input_slow(skb, daddr, saddr, dev)
+    if not ip_check_mc_rcu(dev, daddr):
+        ctx.step("ip_check_mc_rcu", group=ntoa(daddr), result="not a member")
+        return "NOT_SPECIFIED"
+    return ip_route_input_mc(skb, daddr, saddr, dev)
+
+
+def ip_mc_validate_source(skb: "SkBuff", daddr: int, saddr: int, dev: "NetDevice") -> str | None:
+    net = skb.ctx_net
+    if ipv4_is_multicast(saddr) or ipv4_is_lbcast(saddr):
+        return "IP_INVALID_SOURCE"
+    if ipv4_is_loopback(saddr) and not net.sysctl.dev(dev.name, "route_localnet"):
+        return "IP_LOCALNET"
+    if ipv4_is_zeronet(saddr):
+        local_mc = daddr & 0xFFFFFF00 == 0xE0000000
+        return None if local_mc or skb.iph.protocol == 2 else "IP_INVALID_SOURCE"
+    return fib_validate_source(net, skb, saddr, 0, None, dev)
+
+
+def ip_route_input_mc(skb: "SkBuff", daddr: int, saddr: int, dev: "NetDevice") -> str | None:
+    """ip_route_input_mc: validate the source, then an RTCF_MULTICAST|RTCF_LOCAL route to ip_local_deliver."""
+    reason = ip_mc_validate_source(skb, daddr, saddr, dev)
+    skb.ctx.step("ip_route_input_mc", group=ntoa(daddr), result=reason or "ours")
+    if reason:
+        return _martian(skb.ctx, "source", reason, saddr, daddr)
+    net = skb.ctx_net
+    skb.dst = RouteResult(type="multicast", dev=net.loopback, input="ip_local_deliver",
+                          route=f"multicast {ntoa(daddr)} (joined on {dev.name})", table=255)
+    return None
+
+
 def ip_route_input_slow(skb: "SkBuff", daddr: int, saddr: int, dev: "NetDevice") -> str | None:
     """Input route lookup: sets skb.dst (possibly ip_error) or returns a drop reason."""
     net = skb.ctx_net

@@ -38,4 +38,6 @@ def ipv4_conntrack_defrag(nf, skb, hook: int) -> int:
     if whole is not skb:          # continue with the reassembled datagram in this skb
         skb.iph = whole.iph
         skb.payload = whole.payload
+        skb.cb["frag_max_size"] = whole.cb.get("frag_max_size")
+    skb.cb["ignore_df"] = True    # nf_ct_ipv4_gather_frags: skb->ignore_df = 1
     return NF_ACCEPT

@@ -91,6 +91,8 @@ def single_process_reasons(net: Any, write_pcap: str | None) -> list[str]:
     if write_pcap:
         reasons.append("--write-pcap")
     nf = net.nf
+    if nf is not None and getattr(nf, "nft", None) is not None:
+        reasons.append("an nftables ruleset (its counters and limits are not merged across workers)")
     for table in (nf.tables.values() if nf is not None else ()):
         for chain in table.chains.values():
             for rule in chain.rules:
@@ -242,9 +244,16 @@ def replay_parallel(job: Job, net: Any, counter: Any, replayer: Any, out: TextIO
             send.close()
             workers.append((proc, receive))
         replies = []
-        for proc, receive in workers:
-            replies.append(receive.recv())
-            proc.join()
+        try:
+            for proc, receive in workers:
+                replies.append(receive.recv())
+                proc.join()
+        except BaseException:           # SIGINT (or a lost worker): stop the others, do not wait for them
+            for proc, _ in workers:
+                if proc.is_alive():
+                    proc.terminate()
+                proc.join()
+            raise
         errors = [value for status, value in replies if status != "ok"]
         if errors:
             raise errors[0]                 # e.g. a CaptureError: the caller reports it as for one process

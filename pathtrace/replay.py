@@ -56,7 +56,7 @@ class ReplayOptions:
 def create_namespace(host: HostConfig) -> Net:
     """Build the namespace and load its netfilter ruleset (errors name the ruleset line)."""
     net = build_net(host)
-    if host.iptables_text is not None:
+    if host.iptables_text is not None or host.nftables_text is not None:
         from pathtrace.net.netfilter.core import Netfilter
         net.nf = Netfilter.from_config(host, net)
     return net

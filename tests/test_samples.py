@@ -26,11 +26,12 @@ RULESETS = sorted(p for p in (ROOT / "rulesets").glob("*.yaml")
 
 
 def sample_for(host: Path) -> Path:
+    stem = host.stem.removesuffix("-nft")       # NAME-nft.yaml: NAME.yaml's firewall in nftables, same capture
     for ext in (".pcap", ".pcapng"):
-        path = ROOT / "samples" / (host.stem + ext)
+        path = ROOT / "samples" / (stem + ext)
         if path.exists():
             return path
-    raise AssertionError(f"{host.name} has no samples/{host.stem}.pcap or .pcapng")
+    raise AssertionError(f"{host.name} has no samples/{stem}.pcap or .pcapng")
 
 
 def replay(host: Path, *extra: str) -> tuple[int, str]:
@@ -187,4 +188,4 @@ def test_samples_are_what_make_samples_writes(tmp_path: Path) -> None:
     for name, make in mod.SAMPLES.items():
         make(str(tmp_path / name))
         assert (tmp_path / name).read_bytes() == (ROOT / "samples" / name).read_bytes(), name
-    assert {p.stem for p in RULESETS} == {Path(n).stem for n in mod.SAMPLES}
+    assert {p.stem.removesuffix("-nft") for p in RULESETS} == {Path(n).stem for n in mod.SAMPLES}

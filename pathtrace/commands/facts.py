@@ -39,7 +39,8 @@ def rule_label(d: dict[str, Any] | None) -> str:
 
 def decisions(record: PacketRecord) -> list[dict[str, Any]]:
     """Netfilter decisions about the input packet itself, in order."""
-    steps = [s.detail for s in record.path if s.fn == "ipt_do_table" and s.depth == 0 and "chain" in s.detail]
+    steps = [s.detail for s in record.path
+             if s.fn in ("ipt_do_table", "nft_do_chain") and s.depth == 0 and "chain" in s.detail]
     if steps or record.path:
         return [{k: d.get(k) for k in ("hook", "table", "chain", "rule", "text", "verdict", "misses")}
                 for d in steps]

@@ -90,7 +90,7 @@ def describe(step: Step, nf: Any = None) -> list[str]:
     """Readable lines for one step; the rule walk of ipt_do_table gets one line per rule."""
     d = step.detail
     fn = step.fn
-    if fn == "ipt_do_table" and "chain" in d:
+    if fn in ("ipt_do_table", "nft_do_chain") and "chain" in d:
         return _table_lines(d, nf)
     if fn == "fib_lookup":
         if d.get("route"):

@@ -14,7 +14,7 @@ def write_text(record: PacketRecord, out: TextIO, verbose: bool = False) -> None
     for step in record.path:
         indent = "  " * (step.depth + 1)
         detail = step.detail
-        misses = detail.get("misses") if step.fn == "ipt_do_table" else None
+        misses = detail.get("misses") if step.fn in ("ipt_do_table", "nft_do_chain") else None
         if misses is not None:
             detail = {k: v for k, v in detail.items() if k != "misses"}
         details = detail_text(detail)

@@ -99,6 +99,8 @@ class Lab:
             raise Unavailable("verify does not build ipsets yet")
         if self.host.iptables_text is not None:
             self._load_iptables(self.host.iptables_text)
+        if self.host.nftables_text is not None:
+            self._load_nftables(self.host.nftables_text)
         self._open_sockets()
         self._open_taps()
 
@@ -134,6 +136,13 @@ class Lab:
         if shutil.which("iptables-restore") is None:
             raise Unavailable("iptables-restore is not installed (apt-get install -y iptables)")
         ns_exec(self.host_ns, ["iptables-restore"], stdin=restore_text(text))
+
+    def _load_nftables(self, text: str) -> None:
+        """nft -f of the host's ruleset (-j for the JSON of nft -j list ruleset), after iptables' tables."""
+        if shutil.which("nft") is None:
+            raise Unavailable("nft is not installed (apt-get install -y nftables)")
+        json_text = text.lstrip().startswith("{")
+        ns_exec(self.host_ns, ["nft", *(["-j"] if json_text else []), "-f", "-"], stdin=text)
 
     def _open_sockets(self) -> None:
         """Listeners live in this process, created inside the host namespace via setns."""

@@ -58,6 +58,15 @@ def _volatile(fn: Callable, what: str) -> Callable:
     return check
 
 
+def _nft_volatile(fn: Callable, what: str) -> Callable:
+    """_volatile for an nft expression (called with the nft_pktinfo)."""
+    def check(pkt):
+        pkt.skb.ctx.uncacheable(what)
+        return fn(pkt)
+    check.volatile = True
+    return check
+
+
 @dataclass(eq=False)
 class Netfilter:
     """All netfilter state of one namespace (tables, counters, conntrack, match state)."""
@@ -71,6 +80,7 @@ class Netfilter:
     recent: dict[str, Any] = field(default_factory=dict)
     entries: dict[int, list[HookEntry]] = field(default_factory=dict)
     path: str = ""
+    nft: Any = None                             # nf_tables_api.NftRuleset when the host has nftables
 
     # ---- construction ------------------------------------------------------------------------
     @classmethod
@@ -89,6 +99,10 @@ class Netfilter:
         if text:
             parser = RulesetParser(text, nf.path, getattr(host, "iptables_first_line", 1), host)
             nf.tables = parser.parse()
+        nft_text = getattr(host, "nftables_text", None)
+        if nft_text is not None:
+            from pathtrace.net.netfilter.nf_tables_parse import parse_ruleset
+            nf.nft = parse_ruleset(nft_text, host.nftables_path, host.nftables_first_line, host)
         nf._register(nf.needs_conntrack())
         return nf
 
@@ -104,8 +118,9 @@ class Netfilter:
         return nf
 
     def needs_conntrack(self) -> bool:
-        """nf_conntrack is loaded by the nat table or any conntrack-dependent extension."""
-        if "nat" in self.tables:
+        """nf_conntrack is loaded by the nat table or any conntrack-dependent extension (nft: a nat
+        chain or a ct expression)."""
+        if "nat" in self.tables or (self.nft is not None and self.nft.needs_conntrack()):
             return True
         for table in self.tables.values():
             for chain in table.chains.values():
@@ -127,11 +142,12 @@ class Netfilter:
                 from pathtrace.net.netfilter.nf_conntrack_core import ConntrackTable
                 self.conntrack = ConntrackTable(self.net)
             self._register_conntrack(reg)
-        if "nat" in self.tables:
+        nft_nat = self._register_nft(reg)
+        if "nat" in self.tables or nft_nat:
             self.nat = True
             self._register_nat(reg)
         for hook in reg:
-            reg[hook].sort(key=lambda e: e.priority)
+            reg[hook].sort(key=lambda e: e.priority)        # stable: equal priorities keep registration order
         self.entries = {h: e for h, e in reg.items() if e}
 
     def _mark_volatile(self) -> None:
@@ -164,6 +180,40 @@ class Netfilter:
         for hook in (NF_INET_POST_ROUTING, NF_INET_LOCAL_IN):
             reg[hook].append(HookEntry(NF_IP_PRI_CONNTRACK_CONFIRM, "ipv4_confirm", wrap(ct.ipv4_confirm, hook)))
 
+    def _register_nft(self, reg: dict[int, list[HookEntry]]) -> bool:
+        """nf_tables base chains at their hook and priority (nf_tables_register_hook); nat chains are
+        not hook entries but lookups of the nat hooks (nf_nat_ipv4_register_fn).  True if any nat chain."""
+        if self.nft is None:
+            return False
+        for e in self.nft.exprs():
+            if e.volatile and not getattr(e.fn, "volatile", False):
+                e.fn = _nft_volatile(e.fn, e.volatile)
+        nat = False
+        for chain in self.nft.base_chains():
+            if chain.type == "nat":
+                nat = True
+                continue
+            name = "nft_do_chain_inet" if chain.table.family == "inet" else "nft_do_chain_ipv4"
+            reg[chain.hook].append(HookEntry(chain.priority, name, self._nft_fn(chain)))
+        return nat
+
+    def _nft_fn(self, chain: Any) -> HookFn:
+        return lambda skb, indev, outdev: self.run_nft_chain(chain, skb, indev, outdev)
+
+    def _nat_lookups(self, hook: int) -> list[tuple[int, Callable[[Any, Any, Any], int]]]:
+        """The nat hook's lookups in priority order (nf_nat_inet_fn's lpriv->entries): iptables' nat
+        table and nft nat chains, as nf_nat_register_fn sorts them."""
+        out: list[tuple[int, Callable[[Any, Any, Any], int]]] = []
+        if "nat" in self.tables and hook in TABLE_HOOKS["nat"]:
+            prio = NF_IP_PRI_NAT_DST if hook in (NF_INET_PRE_ROUTING, NF_INET_LOCAL_OUT) else NF_IP_PRI_NAT_SRC
+            out.append((prio, lambda skb, indev, outdev: self.run_table("nat", hook, skb, indev, outdev)))
+        if self.nft is not None:
+            for chain in self.nft.base_chains():
+                if chain.type == "nat" and chain.hook == hook:
+                    out.append((chain.priority, self._nft_fn(chain)))
+        out.sort(key=lambda x: x[0])
+        return out
+
     def _register_nat(self, reg: dict[int, list[HookEntry]]) -> None:
         from pathtrace.net.netfilter import nf_nat_core as nat
         ops = ((NF_INET_PRE_ROUTING, NF_IP_PRI_NAT_DST, nat.nf_nat_ipv4_pre_routing),
@@ -171,11 +221,51 @@ class Netfilter:
                (NF_INET_LOCAL_OUT, NF_IP_PRI_NAT_DST, nat.nf_nat_ipv4_local_fn),
                (NF_INET_LOCAL_IN, NF_IP_PRI_NAT_SRC, nat.nf_nat_ipv4_local_in))
         for hook, prio, fn in ops:
-            def entry(skb, indev, outdev, fn=fn, hook=hook):
+            lookups = self._nat_lookups(hook)
+
+            def entry(skb, indev, outdev, fn=fn, hook=hook, lookups=lookups):
                 def run_nat_chain(skb2, hook2, indev=indev, outdev=outdev):
-                    return self.run_table("nat", hook2, skb2, indev, outdev)
+                    if len(lookups) == 1:
+                        return lookups[0][1](skb2, indev, outdev)
+                    ct = nat.nf_ct_get(skb2)
+                    manip = nat.hook2manip(hook2)
+                    for _, look in lookups:
+                        ret = look(skb2, indev, outdev)
+                        if ret != NF_ACCEPT or (ct is not None and nat.nf_nat_initialized(ct, manip)):
+                            return ret
+                    return NF_ACCEPT
                 return fn(self, skb, hook, run_nat_chain, outdev)
             reg[hook].append(HookEntry(prio, fn.__name__, entry))
+
+    def run_nft_chain(self, chain: Any, skb: Any, indev: Any, outdev: Any) -> int:
+        """nft_do_chain_ipv4/inet for one base chain, recording the step and the decision as
+        `nft monitor trace` shows them (table, chain, rule handle and text, verdict)."""
+        from pathtrace.net.netfilter.nf_tables_core import NftPktinfo, nft_do_chain, nft_set_pktinfo_ipv4
+        ctx = skb.ctx
+        hook = chain.hook
+        pkt = NftPktinfo(skb, self, hook, indev, outdev)
+        nft_set_pktinfo_ipv4(pkt)
+        detail: dict[str, Any] | None = None
+        if ctx.record:
+            ctx.step("nft_do_chain", table=chain.table.label, chain=chain.name, hook=HOOK_NAMES[hook])
+            detail = ctx.steps[-1].detail
+        before = (skb.iph.saddr, skb.iph.daddr, skb.mark, skb.iph.tos) if chain.type == "route" else None
+        d = nft_do_chain(pkt, chain)
+        if before is not None and d.verdict == NF_ACCEPT and before != (skb.iph.saddr, skb.iph.daddr, skb.mark,
+                                                                        skb.iph.tos):
+            # nf_route_table_hook4: a route chain that changed the addresses, mark or tos re-routes
+            from pathtrace.net.ipv4.route import ip_route_me_harder
+            if not ip_route_me_harder(skb):
+                d.verdict = NF_DROP
+        verdict_name = VERDICT_NAMES.get(d.verdict & 0xFF, str(d.verdict))
+        if detail is not None:
+            detail.update(chain=d.chain, rule=d.rule, handle=d.rule, text=d.text, verdict=verdict_name,
+                          policy=d.policy, path=" -> ".join(d.path))
+            if d.misses:
+                detail["misses"] = d.misses
+        ctx.verdicts.append({"hook": HOOK_NAMES[hook], "table": chain.table.label, "chain": d.chain, "rule": d.rule,
+                             "text": d.text, "verdict": verdict_name})
+        return d.verdict
 
     def _table_fn(self, name: str, hook: int) -> HookFn:
         return lambda skb, indev, outdev: self.run_table(name, hook, skb, indev, outdev)
@@ -250,6 +340,8 @@ class Netfilter:
                 for r in chain.rules:
                     yield {"table": tname, "chain": chain.name, "rule": r.num, "line": r.line, "text": r.text,
                            "pkts": r.pkts, "bytes": r.bytes}
+        if self.nft is not None:
+            yield from self.nft.rule_counters()
 
     def unhit_rules(self) -> list[dict[str, Any]]:
         """Rules no packet matched (policies excluded)."""
@@ -274,6 +366,8 @@ class Netfilter:
                     out.append(" ".join(str(c).rjust(w) if i < len(head) else str(c).ljust(w)
                                         for i, (c, w) in enumerate(zip(row, widths))).rstrip())
                 out.append("")
+        if self.nft is not None and self.nft.tables:
+            out.append(self.nft.format_listing())
         return "\n".join(out).rstrip() + "\n" if out else ""
 
 

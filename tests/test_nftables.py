@@ -279,3 +279,51 @@ def test_json_errors_name_the_object(tmp_path: Path) -> None:
         parse_ruleset(json.dumps(doc), "r.json")
     with pytest.raises(HostFileError, match="no \"nftables\" array"):
         parse_ruleset("{}", "r.json")
+
+
+# ---- the replay cache: nft counters and tallies are kept by it, outcomes unchanged --------------------
+
+def _bench_nft(rules: int) -> str:
+    """bench/workload.py's router with its iptables rules written as nft rules (same order and meaning)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import workload
+    text = workload.host_yaml(rules)
+    head = text[:text.index("iptables: |")]
+    filler = max(rules - 4, 0)
+    dnat, fwd = min(filler // 10, 200), filler - min(filler // 10, 200)
+    pre = [f'iifname "eth0" tcp dport {20000 + i} counter dnat to 192.168.2.{1 + i % 250}:{8000 + i}'
+           for i in range(dnat)]
+    forward = ["ct state established,related counter accept", "ct state invalid counter drop"]
+    for i in range(fwd):
+        a, b = divmod(i, 250)
+        forward.append(f"ip saddr 10.{a % 250}.{b}.0/24 ip daddr 172.16.{a % 250}.{b + 1} tcp dport {1000 + i % 50000} "
+                       f"counter {'accept' if i % 3 else 'drop'}")
+    forward.append('iifname "eth1" oifname "eth0" counter accept')
+    body = ["table ip nat {", "\tchain PREROUTING {", "\t\ttype nat hook prerouting priority dstnat; policy accept;",
+            *("\t\t" + r for r in pre), "\t}", "\tchain POSTROUTING {",
+            "\t\ttype nat hook postrouting priority srcnat; policy accept;", '\t\toifname "eth0" counter masquerade',
+            "\t}", "}", "table ip filter {", "\tchain INPUT {", "\t\ttype filter hook input priority filter; policy accept;",
+            "\t}", "\tchain FORWARD {", "\t\ttype filter hook forward priority filter; policy drop;",
+            *("\t\t" + r for r in forward), "\t}", "}"]
+    return head + "nftables: |\n" + "".join(f"  {line}\n" for line in body)
+
+
+@pytest.mark.parametrize("record", [True, False])
+def test_replay_cache_keeps_nft_counters_and_outcomes(tmp_path: Path, record: bool) -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    import workload
+    from test_flowcache import assert_same
+    from pathtrace.capture import read_frames
+    host = tmp_path / "router-nft.yaml"
+    host.write_text(_bench_nft(60))
+    (tmp_path / "router.yaml").write_text(workload.host_yaml(60))
+    cap = tmp_path / "flows.pcap"
+    workload.write_capture(cap, 1500, 20)
+    frames = list(read_frames(str(cap)))
+    r = assert_same(host, frames, record=record, min_hits=0.8)      # records and final counters, cache on and off
+    listing = r.net.nf.format_listing()
+    assert "counter" in listing and "(packets 0 bytes 0)" in listing
+    assert any(int(n) > 100 for n in __import__("re").findall(r"\(packets (\d+) bytes", listing))
+    a = _replay(str(tmp_path / "router.yaml"), str(cap))
+    b = _replay(str(host), str(cap))
+    assert [_outcome(x) for x in a] == [_outcome(y) for y in b]

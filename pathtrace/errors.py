@@ -1,6 +1,10 @@
 """Errors users see: one line naming the file, the line and what is wrong."""
 from __future__ import annotations
 
+import re
+
+LONG_WORD = re.compile(r"\S{201,}")    # a quoted 5,000-character value is cut in its middle: one readable line
+
 
 class PathtraceError(Exception):
     """An input problem reported as `FILE:LINE: message` with exit code 2."""
@@ -15,7 +19,13 @@ class PathtraceError(Exception):
         where = self.file or ""
         if self.line is not None:
             where += f":{self.line}"
-        return f"{where}: {self.message}" if where else self.message
+        message = LONG_WORD.sub(_cut, " ".join(self.message.splitlines()) or self.message)
+        return f"{where}: {message}" if where else message
+
+
+def _cut(m: re.Match) -> str:
+    word = m.group()
+    return f"{word[:60]}...({len(word) - 120} more)...{word[-60:]}"
 
 
 class HostFileError(PathtraceError):

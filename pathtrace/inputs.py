@@ -77,6 +77,13 @@ def check_arg(text: str, what: str, error: Type[PathtraceError] = PathtraceError
     return text
 
 
+def shorten(text: str, limit: int = 60) -> str:
+    """repr(text) for a one-line message, cut in the middle when longer than `limit` characters."""
+    if len(text) <= limit:
+        return repr(text)
+    return repr(text[:limit // 2]) + f"...({len(text) - limit} more)..." + repr(text[-limit // 2:])
+
+
 def parse_int(text: str, base: int = 0) -> int:
     """An integer as the kernel's and iproute2's strtoul-based parsers read it: ASCII digits only
     (Python's int() also takes '٣' and '1_000'), at most MAX_NUMBER_DIGITS of them; ValueError else."""

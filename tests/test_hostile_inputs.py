@@ -37,6 +37,7 @@ def one_line_error(code: int, out: str, *needles: str) -> None:
     assert code == 2, out
     lines = out.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("pathtrace"), out
+    assert len(lines[0]) < 700, lines[0]         # a 5,000-digit value is cut in the middle
     for n in needles:
         assert n in lines[0], (n, lines[0])
 
@@ -111,6 +112,13 @@ def test_billion_laughs_expectation_file_fails_fast(tmp_path: Path) -> None:
 ])
 def test_numbers(tmp_path: Path, extra: str, needle: str) -> None:
     one_line_error(*run("show", put(tmp_path, "h.yaml", HOST + extra)), "h.yaml:", needle)
+
+
+def test_ifindex_option_ascii(tmp_path: Path) -> None:
+    short_block_pcapng(tmp_path / "c.pcapng")
+    host, cap = put(tmp_path, "h.yaml", HOST), str(tmp_path / "c.pcapng")
+    for bad in ("\u0663=eth0", "\u00b2=eth0", "9" * 5000 + "=eth0"):
+        one_line_error(*run("replay", "--ifindex", bad, host, cap), "--ifindex", "is not a number")
 
 
 def test_digits_are_ascii_only() -> None:

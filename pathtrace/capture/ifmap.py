@@ -75,25 +75,28 @@ def scan_ifindexes(frames: Iterable[Frame], limit: int = SCAN_FRAMES) -> dict[in
 def parse_ifindex_option(text: str, names: Iterable[str], what: str = "--ifindex") -> dict[int, str]:
     """"2=eth0,3=eth1" as {2: "eth0", 3: "eth1"}; names must be host interfaces (or lo).
     Raises PathtraceError with a one-line message."""
+    from pathtrace.inputs import check_arg, parse_int, shorten
+    check_arg(text, what)
     known = set(names) | {LOOPBACK}
     result: dict[int, str] = {}
+    shown = shorten(text)
     for item in text.split(","):
         item = item.strip()
         index, sep, name = item.partition("=")
         index, name = index.strip(), name.strip()
         if not sep or not index or not name:
-            raise PathtraceError(f"{what} {text!r}: {item!r} is not INDEX=NAME")
+            raise PathtraceError(f"{what} {shown}: {shorten(item)} is not INDEX=NAME")
         try:
-            n = int(index, 10)
+            n = parse_int(index, 10)
         except ValueError:
-            raise PathtraceError(f"{what} {text!r}: ifindex {index!r} is not a number") from None
+            raise PathtraceError(f"{what} {shown}: ifindex {shorten(index)} is not a number") from None
         if not 1 <= n <= 0x7FFFFFFF:
-            raise PathtraceError(f"{what} {text!r}: ifindex {n} out of range 1..2147483647")
+            raise PathtraceError(f"{what} {shown}: ifindex {n} out of range 1..2147483647")
         if name not in known:
-            raise PathtraceError(f"{what} {text!r}: no interface {name!r} in the host file "
+            raise PathtraceError(f"{what} {shown}: no interface {shorten(name)} in the host file "
                                  f"(known: {', '.join(sorted(known))})")
         if n in result and result[n] != name:
-            raise PathtraceError(f"{what} {text!r}: ifindex {n} given twice")
+            raise PathtraceError(f"{what} {shown}: ifindex {n} given twice")
         result[n] = name
     return result
 

@@ -327,3 +327,32 @@ def test_replay_cache_keeps_nft_counters_and_outcomes(tmp_path: Path, record: bo
     a = _replay(str(tmp_path / "router.yaml"), str(cap))
     b = _replay(str(host), str(cap))
     assert [_outcome(x) for x in a] == [_outcome(y) for y in b]
+
+
+def test_mangled_rulesets_are_one_line_errors_never_tracebacks() -> None:
+    """Deterministic mutations of a real listing (deletions, insertions of nft tokens): every outcome is
+    a loaded ruleset or a HostFileError (the CLI's one-line, exit 2 error)."""
+    import random
+    base = (ROOT / "rulesets" / "home-router-nft.yaml").read_text()
+    base = textwrap.dedent(base[base.index("nftables: |") + len("nftables: |\n"):])
+    words = ["{", "}", ";", "\n", ",", ".", ":", "-", "/", "@", "$", "!=", "&", "|", "(", ")", '"', "#", "0",
+             "99999999999", "1.2.3.4/99", "jump", "vmap", "map", "set", "ip", "tcp", "ct", "meta", "fib", "counter",
+             "limit rate", "to", "dnat", "elements", "=", "type", "hook", "priority", "policy", "-1", "interval",
+             "iifname &", "tcp flags", "\x00", "é", "٣", "ct mark set", "reject with", "typeof", "0x1ff"]
+    rng = random.Random(16)
+    loaded = refused = 0
+    for _ in range(1500):
+        chars = list(base)
+        for _ in range(rng.randint(1, 3)):
+            pos = rng.randrange(len(chars))
+            if rng.random() < 0.5:
+                del chars[pos]
+            else:
+                chars.insert(pos, rng.choice(words) + " ")
+        try:
+            parse_ruleset("".join(chars), "m.nft")
+            loaded += 1
+        except HostFileError as e:
+            assert "\n" not in str(e).strip() and str(e).startswith("m.nft")
+            refused += 1
+    assert loaded and refused

@@ -199,7 +199,7 @@ def json_to_text(text: str, path: str) -> str:
                 t["chains"].setdefault(o["chain"], []).append("\t\t" + " ".join(s for s in stmts if s))
             else:
                 raise ValueError(f"not modelled: {kind} objects")
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
             msg = str(e) if isinstance(e, ValueError) else f"missing or malformed {e}"
             raise JsonRulesetError(f"nftables[{n}] ({kind}): {msg}", path, None) from None
     out: list[str] = []

@@ -1192,6 +1192,8 @@ class RulesetParser:
                 v = dt.parse(w.value)
             except NftTypeError as e:
                 raise self.error(w, str(e)) from None
+            if not isinstance(v, int) or dt.family == 6:
+                raise self.error(w, f"Binary operation (&, |) is not supported for {dt.desc()} values")
             total |= v
             if self.peek().value in ("|", ",") and (paren or self.peek().value == ","):
                 self.next()

@@ -356,3 +356,69 @@ def test_mangled_rulesets_are_one_line_errors_never_tracebacks() -> None:
             assert "\n" not in str(e).strip() and str(e).startswith("m.nft")
             refused += 1
     assert loaded and refused
+
+
+# ---- the features host: every modelled statement on the packets that reach it ----------------------------
+
+FEATURES = ROOT / "tests" / "data" / "nftables" / "features.yaml"
+WAN, LAN = ("02:00:00:00:00:fe", "02:00:00:00:00:01"), ("02:00:00:00:01:10", "02:00:00:00:01:01")
+
+
+def feature_packets() -> list[tuple[tuple[str, str], bytes]]:
+    """(MACs, IP packet) for tests/data/nftables/features.yaml, one per rule or verdict path."""
+    from pathtrace.packet import build
+    t, u, i = build.tcp_packet, build.udp_packet, build.icmp_packet
+    return [
+        (WAN, t("198.51.100.9", "198.51.100.1", 40000, 22, "S")),        # vmap -> jump ssh -> return -> policy drop
+        (LAN, t("192.168.1.10", "192.168.1.1", 40001, 22, "S")),         # jump ssh -> accept
+        (WAN, t("198.51.100.50", "198.51.100.1", 40002, 22, "S")),       # goto sshlog -> log, accept
+        (WAN, t("198.51.100.9", "198.51.100.1", 40003, 80, "S")),        # vmap accept
+        # the clients reset those handshakes: no SYN-ACK retransmission a second later
+        (LAN, t("192.168.1.10", "192.168.1.1", 40001, 22, "R", seq=1)),
+        (WAN, t("198.51.100.50", "198.51.100.1", 40002, 22, "R", seq=1)),
+        (WAN, t("198.51.100.9", "198.51.100.1", 40003, 80, "R", seq=1)),
+        (WAN, t("198.51.100.9", "198.51.100.1", 40004, 23, "S")),        # reject with tcp reset
+        (WAN, u("198.51.100.9", "198.51.100.1", 40005, 161, b"x")),      # concatenated set -> reject (icmpx)
+        (WAN, t("198.51.100.9", "198.51.100.1", 40006, 8443, "S")),      # concatenated set, tcp -> reject (inet: RST? no: icmpx)
+        (WAN, t("198.51.100.205", "198.51.100.1", 40007, 80, "S")),      # interval set -> admin-prohibited
+        (WAN, i("198.51.100.9", "198.51.100.1", 8, 0, b"p1", id=7, seq=1)),   # limit burst 2
+        (WAN, i("198.51.100.9", "198.51.100.1", 8, 0, b"p2", id=8, seq=2)),
+        (WAN, i("198.51.100.9", "198.51.100.1", 8, 0, b"p3", id=9, seq=3)),   # over the limit: policy drop
+        (LAN, t("192.168.1.10", "203.0.113.80", 40008, 443, "S")),       # forward, marks, masquerade
+        (WAN, t("198.51.100.9", "198.51.100.1", 40009, 8080, "S")),      # dnat, ct status dnat accept
+        (WAN, t("198.51.100.9", "198.51.100.1", 40010, 2222, "S")),      # dnat to a map
+        (WAN, t("198.51.100.9", "198.51.100.1", 40011, 2224, "S")),      # not in the map: input, policy drop
+        (WAN, u("198.51.100.9", "198.51.100.1", 40012, 5353, b"m")),     # notrack: untracked, policy drop
+        (WAN, u("198.51.100.9", "198.51.100.255", 40013, 9, b"b")),      # fib daddr type broadcast
+        (LAN, u("192.168.1.10", "192.168.1.1", 40014, 53, b"q")),        # iifname + udp dport accept
+        (WAN, u("198.51.100.9", "198.51.100.1", 40015, 53, b"q")),       # same from the WAN: counter, policy drop
+    ]
+
+
+def write_feature_capture(path: Path) -> None:
+    from pathtrace.packet import build
+    from pathtrace.packet.pcapwriter import PcapWriter
+    with PcapWriter(str(path)) as w:
+        for k, ((src, dst), pkt) in enumerate(feature_packets()):
+            dst_mac = dst if not pkt[16:20] == bytes([198, 51, 100, 255]) else "ff:ff:ff:ff:ff:ff"
+            w.write(build.ether(dst_mac, src, 0x0800, pkt), 1000.0 + k * 0.01)
+
+
+def test_features_host_paths(tmp_path: Path) -> None:
+    """Verdicts that follow from the rules (the live test checks them against the kernel)."""
+    cap = tmp_path / "features.pcap"
+    write_feature_capture(cap)
+    recs = _replay(str(FEATURES), str(cap))
+    got = [(r["verdict"], r["reason"]) for r in recs]
+    drop, local, fwd = ("DROP", "NETFILTER_DROP"), ("LOCAL_DELIVER", None), ("FORWARD", None)
+    assert all(g != drop for g in got[4:7])                           # the resets pass (ct state established)
+    del got[4:7], recs[4:7]
+    assert got == [drop, local, local, local, drop, drop, drop, drop, local, local, drop, fwd, fwd, fwd, drop, drop,
+                   drop, local, drop]
+    sent = [[e["packet"] for e in r["emitted"]] for r in recs]
+    assert "TCP [R.]" in sent[4][0] and "ICMP dest unreachable port" in sent[5][0]
+    assert "admin prohibited" in sent[7][0]
+    assert sent[11][0].startswith("IP 198.51.100.1.")                 # masqueraded
+    assert "192.168.1.20.80" in sent[12][0] and "192.168.1.21.2222" in sent[13][0]
+    steps = [s for r in recs for s in r["path"] if s["fn"] == "nft_log_eval"]
+    assert len(steps) == 1 and steps[0]["prefix"] == "ssh "

@@ -114,3 +114,16 @@ def test_rule_handles_are_the_kernels(host: str) -> None:
     kernel = [int(h) for h in re.findall(r"^\t\t\S.* # handle (\d+)$", listed, re.M)]
     model = [r.handle for t in parse_ruleset(cfg.nftables_text).tables for c in t.chains.values() for r in c.rules]
     assert kernel and kernel == model
+
+
+def test_features_host_agrees_with_the_kernel(tmp_path: Path) -> None:
+    """tests/data/nftables/features.yaml (sets, vmaps, concatenations, jump/goto/return, fib, limit, log,
+    reject forms, dnat map, masquerade, marks, notrack) on its packets: every one as the kernel does."""
+    why = _live()
+    if why:
+        pytest.skip(why)
+    from test_nftables import FEATURES, write_feature_capture
+    cap = tmp_path / "features.pcap"
+    write_feature_capture(cap)
+    agree = _verify(str(FEATURES), str(cap))
+    assert len(agree) == 22 and all(agree)

@@ -60,8 +60,9 @@ def read_text(path: str, error: Type[PathtraceError] = PathtraceError, what: str
     try:
         with open(path, "rb") as fh:
             data = fh.read()
-    except OSError as exc:
-        raise error(f"cannot read {what}: {exc.strerror or exc}", path) from None
+    except (OSError, ValueError) as exc:       # ValueError: a NUL in the name
+        raise error(f"cannot read {what}: {getattr(exc, 'strerror', None) or exc}", repr(path) if "\0" in path
+                    else path) from None
     return decode(data, path, error)
 
 

@@ -50,6 +50,8 @@ def _open(path: str) -> BinaryIO:
         f: BinaryIO = open(path, "rb")
     except OSError as exc:
         raise CaptureError(f"cannot open capture: {exc.strerror or exc}", file=path) from None
+    except ValueError:                          # a NUL in the name (a YAML "\0" escape)
+        raise CaptureError("cannot open capture: NUL character in its name", file=repr(path)) from None
     if not f.seekable():  # a pipe or FIFO: cannot peek for gzip, read it as it is
         return f
     gz = f.read(2) == GZIP_MAGIC

@@ -120,8 +120,8 @@ class _Loader:
             try:
                 with open(full, "rb") as fh:
                     data = fh.read()
-            except OSError as exc:
-                raise self.fail(node, f"cannot read iptables-file {rel!r}: {exc.strerror}") from None
+            except (OSError, ValueError) as exc:      # ValueError: a NUL in the name
+                raise self.fail(node, f"cannot read iptables-file {rel!r}: {getattr(exc, 'strerror', None) or exc}") from None
             host.iptables_text = decode(data, full, HostFileError)
             host.iptables_path = full
             host.iptables_first_line = 1
@@ -309,8 +309,8 @@ class _Loader:
             try:
                 with open(full, "rb") as fh:
                     data = fh.read()
-            except OSError as exc:
-                raise self.fail(node, f"cannot read nftables-file {rel!r}: {exc.strerror}") from None
+            except (OSError, ValueError) as exc:      # ValueError: a NUL in the name
+                raise self.fail(node, f"cannot read nftables-file {rel!r}: {getattr(exc, 'strerror', None) or exc}") from None
             host.nftables_text = decode(data, full, HostFileError)
             host.nftables_path = full
 

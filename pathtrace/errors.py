@@ -17,6 +17,8 @@ class PathtraceError(Exception):
 
     def __str__(self) -> str:
         where = self.file or ""
+        if not where.isprintable():         # a newline or NUL in a name must not break the one line
+            where = repr(where)
         if self.line is not None:
             where += f":{self.line}"
         message = LONG_WORD.sub(_cut, " ".join(self.message.splitlines()) or self.message)

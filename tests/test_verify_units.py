@@ -99,3 +99,17 @@ def test_cli_skips_without_the_kernel_side(tmp_path, monkeypatch) -> None:
     result = CliRunner().invoke(main, ["verify", str(host), str(pcap)])
     assert result.exit_code == 77
     assert "skipped: verify needs root" in result.output
+
+
+def test_consumption_decides_local_delivery_when_traced() -> None:
+    """With the BPF tracer, a packet to a local address with no other effect is delivered only if the
+    host consumed it (icmp_rcv, a listener's SYN); a DNAT'd packet waiting for ARP is held."""
+    from pathtrace.packet import build as b
+    from pathtrace.verify.observe import classify_kernel
+    pkt = b.udp_packet("10.0.0.2", "10.0.0.1", 40000, 53, b"x")
+    local = {bytes([10, 0, 0, 1])}
+    assert classify_kernel(0x0800, pkt, local, [], [], [], None).verdict == "HELD"
+    assert classify_kernel(0x0800, pkt, local, [], [], [], "icmp_rcv").verdict == "LOCAL_DELIVER"
+    assert classify_kernel(0x0800, pkt, local, [], [], [], "ip_do_fragment").verdict == "HELD"
+    assert classify_kernel(0x0800, pkt, local, [], [], [], False).verdict == "LOCAL_DELIVER"   # untraced
+    assert classify_kernel(0x0800, pkt, set(), [], [], [], False).verdict == "HELD"

@@ -125,9 +125,16 @@ def _is_local_reply(l3_in: bytes, frame: bytes) -> bool:
     return out[9] == 17 and ports_back
 
 
+# Where the kernel consumes a packet it did not deliver: the datagram it just cut into fragments.
+_CONSUMED_NOT_DELIVERED = ("ip_do_fragment", "ip_fragment")
+
+
 def classify_kernel(ethertype: int, l3_in: bytes, local_addrs: set[bytes], frames: list[tuple[str, bytes]],
-                    drops: list[tuple[str, str]], delivered: list[str]) -> Observation:
-    """Derive the verdict from what was seen; `drops` are (reason, location) in the host."""
+                    drops: list[tuple[str, str]], delivered: list[str],
+                    consumed: str | None | bool = False) -> Observation:
+    """Derive the verdict from what was seen; `drops` are (reason, location) in the host.  `consumed`:
+    where the injected skb was consumed (consume_skb), None when it was not; False when the tracer
+    cannot tell, and then a packet to a local address with no other effect counts as delivered."""
     emitted = sorted(summarize_frame(dev, f) for dev, f in frames)
     obs = Observation(verdict=HELD, emitted=emitted, delivered=sorted(delivered))
     forwarded = [dev for dev, f in frames if ethertype == 0x0800 and _is_forward_of(l3_in, f)]
@@ -139,6 +146,8 @@ def classify_kernel(ethertype: int, l3_in: bytes, local_addrs: set[bytes], frame
         obs.verdict = "CONSUMED"
     elif delivered or any(_is_local_reply(l3_in, f) for _, f in frames):
         obs.verdict = "LOCAL_DELIVER"
+    elif consumed is not False:     # traced: consumed in the host (icmp_rcv, a listener's SYN) or still held
+        obs.verdict = "LOCAL_DELIVER" if consumed and not consumed.startswith(_CONSUMED_NOT_DELIVERED) else HELD
     elif ethertype == 0x0800 and len(l3_in) >= 20 and struct.unpack("!H", l3_in[6:8])[0] & 0x3FFF:
         obs.verdict = HELD          # a fragment waiting for the rest
     elif ethertype == 0x0800 and len(l3_in) >= 20 and l3_in[16:20] in local_addrs:

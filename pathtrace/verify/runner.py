@@ -175,8 +175,9 @@ def run_kernel(host: HostConfig, injections: list[Injection], wait: float = DEFA
                     shift.learn_kernel([f for _, f in frames])
                     delivered = [f"{d.proto} {d.local} {d.event}" for d in lab.deliveries()]
                     drops = [(e.reason, e.location) for e in tracer.read()]
+                    consumed = tracer.consumed if tracer.tracks_consumption else False
                     results.append(classify_kernel(inj.frame.ethertype, inj.frame.payload, local, frames,
-                                                   drops, delivered))
+                                                   drops, delivered, consumed))
         finally:
             if own:
                 tracer.close()

@@ -59,6 +59,9 @@ def _tracefs_root() -> tuple[str, bool]:
 class TracefsDropTracer:
     """One tracing instance with only skb:kfree_skb enabled, filtered to IPv4 and ARP."""
 
+    consumed: str | None = None     # consumption is not traced here: verify falls back on addresses
+    tracks_consumption = False
+
     def __init__(self, tag: str):
         self.root, self.mounted = _tracefs_root()
         self.netns: int | None = None
@@ -131,6 +134,7 @@ FENCE_TIMEOUT = 2.0
 START_TIMEOUT = 20.0
 _BPF_LINE = re.compile(r"^D (\S+) (\d+) (\d+) (\d+) (\S+)$")
 _BPF_RECV = re.compile(r"^R (\S+) (\d+)$")
+_BPF_CONSUME = re.compile(r"^C (\S+) (\d+) (\S+)$")
 _BPF_PROGRAM = """
 tracepoint:skb:kfree_skb {
   $skb = (struct sk_buff *)args->skbaddr;
@@ -139,6 +143,13 @@ tracepoint:skb:kfree_skb {
   else if ($skb->sk != 0) { $ns = $skb->sk->__sk_common.skc_net.net->ns.inum; }
   else if (args->rx_sk != 0) { $ns = ((struct sock *)args->rx_sk)->__sk_common.skc_net.net->ns.inum; }
   printf("D %llx %u %u %d %s\\n", args->skbaddr, args->protocol, $ns, args->reason, ksym(args->location));
+}
+tracepoint:skb:consume_skb {
+  $skb = (struct sk_buff *)args->skbaddr;
+  $ns = (uint32)0;
+  if ($skb->dev != 0) { $ns = $skb->dev->nd_net.net->ns.inum; }
+  else if ($skb->sk != 0) { $ns = $skb->sk->__sk_common.skc_net.net->ns.inum; }
+  if ($ns != HOMENS) { printf("C %llx %u %s\\n", args->skbaddr, $ns, ksym(args->location)); }
 }
 tracepoint:net:netif_receive_skb /((struct sk_buff *)args->skbaddr)->dev->nd_net.net->ns.inum != HOMENS/ {
   printf("R %llx %u\\n", args->skbaddr, ((struct sk_buff *)args->skbaddr)->dev->nd_net.net->ns.inum);
@@ -163,6 +174,8 @@ class BpfDropTracer:
     netns: int | None = None
     fences: int = 0
     injected: str | None = None     # address of the first skb received in the lab since clear()
+    consumed: str | None = None     # where the injected skb was consumed (consume_skb), if it was
+    tracks_consumption = True
     _buf: bytes = b""
     _events: list[DropEvent] = field(default_factory=list)
 
@@ -222,6 +235,13 @@ class BpfDropTracer:
                 self._buf += chunk
 
     def _parse(self, line: str) -> None:
+        c = _BPF_CONSUME.match(line)
+        if c:
+            # a consumed skb may have lost its device (TCP's receive path) and have no socket: ns 0
+            if (self.netns is not None and int(c.group(2)) in (self.netns, 0) and c.group(1) == self.injected
+                    and self.consumed is None):
+                self.consumed = c.group(3).split("+")[0]
+            return
         r = _BPF_RECV.match(line)
         if r:
             if self.netns is not None and int(r.group(2)) == self.netns and self.injected is None:
@@ -257,6 +277,7 @@ class BpfDropTracer:
         self._lines(lambda line: False)
         self._events.clear()
         self.injected = None
+        self.consumed = None
 
     def read(self) -> list[DropEvent]:
         """Drops of the injected skb (the first one the lab received since clear()); all the lab's

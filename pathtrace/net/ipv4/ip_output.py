@@ -100,6 +100,10 @@ def ip_do_fragment(skb: SkBuff, mtu: int) -> None:
     pieces = [data[i:i + room] for i in range(0, len(data), room)]
     ctx.step("ip_do_fragment", mtu=mtu, fragments=len(pieces))
     copied_opts = _copied_options(iph.options)
+    # each fragment's frag_off is its offset; DF only for IPSKB_FRAG_PMTU (a reassembled datagram whose
+    # largest fragments carried DF, see ip_fragment.py)
+    df = iph.frag_off & IP_DF if skb.cb.get("frag_max_size") else 0
+    verdicts = []
     for n, piece in enumerate(pieces):
         frag = skb.clone()
         frag.verdict = None
@@ -108,7 +112,7 @@ def ip_do_fragment(skb: SkBuff, mtu: int) -> None:
         frag.iph.ihl = 5 + len(opts) // 4
         frag.payload = bytearray(piece)
         last = n == len(pieces) - 1
-        frag.iph.frag_off = (iph.frag_off & IP_DF) | ((base_off + n * room) // 8) | (0 if last and not more else IP_MF)
+        frag.iph.frag_off = df | ((base_off + n * room) // 8) | (0 if last and not more else IP_MF)
         frag.iph.tot_len = frag.iph.ihl * 4 + len(piece)
         frag.iph.check = 0
         frag.iph.check = ip_fast_csum(frag.iph.pack())
@@ -116,7 +120,9 @@ def ip_do_fragment(skb: SkBuff, mtu: int) -> None:
         if frag.verdict == "DROP":
             skb.verdict, skb.reason = frag.verdict, frag.reason
             return
-    skb.verdict = "TRANSMIT" if skb.verdict is None else skb.verdict
+        verdicts.append(frag.verdict)
+    if skb.verdict is None:     # fragments waiting for the neighbour leave the datagram queued with them
+        skb.verdict = "QUEUED" if verdicts and all(v == "QUEUED" for v in verdicts) else "TRANSMIT"
     skb.cb["egress"] = skb.dst.dev.name
 
 

@@ -422,3 +422,92 @@ def test_features_host_paths(tmp_path: Path) -> None:
     assert "192.168.1.20.80" in sent[12][0] and "192.168.1.21.2222" in sent[13][0]
     steps = [s for r in recs for s in r["path"] if s["fn"] == "nft_log_eval"]
     assert len(steps) == 1 and steps[0]["prefix"] == "ssh "
+
+
+def test_nft_command_scripts_as_iptables_restore_translate_writes_them() -> None:
+    """add table / add chain ... { type ...; } / add rule lines (iptables-restore-translate 1.8.9 output of
+    home-router's rules) replay as the iptables host does."""
+    a = _replay("rulesets/home-router.yaml", "samples/home-router-bidir.pcapng")
+    b = _replay("tests/data/nftables/home-router-translated.yaml", "samples/home-router-bidir.pcapng")
+    assert [_outcome(r) for r in a] == [_outcome(r) for r in b]
+    rs = _ruleset("""
+        add table ip t
+        add chain ip t c { type filter hook input priority 0; policy drop; }
+        add rule ip t c tcp dport 22 accept
+        insert rule ip t c iifname "lo" accept
+        add set ip t s { type ipv4_addr; }
+        add element ip t s { 10.0.0.1, 10.0.0.2 }
+        """)
+    c = rs.tables[0].chains["c"]
+    assert [r.text for r in c.rules] == ['iifname "lo" accept', "tcp dport 22 accept"]
+    assert len(rs.tables[0].sets["s"].elements) == 2
+    with pytest.raises(NftParseError, match="not modelled: 'delete' commands"):
+        _ruleset("delete table ip t\n")
+
+
+# What nft -f on 6.x (nftables 1.0.6) accepts or refuses at load; test_nftables_live.py re-runs them on the
+# kernel.  (chain line, rule) -> refused?
+LOAD_CASES = [
+    ("type filter hook prerouting priority 0;", "reject", False),
+    ("type filter hook postrouting priority 0;", "reject", True),
+    ("type nat hook prerouting priority -200;", "accept", True),
+    ("type nat hook prerouting priority -199;", "masquerade", True),
+    ("type nat hook postrouting priority 100;", "masquerade", False),
+    ("type filter hook input priority 0;", "dnat to 1.2.3.4", True),
+    ("type nat hook input priority 100;", "snat to 1.2.3.4", False),
+    ("type nat hook output priority -100;", "redirect to :8080", True),
+    ("type nat hook output priority -100;", "tcp dport 80 redirect to :8080", False),
+    ("type filter hook input priority 0;", "notrack", False),
+    ("type route hook output priority -150;", "meta mark set 1", False),
+    ("type route hook input priority -150;", "accept", True),
+    ("type filter hook forward priority 0;", "tcp dport 22 reject with tcp reset", False),
+]
+
+
+def load_case_text(chain_line: str, rule: str) -> str:
+    return f"table ip t {{\n chain c {{\n  {chain_line}\n  {rule}\n }}\n}}\n"
+
+
+@pytest.mark.parametrize("chain_line, rule, refused", LOAD_CASES)
+def test_load_time_checks_are_the_kernels(chain_line: str, rule: str, refused: bool) -> None:
+    try:
+        parse_ruleset(load_case_text(chain_line, rule), "c.nft")
+        got = False
+    except HostFileError as e:
+        assert "Operation not supported" in str(e) or "transport protocol" in str(e), str(e)
+        got = True
+    assert got == refused
+
+
+def test_check_and_explain_name_the_deciding_nft_rule(tmp_path: Path) -> None:
+    run = lambda *a: subprocess.run([sys.executable, "-m", "pathtrace.cli", *a], cwd=ROOT, capture_output=True,
+                                    text=True)
+    ok = run("check", "rulesets/web-server-nft.yaml", "rulesets/web-server-nft.expect.yaml")
+    assert ok.returncode == 0 and "7 passed, 0 failed" in ok.stdout, ok.stdout + ok.stderr
+    bad = tmp_path / "e.yaml"
+    bad.write_text("cases:\n  - name: wrong on purpose\n    packet: tcp 198.51.100.7:40000 203.0.113.10:22 --in eth0\n"
+                   "    expect: {rule: 5}\n")
+    fail = run("check", "rulesets/web-server-nft.yaml", str(bad))
+    assert fail.returncode == 1 and "inet filter/input rule 9 (tcp dport { 22, 80, 443 } ct state new accept)" \
+        in fail.stdout, fail.stdout
+    ex = run("explain", "rulesets/web-server-nft.yaml", "udp", "198.51.100.9:4000", "203.0.113.10:33434")
+    assert "table inet filter, hook LOCAL_IN: input" in ex.stdout
+    assert "input#10: MATCH -> DROP: udp dport 33434-33534 reject with icmp type port-unreachable" in ex.stdout
+    assert "input#9: no match (meta l4proto tcp (nft's dependency): packet has udp)" in ex.stdout
+
+
+def test_handles_printed_by_nft_a_are_kept() -> None:
+    """`nft -a list ruleset` after a delete and an insert (recorded on 6.x): the stated handles are used,
+    new objects continue the table's generator."""
+    rs = _ruleset("""
+        table inet filter { # handle 2
+        	chain input { # handle 1
+        		type filter hook input priority filter; policy drop;
+        		tcp dport 9999 drop # handle 26
+        		iif "lo" accept # handle 7
+        		ip saddr { 10.0.0.1, 10.0.0.2 } drop
+        	}
+        }
+        """)
+    chain = rs.tables[0].chains["input"]
+    assert (chain.handle, [r.handle for r in chain.rules]) == (1, [26, 7, 28])

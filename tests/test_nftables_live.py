@@ -92,7 +92,7 @@ def test_iptables_restore_translate_then_nft_list_ruleset_replays_the_same(host:
     assert [_outcome(r) for r in a] == [_outcome(r) for r in b]
 
 
-@pytest.mark.parametrize("host", ["web-server-nft", "home-router-nft"])
+@pytest.mark.parametrize("host", ["web-server-nft", "home-router-nft", "../tests/data/nftables/features"])
 def test_rule_handles_are_the_kernels(host: str) -> None:
     """The handles the path shows are those `nft -a list ruleset` shows after nft -f of the same text."""
     why = _live()
@@ -127,3 +127,24 @@ def test_features_host_agrees_with_the_kernel(tmp_path: Path) -> None:
     write_feature_capture(cap)
     agree = _verify(str(FEATURES), str(cap))
     assert len(agree) == 22 and all(agree)
+
+
+def test_load_time_checks_match_nft_on_the_kernel(tmp_path: Path) -> None:
+    """Every LOAD_CASES entry: nft -f in a namespace accepts it exactly when the model loads it."""
+    why = _live()
+    if why:
+        pytest.skip(why)
+    from test_nftables import LOAD_CASES, load_case_text
+    ns = f"ptnfl{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        wrong = []
+        for chain_line, rule, refused in LOAD_CASES:
+            subprocess.run(["ip", "netns", "exec", ns, "nft", "flush", "ruleset"], check=True)
+            r = subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=load_case_text(chain_line, rule),
+                               text=True, capture_output=True)
+            if (r.returncode != 0) != refused:
+                wrong.append(f"{chain_line} {rule}: nft {'refused' if r.returncode else 'accepted'} {r.stderr[:80]}")
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+    assert not wrong, wrong

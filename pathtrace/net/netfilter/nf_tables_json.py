@@ -174,7 +174,7 @@ def json_to_text(text: str, path: str) -> str:
             continue
         try:
             key = (o["family"], o["table"] if kind != "table" else o["name"])
-            t = tables.setdefault(key, {"sets": [], "chains": {}})
+            t = tables.setdefault(key, {"sets": [], "chains": {}, "handles": {}})
             if kind == "table":
                 continue
             if kind in ("set", "map"):
@@ -191,12 +191,15 @@ def json_to_text(text: str, path: str) -> str:
                 t["sets"].extend(lines)
             elif kind == "chain":
                 ch = t["chains"].setdefault(o["name"], [])
+                if isinstance(o.get("handle"), int):
+                    t["handles"][o["name"]] = o["handle"]
                 if "hook" in o:
                     ch.insert(0, f"\t\ttype {o['type']} hook {o['hook']} priority {o['prio']}; "
                                  f"policy {o.get('policy', 'accept')};")
             elif kind == "rule":
                 stmts = [_stmt(s) for s in o["expr"]]
-                t["chains"].setdefault(o["chain"], []).append("\t\t" + " ".join(s for s in stmts if s))
+                handle = f" # handle {o['handle']}" if isinstance(o.get("handle"), int) else ""
+                t["chains"].setdefault(o["chain"], []).append("\t\t" + " ".join(s for s in stmts if s) + handle)
             else:
                 raise ValueError(f"not modelled: {kind} objects")
         except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
@@ -207,7 +210,8 @@ def json_to_text(text: str, path: str) -> str:
         out.append(f"table {family} {name} {{")
         out.extend(t["sets"])
         for cname, lines in t["chains"].items():
-            out.append(f"\tchain {cname} {{")
+            handle = t["handles"].get(cname)
+            out.append(f"\tchain {cname} {{" + (f" # handle {handle}" if handle else ""))
             out.extend(lines)
             out.append("\t}")
         out.append("}")

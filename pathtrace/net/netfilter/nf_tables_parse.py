@@ -82,7 +82,11 @@ _TOKEN = re.compile(r'''
 ''', re.X)
 
 
-def tokenize(text: str, path: str, first_line: int) -> list[Tok]:
+_HANDLE = re.compile(r"#\s*handle (\d+)\s*$")
+
+
+def tokenize(text: str, path: str, first_line: int, handles: dict[int, int] | None = None) -> list[Tok]:
+    """Tokens with line and column; `handles` collects `# handle N` comments by line (nft -a listings)."""
     toks: list[Tok] = []
     line, line_start, pos = first_line, 0, 0
     n = len(text)
@@ -102,7 +106,9 @@ def tokenize(text: str, path: str, first_line: int) -> list[Tok]:
                 line += 1
                 line_start = m.end()
         elif kind == "comment":
-            pass
+            h = _HANDLE.match(value)
+            if h is not None and handles is not None:
+                handles[line] = int(h.group(1))
         elif kind == "string":
             toks.append(Tok("string", value[1:-1], line, col, col + len(value) - 1, pos, m.end()))
         else:
@@ -163,7 +169,8 @@ class RulesetParser:
         self.text = text
         self.path = path
         self.host = host
-        self.toks = tokenize(text, path, first_line)
+        self.handles: dict[int, int] = {}           # line -> the handle `nft -a list ruleset` printed there
+        self.toks = tokenize(text, path, first_line, self.handles)
         self.i = 0
         self.ruleset = NftRuleset(path=path)
         self.table: NftTable | None = None
@@ -223,28 +230,38 @@ class RulesetParser:
                 self.next()
                 self.next()
                 self.ruleset.tables.clear()
-            elif t.value in ("include", "define", "add", "insert", "create", "delete", "replace", "flush"):
+            elif t.value in ("add", "create", "insert") and t.kind == "word":
+                self.next()
+                self.command(t)
+            elif t.value in ("include", "define", "delete", "replace", "flush", "destroy", "reset", "rename"):
                 raise self.error(t, f"not modelled: '{t.value}' commands (give the output of nft list ruleset)")
             else:
                 raise self.unexpected(t, "table")
         self.resolve()
         return self.ruleset
 
-    def parse_table(self, start: Tok) -> None:
+    def table_ref(self, start: Tok, what: str = "table name") -> NftTable:
+        """`[family] name` of a table; created when new (nft's add table)."""
         fam_tok = self.word("table family or name")
         family = "ip"
-        if fam_tok.value in ("ip", "inet", "ip6", "arp", "bridge", "netdev") and self.peek().value != "{":
+        if fam_tok.value in ("ip", "inet", "ip6", "arp", "bridge", "netdev") and self.peek().kind in ("word", "string"):
             family = fam_tok.value
-            name_tok = self.word("table name")
+            name_tok = self.word(what)
         else:
             name_tok = fam_tok
         if family in UNSUPPORTED_FAMILIES:
             raise self.error(fam_tok, f"not modelled: {UNSUPPORTED_FAMILIES[family]} (table {name_tok.value})")
-        existing = next((t for t in self.ruleset.tables if t.family == family and t.name == name_tok.value), None)
-        if existing is None:
-            existing = NftTable(family, name_tok.value, len(self.ruleset.tables) + 1, start.line)
-            self.ruleset.tables.append(existing)
-        self.table = existing
+        table = next((t for t in self.ruleset.tables if t.family == family and t.name == name_tok.value), None)
+        if table is None:
+            table = NftTable(family, name_tok.value, len(self.ruleset.tables) + 1, start.line)
+            self.ruleset.tables.append(table)
+        self.table = table
+        return table
+
+    def parse_table(self, start: Tok) -> None:
+        table = self.table_ref(start)
+        if self.peek().value != "{":
+            return                                  # `add table ip t`
         self.expect("{")
         rules: list[tuple[NftChain, list[Tok]]] = []
         while True:
@@ -267,15 +284,70 @@ class RulesetParser:
                 raise self.error(t, f"not modelled: named {t.value} objects")
             else:
                 raise self.unexpected(t, "chain, set or map")
-        # handles: the chains, then the named sets and maps, then the rules (nft 1.0's batch order)
-        for chain in existing.chains.values():
+        self.finish_block(table, rules)
+
+    def finish_block(self, table: NftTable, rules: list[tuple[NftChain, list[Tok]]]) -> None:
+        """Handles: the chains, then the named sets and maps, then the rules (nft 1.0's batch order)."""
+        for chain in table.chains.values():
             if not chain.handle:
-                chain.handle = existing.alloc_handle()
-        for s in existing.sets.values():
+                chain.handle = self.given_handle(table, chain.line) or table.alloc_handle()
+        for s in table.sets.values():
             if not s.handle:
-                s.handle = existing.alloc_handle()
+                s.handle = table.alloc_handle()
         for chain, toks in rules:
             self.compile_rule(chain, toks)
+
+    def given_handle(self, table: NftTable, line: int) -> int:
+        """A handle the listing states (`# handle N`), which the table's generator then passes."""
+        h = self.handles.pop(line, 0)
+        if h:
+            table.hgen = max(table.hgen, h)
+        return h
+
+    def command(self, verb: Tok) -> None:
+        """nft's command forms (what iptables-restore-translate writes): add|create table/chain/set/map/
+        element/rule, insert rule."""
+        obj = self.word("table, chain, set, map, element or rule")
+        if obj.value == "table" and verb.value != "insert":
+            self.parse_table(obj)
+            return
+        if obj.value not in ("chain", "set", "map", "element", "rule") or (verb.value == "insert" and
+                                                                          obj.value != "rule"):
+            raise self.error(obj, f"not modelled: '{verb.value} {obj.value}' commands")
+        table = self.table_ref(obj)
+        if obj.value == "chain":
+            name = self.peek()
+            if self.peek(1).value == "{":
+                rules = self.parse_chain(obj)
+            else:
+                self.word("chain name")
+                table.chains.setdefault(name.value, NftChain(table, name.value, 0, obj.line))
+                rules = []
+            self.finish_block(table, rules)
+        elif obj.value in ("set", "map"):
+            self.parse_set(obj, obj.value == "map")
+            self.finish_block(table, [])
+        elif obj.value == "element":
+            name = self.word("set name")
+            s = table.sets.get(name.value)
+            if s is None:
+                raise self.error(name, f"Could not process rule: No such file or directory (set '{name.value}')")
+            at = self.peek()
+            toks = self.braced()
+            types = [TYPES[k] for k in s.key_types]
+            data = None if s.data_type in (None, "verdict") else [TYPES[k] for k in s.data_type.split(" . ")]
+            s.elements.extend(self.elements(toks, at, types, data, False, verdict_map=s.data_type == "verdict"))
+        else:
+            name = self.word("chain name")
+            chain = table.chains.get(name.value)
+            if chain is None:
+                raise self.error(name, f"Could not process rule: No such file or directory (chain '{name.value}')")
+            if self.peek().value in ("position", "handle", "index"):
+                raise self.error(self.peek(), f"not modelled: rule {self.peek().value}")
+            toks = self.rule_tokens()
+            if not toks:
+                raise self.unexpected(self.peek(), "rule")
+            self.compile_rule(chain, toks, first=verb.value == "insert")
 
     def parse_chain(self, start: Tok) -> list[tuple[NftChain, list[Tok]]]:
         table = self.table
@@ -591,7 +663,7 @@ class RulesetParser:
         raise self.error(toks[0], f"not modelled: verdict {' '.join(t.value for t in toks)}")
 
     # ---- rules --------------------------------------------------------------------------------
-    def compile_rule(self, chain: NftChain, toks: list[Tok]) -> None:
+    def compile_rule(self, chain: NftChain, toks: list[Tok], first: bool = False) -> None:
         saved = self.toks, self.i
         self.toks = toks + [Tok("eof", "", toks[-1].line, toks[-1].end + 1, toks[-1].end + 1)]
         self.i = 0
@@ -607,8 +679,13 @@ class RulesetParser:
             self.toks, self.i = saved
         for s in self.anon:
             s.handle = chain.table.alloc_handle()
-        rule.handle = chain.table.alloc_handle()
-        chain.rules.append(rule)
+        rule.handle = self.given_handle(chain.table, toks[-1].line) or chain.table.alloc_handle()
+        if first:
+            chain.rules.insert(0, rule)
+            for k, r in enumerate(chain.rules):
+                r.num = k + 1
+        else:
+            chain.rules.append(rule)
 
     def rule_text(self, toks: list[Tok]) -> str:
         text = self.text[toks[0].pos:toks[-1].stop]
@@ -647,7 +724,7 @@ class RulesetParser:
             return self.nat_stmt()
         if v == "notrack":
             self.next()
-            return [Expr("notrack", "notrack", nft_ct.nft_notrack_eval, hooks=(0, 3))]
+            return [Expr("notrack", "notrack", nft_ct.nft_notrack_eval)]
         if v in ("meta", "mark") and self._is_set_stmt():
             return [self.meta_set()]
         if v == "ct" and self._is_set_stmt():

@@ -212,3 +212,32 @@ def test_duplicate_fragment_dropped(rig):
     assert rig.send("eth0", frag).verdict == "FRAG_QUEUED"
     rec = rig.send("eth0", frag)
     assert (rec.verdict, rec.reason) == ("DROP", "DUP_FRAG")
+
+
+def test_echo_reply_is_routed_without_the_requests_mark(tmp_path) -> None:
+    """IP4_REPLY_MARK: with fwmark_reflect 0 (the default) icmp_reply routes with mark 0, so a
+    fwmark rule that sends marked packets elsewhere does not move the reply (the default case as a
+    6.18 kernel answered generated seed 3230; fwmark_reflect 1 from IP4_REPLY_MARK in include/net/ip.h)."""
+    text = """
+    name: t
+    interfaces:
+      - {name: eth0, mac: "02:00:00:00:00:01", addresses: [10.1.0.1/24]}
+      - {name: eth1, mac: "02:00:00:00:01:01", addresses: [10.2.0.1/24]}
+    routes:
+      - default via 10.2.0.2 dev eth1 table 100
+    rules:
+      - fwmark 0x1 lookup 100 priority 100
+    neighbours:
+      - 10.1.0.2 dev eth0 lladdr 02:00:00:00:00:0a permanent
+      - 10.2.0.2 dev eth1 lladdr 02:00:00:00:01:0a permanent
+    iptables: |
+      *mangle
+      -A PREROUTING -i eth0 -j MARK --set-mark 1
+      COMMIT
+    sysctl:
+      net.ipv4.fwmark_reflect: REFLECT
+    """
+    for reflect, egress in ((0, "eth0"), (1, "eth1")):
+        r = Rig(tmp_path, text.replace("REFLECT", str(reflect)), emit_frames=True)
+        rec = r.send("eth0", build.icmp_packet("10.1.0.2", "10.1.0.1", id=7, seq=1))
+        assert [e.dev for e in rec.emitted] == [egress]

@@ -32,6 +32,7 @@ GLOBAL_DEFAULTS: dict[str, int] = {
     "tcp_ecn": 2,                    # answer ECN-setup SYNs, do not ask for ECN
     "tcp_synack_retries": 5,         # SYN-ACK retransmits before a request sock is dropped (reqsk_timer_handler)
     "tcp_fwmark_accept": 0,          # 1: a request sock (and its child) takes the SYN's fwmark (inet_request_mark)
+    "fwmark_reflect": 0,             # 1: replies and errors the stack sends carry the packet's mark (IP4_REPLY_MARK)
     "ipfrag_time": 30,
     "ip_nonlocal_bind": 0,
 }
@@ -60,6 +61,7 @@ GLOBAL_LIMITS: dict[str, tuple[int, int]] = {
     "tcp_ecn": (0, 2),
     "tcp_synack_retries": (0, 255),
     "tcp_fwmark_accept": (0, 255),       # u8: 256 and -1 refused (measured on 6.18)
+    "fwmark_reflect": (0, 255),          # u8: 256 and -1 refused (measured on 6.18)
     "tcp_syn_retries": (1, 127),
     "ipfrag_time": (-JIFFIES_MAX, JIFFIES_MAX),
     "ip_nonlocal_bind": (0, 255),

@@ -127,12 +127,13 @@ def icmp_reply(skb: SkBuff, message: bytes) -> None:
     struct.pack_into("!H", msg, 2, icmp_checksum(bytes(msg)))
     with ctx.nested():
         ctx.step("icmp_reply", to=ntoa(iph.saddr))
-        rt = ip_route_output(net, iph.saddr, saddr, mark=skb.mark, tos=iph.tos, ctx=ctx)
+        mark = ip4_reply_mark(net, skb.mark)
+        rt = ip_route_output(net, iph.saddr, saddr, mark=mark, tos=iph.tos, ctx=ctx)
         if rt.error:
             ctx.step("icmp_reply", result=f"no route back ({rt.error})")
             return
         out = new_local_skb(ctx, rt, saddr, iph.saddr, IPPROTO_ICMP, bytes(msg), tos=iph.tos,
-                            generated_by="icmp_reply", mark=skb.mark)
+                            generated_by="icmp_reply", mark=mark)
         ctx.step("icmp_push_reply")
         ctx.step("ip_push_pending_frames")
         ctx.step("ip_send_skb")
@@ -200,6 +201,12 @@ def _ct_attach(out: SkBuff, skb_in: SkBuff) -> None:
         nf_ct_attach(out, skb_in)
 
 
+def ip4_reply_mark(net, mark: int) -> int:
+    """IP4_REPLY_MARK: what the stack answers with (echo replies, errors, resets) carries the packet's
+    mark only with net.ipv4.fwmark_reflect; else mark 0, so fwmark policy rules do not route it."""
+    return mark if net.sysctl.glob.get("fwmark_reflect", 0) else 0
+
+
 def icmp_send(skb_in: SkBuff, itype: int, code: int, info: int = 0) -> None:
     """__icmp_send: the error the kernel sends about skb_in, if it sends one."""
     skb_in.ctx.uncacheable("icmp_send (rate limits)")
@@ -238,7 +245,8 @@ def icmp_send(skb_in: SkBuff, itype: int, code: int, info: int = 0) -> None:
                 saddr = net.inet_select_addr(skb_in.iif, iph.saddr, "link")
         tos = ((iph.tos & 0x1E) | 0xC0) if itype in ERROR_TYPES else iph.tos
         ctx.step("icmp_route_lookup", to=ntoa(iph.saddr))
-        rt = ip_route_output(net, iph.saddr, saddr, mark=skb_in.mark, tos=tos, ctx=ctx)
+        mark = ip4_reply_mark(net, skb_in.mark)
+        rt = ip_route_output(net, iph.saddr, saddr, mark=mark, tos=tos, ctx=ctx)
         if rt.error or rt.dev is None:
             ctx.step("icmp_route_lookup", result=f"no route ({rt.error})")
             return
@@ -256,7 +264,7 @@ def icmp_send(skb_in: SkBuff, itype: int, code: int, info: int = 0) -> None:
         struct.pack_into("!H", msg, 2, icmp_checksum(bytes(msg)))
         src = rt.prefsrc or saddr
         out = new_local_skb(ctx, rt, src, iph.saddr, IPPROTO_ICMP, bytes(msg), tos=tos,
-                            generated_by="__icmp_send", mark=skb_in.mark)
+                            generated_by="__icmp_send", mark=mark)
         out.cb["icmp_error_of"] = skb_in
         _ct_attach(out, skb_in)
         ctx.step("icmp_push_reply")

@@ -15,6 +15,7 @@ import struct
 from pathtrace.lib.checksum import l4_checksum
 from pathtrace.lib.inet import ntoa
 from pathtrace.net.core.skbuff import IPPROTO_TCP, PACKET_HOST, SkBuff, consume_skb, kfree_skb_reason
+from pathtrace.net.ipv4.icmp import ip4_reply_mark
 from pathtrace.net.ipv4.tcp_output import tcp_sendmsg_from_capture  # noqa: F401  (replay entry point)
 from pathtrace.net.ipv4.tcp_sock import (
     TCP_ACK, TCP_CWR, TCP_ECE, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TcpConn, after, provisional, seq_add,
@@ -221,12 +222,13 @@ def tcp_v4_send_ack(skb: SkBuff, conn: TcpConn, now: float) -> None:
         hdr = bytearray(struct.pack("!HHIIBBHHH", skb.dport, skb.sport, conn.snd_nxt, conn.rcv_nxt,
                                     (5 + len(opts) // 4) << 4, TCP_ACK, window, 0, 0) + opts)
         struct.pack_into("!H", hdr, 16, l4_checksum(iph.daddr, iph.saddr, IPPROTO_TCP, bytes(hdr)))
-        rt = ip_route_output(net, iph.saddr, iph.daddr, mark=skb.mark, ctx=ctx)
+        mark = ip4_reply_mark(net, skb.mark)
+        rt = ip_route_output(net, iph.saddr, iph.daddr, mark=mark, ctx=ctx)
         if rt.error:
             ctx.step("tcp_v4_send_ack", result=f"no route back ({rt.error})")
             return
         out = new_local_skb(ctx, rt, iph.daddr, iph.saddr, IPPROTO_TCP, bytes(hdr), df=True,
-                            generated_by="tcp_v4_send_ack", mark=skb.mark)
+                            generated_by="tcp_v4_send_ack", mark=mark)
         ctx.step("ip_send_unicast_reply")
         ip_local_out(out)
 
@@ -260,13 +262,14 @@ def tcp_v4_build_reset(oldskb: SkBuff) -> SkBuff | None:
         seq, ack, rflags = 0, (oldskb.tcp_seq + seglen) & 0xFFFFFFFF, TCP_RST | TCP_ACK
     hdr = bytearray(struct.pack("!HHIIBBHHH", oldskb.dport, oldskb.sport, seq, ack, 5 << 4, rflags, 0, 0, 0))
     struct.pack_into("!H", hdr, 16, l4_checksum(iph.daddr, iph.saddr, IPPROTO_TCP, bytes(hdr)))
-    rt = ip_route_output(net, iph.saddr, iph.daddr, mark=oldskb.mark, ctx=ctx)
+    mark = ip4_reply_mark(net, oldskb.mark)      # ip_send_unicast_reply / nf_send_reset
+    rt = ip_route_output(net, iph.saddr, iph.daddr, mark=mark, ctx=ctx)
     if rt.error:
         ctx.step("ip_send_unicast_reply", result=f"no route back ({rt.error})")
         return None
     # resets leave through a control socket with IP_PMTUDISC_DO: DF set, IP ID 0
     return new_local_skb(ctx, rt, iph.daddr, iph.saddr, IPPROTO_TCP, bytes(hdr), tos=iph.tos, df=True,
-                         generated_by="tcp_v4_send_reset", mark=oldskb.mark)
+                         generated_by="tcp_v4_send_reset", mark=mark)
 
 
 def _send_reset(skb: SkBuff) -> None:

@@ -93,8 +93,8 @@ def test_retransmits_at_the_kernels_times_then_drops(tmp_path):
     assert len(times) == 6 and rig.synacks == 6
     intervals = [b - a for a, b in zip([0.0] + times, times)]
     for model, nominal, kernel in zip(intervals, NOMINAL + [32.0], KERNEL_INTERVALS + [None]):
-        assert nominal < model < nominal + 0.01
-        if kernel is not None:     # the kernel is later by less than the wheel's granule; the model by one tick
+        assert nominal < model <= nominal + GRANULE[nominal] + 1e-9   # the timer wheel's granule (kernel/time/timer.py)
+        if kernel is not None:     # the kernel and the model are both late by less than the wheel's granule
             assert nominal < kernel <= nominal + GRANULE[nominal]
             assert abs(model - kernel) <= GRANULE[nominal]
     steps = fired[0][1]
@@ -149,7 +149,7 @@ def test_retransmitted_syn_restarts_the_timer(tmp_path):
     assert len(_synacks(rec.emitted)) == 1
     resent = rec.time
     fired = _drive(rig, 2.0, step=0.1)
-    assert len(fired) == 1 and 1.0 < fired[0][0] - resent < 1.01
+    assert len(fired) == 1 and 1.0 < fired[0][0] - resent <= 1.032 + 1e-9    # level 1: an 8-jiffy granule
 
 
 def test_synack_retries_sysctl_and_the_ack_after_the_drop(tmp_path):

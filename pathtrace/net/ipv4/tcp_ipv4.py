@@ -131,7 +131,7 @@ def tcp_v4_rcv(skb: SkBuff) -> None:
     sock.rx_packets += 1
     # inet_csk_reqsk_queue_hash_add arms the request's timer before the SYN-ACK leaves
     from pathtrace.net.ipv4.tcp_timer import TCP_TIMEOUT_INIT, arm_reqsk
-    arm_reqsk(net, conn, now + TCP_TIMEOUT_INIT)
+    arm_reqsk(net, conn, now, TCP_TIMEOUT_INIT)
     tcp_v4_send_synack(skb, conn)
     consume_skb(skb, "LOCAL_DELIVER")
 

@@ -36,7 +36,7 @@ def tcp_check_req(net, ctx: "PacketContext", skb: SkBuff, conn: TcpConn, now: fl
                 conn.synack_at = now
                 if conn.rsk_timer is not None:
                     from pathtrace.net.ipv4.tcp_timer import arm_reqsk, tcp_reqsk_timeout
-                    arm_reqsk(net, conn, now + tcp_reqsk_timeout(conn))
+                    arm_reqsk(net, conn, now, tcp_reqsk_timeout(conn))
         kfree_skb_reason(skb, "NOT_SPECIFIED")
         return
     if flags & TCP_ACK and seg.ack != seq_add(conn.iss, 1):

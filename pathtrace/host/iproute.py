@@ -87,16 +87,47 @@ def parse_route(text: str) -> RouteConfig:
             _take(tokens, i, "a value")
             i += 2
         elif key == "nexthop":
-            raise ValueError("multipath routes ('nexthop') are not modelled; give one route per gateway")
+            i = _parse_nexthop(tokens, i + 1, route)
         else:
             raise ValueError(f"unknown route attribute {key!r}")
-    if rtype == "unicast" and route.gateway is None and route.dev is None:
+    if route.nexthops and (route.gateway is not None or route.dev is not None):
+        raise ValueError("a multipath route gives 'via' and 'dev' in each 'nexthop', not before")
+    if rtype == "unicast" and route.gateway is None and route.dev is None and not route.nexthops:
         raise ValueError("unicast route needs 'via' or 'dev'")
     if route.scope == "host" and route.gateway is not None:
         raise ValueError("Route with host scope can not have a gateway (kernel: EINVAL)")
     if route.onlink and route.dev is None:
         raise ValueError("Nexthop device required for onlink (kernel: EINVAL)")
     return route
+
+
+def _parse_nexthop(tokens: list[str], i: int, route: RouteConfig) -> int:
+    """One `nexthop via GW [dev IFACE] [weight N] [onlink]` of a multipath route; returns the index
+    of the next token.  Weights are 1..256 as iproute2 takes them (rtnh_hops + 1)."""
+    gw: int | None = None
+    dev: str | None = None
+    weight = 1
+    while i < len(tokens) and tokens[i] != "nexthop":
+        key = tokens[i]
+        if key == "via":
+            gw = aton(_take(tokens, i, "an address").removeprefix("inet "))
+        elif key == "dev":
+            dev = _take(tokens, i, "an interface")
+        elif key == "weight":
+            weight = _number(_take(tokens, i, "a number"), "weight")
+            if not 1 <= weight <= 256:
+                raise ValueError(f"bad weight {weight} (1..256)")
+        elif key == "onlink":
+            route.onlink = True
+            i += 1
+            continue
+        else:
+            break                   # a route attribute after the nexthops (metric, table, ...)
+        i += 2
+    if gw is None and dev is None:
+        raise ValueError("'nexthop' needs 'via' or 'dev'")
+    route.nexthops.append((gw, dev, weight))
+    return i
 
 
 # ip_metrics_convert clamps: RTAX_MTU to IP_MAX_MTU - 15 (ip route shows 'mtu 65520' for 70000),

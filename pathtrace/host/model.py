@@ -52,6 +52,7 @@ class RouteConfig:
     mtu_lock: bool = False          # `mtu lock N`: path MTU discovery may not lower it
     advmss: int = 0                 # RTAX_ADVMSS (0: none)
     tos: int = 0                    # fa_dscp as a TOS byte (0: any)
+    nexthops: list[tuple[int | None, str | None, int]] = field(default_factory=list)  # multipath: (via, dev, weight)
     line: int = 0
     text: str = ""
 

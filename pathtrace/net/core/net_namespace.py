@@ -16,7 +16,7 @@ from pathtrace.net.core.neighbour import (
 )
 from pathtrace.net.core.netdevice import InAddr, NetDevice
 from pathtrace.net.ipv4.devinet import Sysctl
-from pathtrace.net.ipv4.fib import FibAlias, FibTable
+from pathtrace.net.ipv4.fib import FibAlias, FibTable, fib_rebalance
 
 _NUD_FROM_CONFIG = {"permanent": NUD_PERMANENT, "noarp": NUD_NOARP, "reachable": NUD_REACHABLE,
                     "stale": NUD_STALE, "delay": NUD_STALE, "probe": NUD_STALE, "failed": NUD_FAILED,
@@ -133,10 +133,13 @@ def build_net(host: HostConfig) -> Net:
         if dev is None and rc.gateway is not None:
             dev = _gateway_dev(net, rc.gateway, rc.table)
             text = _with_dev(text, dev)
+        hops = fib_rebalance([(gw, hdev or (_gateway_dev(net, gw, rc.table) if gw is not None else None), w)
+                              for gw, hdev, w in rc.nexthops])
         table.insert(FibAlias(type=rc.type, dst=rc.dst, plen=rc.plen, table=rc.table, gateway=rc.gateway,
                               dev=dev, metric=rc.metric, prefsrc=rc.prefsrc,
-                              scope=_scope(rc.type, rc.gateway, rc.scope), proto=rc.proto, text=text,
-                              mtu=rc.mtu, mtu_lock=rc.mtu_lock, advmss=rc.advmss, tos=rc.tos))
+                              scope=_scope(rc.type, rc.gateway or (hops[0].gateway if hops else None), rc.scope),
+                              proto=rc.proto, text=text, mtu=rc.mtu, mtu_lock=rc.mtu_lock, advmss=rc.advmss,
+                              tos=rc.tos, nexthops=hops))
         if rc.table == 255:
             net.has_custom_local_routes = True
     rules = default_rules()

@@ -12,7 +12,7 @@ from pathtrace.lib.inet import ntoa, prefix_mask
 
 @dataclass(slots=True, eq=False)
 class FibAlias:
-    """One route: fib_alias + fib_info + its single nexthop."""
+    """One route: fib_alias + fib_info + its nexthop (gateway/dev), or `nexthops` for a multipath one."""
 
     type: str                  # unicast local broadcast blackhole unreachable prohibit throw
     dst: int
@@ -29,6 +29,7 @@ class FibAlias:
     mtu_lock: bool = False
     advmss: int = 0            # RTAX_ADVMSS metric
     tos: int = 0               # fa_dscp as a TOS byte: matches only flows with that TOS (& 0x1c)
+    nexthops: tuple["FibNh", ...] = ()     # fib_nh of a multipath route (fib_info->fib_nhs > 1)
 
     def describe(self) -> str:
         if self.text:
@@ -39,6 +40,9 @@ class FibAlias:
             parts += ["via", ntoa(self.gateway)]
         if self.dev:
             parts += ["dev", self.dev]
+        for n in self.nexthops:
+            parts += ["nexthop"] + (["via", ntoa(n.gateway)] if n.gateway is not None else []) \
+                + (["dev", n.dev] if n.dev else []) + ["weight", str(n.weight)]
         if self.proto == "kernel":
             parts += ["proto", "kernel"]
         if self.scope != "global":
@@ -48,6 +52,53 @@ class FibAlias:
         if self.metric:
             parts += ["metric", str(self.metric)]
         return " ".join(parts)
+
+
+@dataclass(slots=True, frozen=True)
+class FibNh:
+    """One nexthop of a multipath route, with the hash bound fib_rebalance gives it."""
+
+    gateway: int | None
+    dev: str | None
+    weight: int
+    upper_bound: int
+
+
+def fib_rebalance(hops: list[tuple[int | None, str | None, int]]) -> tuple[FibNh, ...]:
+    """fib_rebalance: each nexthop owns the hashes up to its cumulative share of 2^31."""
+    total = sum(w for _, _, w in hops)
+    out, acc = [], 0
+    for gw, dev, w in hops:
+        acc += w
+        out.append(FibNh(gw, dev, w, ((acc << 31) + total // 2) // total - 1))
+    return tuple(out)
+
+
+def fib_multipath_hash(saddr: int, daddr: int) -> int:
+    """fib_multipath_hash, policy 0 (layer 3): a 31-bit hash of the addresses.  The kernel keys it
+    with a random per-boot secret (flow_hash_from_keys, hashrnd), so WHICH nexthop a flow takes on a
+    real machine cannot be known; the model uses a fixed stand-in (jhash of the pair) that, like the
+    kernel's, keeps each source/destination pair on one nexthop and spreads pairs by weight."""
+    from pathtrace.net.netfilter.nf_nat_unique import jhash2
+    return jhash2([saddr, daddr], 0) >> 1
+
+
+def fib_select_multipath(fa: FibAlias, saddr: int, daddr: int) -> FibAlias:
+    """fib_select_multipath: the first nexthop whose bound the flow's hash does not exceed, as a
+    single-path view of the route (the rest of the stack sees one gateway and device)."""
+    if not fa.nexthops:
+        return fa
+    h = fib_multipath_hash(saddr, daddr)
+    nh = next((n for n in fa.nexthops if h <= n.upper_bound), fa.nexthops[-1])
+    from dataclasses import replace
+    return replace(fa, gateway=nh.gateway, dev=nh.dev, nexthops=())
+
+
+def fib_info_nh_uses_dev(fa: FibAlias, dev: str) -> bool:
+    """fib_info_nh_uses_dev: the route reaches `dev` through any of its nexthops."""
+    if fa.nexthops:
+        return any(n.dev == dev for n in fa.nexthops)
+    return fa.dev == dev
 
 
 @dataclass(slots=True)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from pathtrace.lib.inet import (
     ipv4_is_lbcast, ipv4_is_loopback, ipv4_is_multicast, ipv4_is_zeronet, ntoa,
 )
-from pathtrace.net.ipv4.fib import FibAlias
+from pathtrace.net.ipv4.fib import FibAlias, fib_info_nh_uses_dev, fib_select_multipath
 from pathtrace.net.ipv4.fib_rules import Flowi4, fib_rule_match
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -131,7 +131,7 @@ def fib_validate_source_ret(net: "Net", skb: "SkBuff", saddr: int, daddr: int, o
         return "IP_INVALID_SOURCE", False                             # e_inval: e.g. a broadcast source
     if res.type == "local" and not accept_local:
         return "IP_LOCAL_SOURCE", False
-    if res.fa.dev == dev.name or (res.type == "local" and dev.loopback):
+    if fib_info_nh_uses_dev(res.fa, dev.name) or (res.type == "local" and dev.loopback):
         return None, _nh_on_link(res.fa)
     if not dev.addrs:
         return ("IP_RPFILTER" if rpf else None), False
@@ -139,7 +139,8 @@ def fib_validate_source_ret(net: "Net", skb: "SkBuff", saddr: int, daddr: int, o
         return "IP_RPFILTER", False                                   # e_rpf
     # loose mode: is the source reachable through this device at all?
     res = fib_lookup(net, Flowi4(daddr=saddr, saddr=daddr, iif=oif or "lo", oif=dev.name, mark=mark))
-    return None, res.error is None and res.fa is not None and res.fa.dev == dev.name and _nh_on_link(res.fa)
+    return None, res.error is None and res.fa is not None and fib_info_nh_uses_dev(res.fa, dev.name) \
+        and _nh_on_link(res.fa)
 
 
 IGMP_ALL_HOSTS = 0xE0000001      # 224.0.0.1: every IPv4 interface joins it when it comes up (ip_mc_up)
@@ -259,10 +260,28 @@ def _local_input(skb: "SkBuff", dev: "NetDevice", res: FibResult, rtype: str, er
     return None
 
 
+def _select_path(ctx: "PacketContext | None", fa: FibAlias, saddr: int, daddr: int, oif: str | None = None) -> FibAlias:
+    """fib_select_path: a multipath route's nexthop for this flow (the one on `oif` when the socket
+    is bound to a device); single-path routes as they are."""
+    if not fa.nexthops:
+        return fa
+    on_oif = [n for n in fa.nexthops if oif is not None and n.dev == oif]
+    if on_oif:
+        from dataclasses import replace
+        chosen = replace(fa, gateway=on_oif[0].gateway, dev=on_oif[0].dev, nexthops=())
+    else:
+        chosen = fib_select_multipath(fa, saddr, daddr)
+    if ctx is not None and ctx.record:
+        ctx.step("fib_select_multipath", nexthop=(f"via {ntoa(chosen.gateway)} " if chosen.gateway is not None
+                                                  else "") + f"dev {chosen.dev}",
+                 note="the kernel hashes with a per-boot random key: another nexthop is as likely")
+    return chosen
+
+
 def ip_mkroute_input(skb: "SkBuff", res: FibResult, daddr: int, saddr: int, in_dev: "NetDevice") -> str | None:
     """ip_mkroute_input → __mkroute_input: a forwarding route, source validated, redirect flagged."""
     net = skb.ctx_net
-    fa = res.fa
+    fa = _select_path(skb.ctx, res.fa, saddr, daddr)
     out_dev = net.devices.get(fa.dev) if fa.dev else None
     if out_dev is None:
         out_dev = _dev_for_gateway(net, fa.gateway, res.table)
@@ -308,7 +327,7 @@ def ip_route_output(net: "Net", daddr: int, saddr: int = 0, oif: str | None = No
     if res.error is not None or res.fa is None:
         return RouteResult(type="unreachable", error=res.error or ENETUNREACH, table=res.table, rule=res.rule,
                            route=res.fa.describe() if res.fa else "")
-    fa = res.fa
+    fa = _select_path(ctx, res.fa, saddr, daddr, oif)
     if fa.type == "broadcast" and fa.dev in net.devices:
         # __mkroute_output: a directed broadcast leaves on the route's device with RTCF_BROADCAST |
         # RTCF_LOCAL (dst.output ip_mc_output loops a copy back; dst.input ip_local_deliver)

@@ -194,7 +194,8 @@ def two(tmp_path, routes: list[str], rpf: int = 0):
     ("10.9.0.0/24 via 10.0.0.254 scope link", "Nexthop has invalid gateway"),
     ("10.9.0.0/24 via 10.7.0.2 onlink", "Nexthop device required for onlink"),
     ("10.9.0.0/24 via 10.0.0.254 dev eth1", "gateway is not reachable"),
-    ("10.9.0.0/24 nexthop via 10.0.0.254 nexthop via 10.1.0.254", "multipath routes ('nexthop')"),
+    ("10.9.0.0/24 nexthop via 10.0.0.254 nexthop via 10.7.0.2", "gateway is not reachable"),
+    ("10.9.0.0/24 nexthop via 10.0.0.254 nexthop via 10.1.0.254 dev eth9", "unknown interface 'eth9'"),
 ])
 def test_route_attributes_the_kernel_refuses(tmp_path, route, fragment):
     err = load_err(tmp_path, TWO.format(rpf=0) + f"  - {route}\n")

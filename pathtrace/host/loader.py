@@ -261,25 +261,13 @@ class _Loader:
         # addresses with a local route (fib_add_ifaddr: up devices only; lo's 127.0.0.0/8 is all local)
         local = {a for i in host.interfaces if i.up for a, _ in i.addresses}
         for route in host.routes:
-            if route.dev is not None and route.dev not in known:
-                raise HostFileError(f"route {route.text!r}: unknown interface {route.dev!r}", self.path, route.line)
+            for gateway, dev in [(route.gateway, route.dev)] + [(g, d) for g, d, _ in route.nexthops]:
+                self.nexthop(host, route, gateway, dev, known, connected)
             src = route.prefsrc
             if src is not None and src not in local and src >> 24 != 127 and not (
                     route.type == "local" and route.plen == 32 and route.dst == src):
                 raise HostFileError(f"route {route.text!r}: src {ntoa(src)} is not a local address "
                                     f"('Invalid prefsrc address', fib_valid_prefsrc)", self.path, route.line)
-            if route.gateway is not None and route.scope == "link" and not route.onlink:
-                raise HostFileError(f"route {route.text!r}: a gateway route of scope link finds no nexthop "
-                                    f"('Nexthop has invalid gateway')", self.path, route.line)
-            if route.gateway is not None and not route.onlink:
-                reach = [n for net, p, n in connected if route.gateway & prefix_mask(p) == net and
-                         (route.dev is None or route.dev == n)]
-                via_route = any(r is not route and r.gateway is None and r.dev and r.type == "unicast" and
-                                route.gateway & prefix_mask(r.plen) == r.dst and r.table == route.table and
-                                (route.dev is None or route.dev == r.dev) for r in host.routes)
-                if not reach and not via_route:
-                    raise HostFileError(f"route {route.text!r}: gateway is not reachable (no connected route to it; "
-                                        f"'Nexthop has invalid gateway')", self.path, route.line)
         self.duplicate_routes(host)
         for rule in host.rules:
             for dev in (rule.iif, rule.oif):
@@ -292,6 +280,24 @@ class _Loader:
             if sock.dev is not None and sock.dev not in known:
                 raise HostFileError(f"socket {sock.text!r}: unknown interface {sock.dev!r}", self.path, sock.line)
 
+
+    def nexthop(self, host: HostConfig, route, gateway: int | None, dev: str | None, known: set[str],
+                connected: list) -> None:
+        """fib_check_nh for the route's nexthop (each one of a multipath route): a known device and a
+        gateway reachable on a connected route (unless onlink)."""
+        if dev is not None and dev not in known:
+            raise HostFileError(f"route {route.text!r}: unknown interface {dev!r}", self.path, route.line)
+        if gateway is not None and route.scope == "link" and not route.onlink:
+            raise HostFileError(f"route {route.text!r}: a gateway route of scope link finds no nexthop "
+                                f"('Nexthop has invalid gateway')", self.path, route.line)
+        if gateway is not None and not route.onlink:
+            reach = [n for net, p, n in connected if gateway & prefix_mask(p) == net and (dev is None or dev == n)]
+            via_route = any(r is not route and r.gateway is None and r.dev and r.type == "unicast" and
+                            gateway & prefix_mask(r.plen) == r.dst and r.table == route.table and
+                            (dev is None or dev == r.dev) for r in host.routes)
+            if not reach and not via_route:
+                raise HostFileError(f"route {route.text!r}: gateway is not reachable (no connected route to it; "
+                                    f"'Nexthop has invalid gateway')", self.path, route.line)
 
     def nftables(self, host: HostConfig, sections: dict) -> None:
         """`nftables: |` (nft list ruleset, or its -j JSON) or `nftables-file:`; parsed with the namespace."""

@@ -348,22 +348,25 @@ def _cli(*args: str, **kw) -> subprocess.Popen:
                             stderr=subprocess.PIPE, **kw)
 
 
-def _interrupt(p: subprocess.Popen, after: float) -> tuple[int, bytes, bytes]:
+def _interrupt(p: subprocess.Popen) -> tuple[int, bytes, bytes]:
+    """SIGINT once the replay is under way (its first output line has come), as ^C would."""
     import signal
-    time.sleep(after)
+    first = p.stdout.readline()
     p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=60)
-    return p.returncode, out, err
+    out, err = p.communicate(timeout=120)
+    return p.returncode, first + out, err
 
 
 def test_sigint_partial_summary_exit_130(tmp_path: Path) -> None:
     host, cap = _capture(tmp_path, 40000)
-    code, out, err = _interrupt(_cli("replay", "--summary", "--no-cache", "--no-progress", host, cap), 2.5)
+    code, out, err = _interrupt(_cli("replay", "--summary", "--format", "jsonl", "--no-cache", "--no-progress",
+                                     host, cap))
     assert code == 130, err
-    text = out.decode()
-    first = text.splitlines()[0]
-    assert first.endswith("packets (partial: interrupted)") and 0 < int(first.split()[0]) < 40000, text
-    assert b"Traceback" not in err
+    lines = out.decode().splitlines()
+    records = sum(1 for line in lines if line.startswith("{"))
+    head = next(line for line in lines if line.endswith("packets (partial: interrupted)"))
+    assert 0 < records == int(head.split()[0]) < 40000, head
+    assert b"Traceback" not in err and b"interrupted (SIGINT) after" in out
 
 
 def test_sigint_pcap_and_jsonl_agree(tmp_path: Path) -> None:
@@ -372,7 +375,7 @@ def test_sigint_pcap_and_jsonl_agree(tmp_path: Path) -> None:
     host, cap = _capture(tmp_path, 40000)
     pcap = tmp_path / "out.pcap"
     code, out, err = _interrupt(_cli("replay", "--format", "jsonl", "--no-progress", "--write-pcap", str(pcap),
-                                     host, cap), 2.5)
+                                     "--no-cache", host, cap))
     assert code == 130, err
     records = [json.loads(line) for line in out.decode().splitlines()]
     assert 0 < len(records) < 40000

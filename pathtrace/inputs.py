@@ -103,6 +103,30 @@ def parse_int(text: str, base: int = 0) -> int:
     return int(t, base)
 
 
+# ---- JSON ---------------------------------------------------------------------------------
+
+_JSON_STRUCTURE = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
+
+
+def load_json(text: str, path: str, error: Type[PathtraceError] = PathtraceError, what: str = "JSON") -> object:
+    """json.loads with the nesting bounded first (the C decoder recurses: 100,000 '[' raise
+    RecursionError); a syntax error names its line."""
+    import json
+    depth = 0
+    for m in _JSON_STRUCTURE.finditer(text):
+        c = m.group()[0]
+        if c in "[{":
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise error(f"{what} nested deeper than {MAX_YAML_DEPTH} levels", path, line_of(text, m.start()))
+        elif c in "]}":
+            depth -= 1
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{what}: {exc.msg} (column {exc.colno})", path, exc.lineno) from None
+
+
 # ---- YAML ---------------------------------------------------------------------------------
 
 def _yaml_error(exc: yaml.YAMLError, path: str, error: Type[PathtraceError]) -> PathtraceError:

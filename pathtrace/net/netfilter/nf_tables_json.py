@@ -157,10 +157,8 @@ def _type(t: Any) -> str:
 
 def json_to_text(text: str, path: str) -> str:
     """The ruleset text for the JSON; JsonRulesetError for what cannot be expressed."""
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise HostFileError(f"nftables JSON: {e.msg} (line {e.lineno} column {e.colno})", path, None) from None
+    from pathtrace.inputs import load_json      # nesting bounded (json.loads recurses), the line named
+    doc = load_json(text, path, HostFileError, "nftables JSON")
     items = doc.get("nftables") if isinstance(doc, dict) else None
     if not isinstance(items, list):
         raise HostFileError("nftables JSON: no \"nftables\" array (expected the output of nft -j list ruleset)",

@@ -115,13 +115,11 @@ def icmp_reply(skb: SkBuff, message: bytes) -> None:
     """Answer from the address the request was sent to (fib_compute_spec_dst for broadcasts)."""
     from pathtrace.net.ipv4.ip_local import new_local_skb
     from pathtrace.net.ipv4.ip_output import ip_local_out
-    from pathtrace.net.ipv4.route import ip_route_output
+    from pathtrace.net.ipv4.route import fib_compute_spec_dst, ip_route_output
     ctx = skb.ctx
     net = skb.ctx_net
     iph = skb.iph
-    saddr = iph.daddr
-    if skb.dst.type != "local":
-        saddr = net.inet_select_addr(skb.dev, iph.saddr, "link")
+    saddr = fib_compute_spec_dst(skb)
     msg = bytearray(message)
     struct.pack_into("!H", msg, 2, 0)
     struct.pack_into("!H", msg, 2, icmp_checksum(bytes(msg)))

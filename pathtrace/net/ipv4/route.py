@@ -346,6 +346,26 @@ def ip_route_output(net: "Net", daddr: int, saddr: int = 0, oif: str | None = No
                        rtax_mtu=fa.mtu, mtu_locked=fa.mtu_lock, advmss=fa.advmss)
 
 
+def fib_compute_spec_dst(skb: "SkBuff") -> int:
+    """fib_compute_spec_dst: the address a reply to this packet comes from.  Its own destination when
+    it was routed to a local address; for a broadcast or multicast, the preferred source of the route
+    back to the sender (fib_result_prefsrc), else the input device's address."""
+    net = skb.ctx_net
+    iph = skb.iph
+    if skb.dst is not None and skb.dst.type == "local":
+        return iph.daddr
+    if not ipv4_is_zeronet(iph.saddr):
+        mark = skb.mark if skb.dev is not None and net.sysctl.dev(skb.dev.name, "src_valid_mark") else 0
+        res = fib_lookup(net, Flowi4(daddr=iph.saddr, saddr=0, iif="lo", mark=mark, tos=iph.tos))
+        if res.error is None and res.fa is not None:
+            fa = _select_path(None, res.fa, 0, iph.saddr)
+            if fa.prefsrc:
+                return fa.prefsrc
+            dev = net.devices.get(fa.dev) if fa.dev else _dev_for_gateway(net, fa.gateway, res.table)
+            return net.inet_select_addr(dev, fa.gateway or iph.saddr)
+    return net.inet_select_addr(skb.dev, iph.saddr, "link")
+
+
 def ip_route_me_harder(skb: "SkBuff") -> bool:
     """Re-route a locally generated packet after netfilter changed its addresses or mark."""
     net = skb.ctx_net

@@ -51,6 +51,13 @@ def seeds(target: str) -> list[bytes]:
                 block = text.split("iptables: |", 1)[1]
                 out.append("\n".join(l[2:] for l in block.splitlines() if l.startswith("  ")).encode())
         return out
+    if target == "nftables":
+        out = [p.read_bytes() for p in sorted([*ROOT.glob("tests/data/nftables/*.nft"),
+                                                *ROOT.glob("tests/data/nftables/*.json")])]
+        for p in sorted(ROOT.glob("rulesets/*-nft.yaml")):
+            block = p.read_text().split("nftables: |", 1)[-1]
+            out.append("\n".join(l[2:] for l in block.splitlines() if l.startswith("  ")).encode())
+        return out
     if target == "expect":
         return [p.read_bytes() for p in sorted(ROOT.glob("rulesets/*.expect.yaml"))]
     if target == "flowspec":

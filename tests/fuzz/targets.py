@@ -101,6 +101,14 @@ def ruleset(data: bytes) -> None:
     _with_file(data, "rules.v4", run)
 
 
+def nftables(data: bytes) -> None:
+    """An nft ruleset (nft list ruleset text, or its -j JSON) as a host's nftables-file."""
+    def run(path: str) -> None:
+        base = (ROOT / "rulesets" / "home-router-nft.yaml").read_text().split("nftables:")[0]
+        _with_file((base + f"nftables-file: {path}\n").encode(), "host.yaml", _host_file)
+    _with_file(data, "ruleset.nft", run)
+
+
 def _host_file(path: str) -> None:
     from pathtrace.commands.flowspec import FlowSpecError, parse_words
     from pathtrace.commands.session import Session
@@ -180,4 +188,5 @@ def _expect_file(path: str) -> None:
 
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "capture": capture, "host": host, "ruleset": ruleset, "flowspec": flowspec, "expect": expectations,
+    "nftables": nftables,
 }

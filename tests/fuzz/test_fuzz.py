@@ -21,7 +21,7 @@ from targets import TARGETS  # noqa: E402
 
 EXAMPLES = int(os.environ.get("PATHTRACE_FUZZ_EXAMPLES", "0"))
 # per target: examples in the normal suite (a few seconds each: a capture is replayed, a host loaded)
-SHORT = {"capture": 100, "host": 150, "ruleset": 100, "flowspec": 200, "expect": 80}
+SHORT = {"capture": 100, "host": 150, "ruleset": 100, "flowspec": 200, "expect": 80, "nftables": 80}
 
 
 @pytest.mark.parametrize("target", sorted(TARGETS))

@@ -147,12 +147,13 @@ def check_yaml_chars(text: str, path: str, error: Type[PathtraceError]) -> None:
 class _Frame:
     """An open sequence or mapping while composing: its node, anchor, size so far and keys seen."""
 
-    __slots__ = ("node", "anchor", "start", "key", "keys")
+    __slots__ = ("node", "anchor", "start", "key", "keys", "height")
 
     def __init__(self, node: yaml.Node, anchor: str | None, start: int):
         self.node, self.anchor, self.start = node, anchor, start
         self.key: yaml.Node | None = None
         self.keys: dict[str, int] = {}
+        self.height = 1         # levels of collections from this one down, aliases expanded
 
 
 def compose_yaml(text: str, path: str, error: Type[PathtraceError] = PathtraceError) -> yaml.Node | None:
@@ -174,6 +175,7 @@ def _compose(text: str, path: str, error: Type[PathtraceError], loader: type) ->
     stack: list[_Frame] = []
     anchors: dict[str, yaml.Node] = {}
     sizes: dict[str, int] = {}
+    heights: dict[str, int] = {}        # an anchored node's height: an alias adds it where it is used
     root: yaml.Node | None = None
     documents = 0
     expanded = 0
@@ -190,12 +192,13 @@ def _compose(text: str, path: str, error: Type[PathtraceError], loader: type) ->
             raise fail(ev.start_mark, f"YAML tag {shown} is not allowed (plain values only)")
         return tag
 
-    def add(node: yaml.Node, mark: yaml.Mark) -> None:
+    def add(node: yaml.Node, height: int) -> None:
         nonlocal root
         if not stack:
             root = node
             return
         top = stack[-1]
+        top.height = max(top.height, height + 1)
         if isinstance(top.node, yaml.SequenceNode):
             top.node.value.append(node)
         elif top.key is None:
@@ -220,6 +223,7 @@ def _compose(text: str, path: str, error: Type[PathtraceError], loader: type) ->
         if name is not None:
             anchors[name] = node
             sizes.pop(name, None)
+            heights.pop(name, None)
 
     for ev in yaml.parse(text, Loader=loader):
         if isinstance(ev, yaml.ScalarEvent):
@@ -229,14 +233,18 @@ def _compose(text: str, path: str, error: Type[PathtraceError], loader: type) ->
             if ev.anchor is not None:
                 sizes[ev.anchor] = 1
             grow(1, ev.start_mark)
-            add(node, ev.start_mark)
+            add(node, 0)
         elif isinstance(ev, yaml.AliasEvent):
             if ev.anchor not in anchors:
                 raise fail(ev.start_mark, f"YAML alias *{ev.anchor} names no anchor before it")
             if ev.anchor not in sizes:
                 raise fail(ev.start_mark, f"YAML alias *{ev.anchor} is inside the node it names (a loop)")
             grow(sizes[ev.anchor], ev.start_mark)
-            add(anchors[ev.anchor], ev.start_mark)
+            height = heights.get(ev.anchor, 0)
+            if len(stack) + height > MAX_YAML_DEPTH:      # aliases of nested aliases nest deeper still
+                raise fail(ev.start_mark, f"YAML nested deeper than {MAX_YAML_DEPTH} levels (through alias "
+                                          f"*{ev.anchor})")
+            add(anchors[ev.anchor], height)
         elif isinstance(ev, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
             if len(stack) >= MAX_YAML_DEPTH:
                 raise fail(ev.start_mark, f"YAML nested deeper than {MAX_YAML_DEPTH} levels")
@@ -251,13 +259,15 @@ def _compose(text: str, path: str, error: Type[PathtraceError], loader: type) ->
             frame.node.end_mark = ev.end_mark
             if frame.anchor is not None:
                 sizes[frame.anchor] = expanded - frame.start
-            add(frame.node, ev.start_mark)
+                heights[frame.anchor] = frame.height
+            add(frame.node, frame.height)
         elif isinstance(ev, yaml.DocumentStartEvent):
             documents += 1
             if documents > 1:
                 raise fail(ev.start_mark, "more than one YAML document (a second '---')")
             anchors.clear()
             sizes.clear()
+            heights.clear()
     return root
 
 

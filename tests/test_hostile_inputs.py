@@ -96,6 +96,15 @@ def test_billion_laughs_expectation_file_fails_fast(tmp_path: Path) -> None:
     assert time.monotonic() - start < 5
 
 
+def test_alias_chains_count_towards_the_depth(tmp_path: Path) -> None:
+    """30 anchors of 50 levels, each holding the previous one's alias: 1,500 levels once expanded
+    (str() of the value raised RecursionError)."""
+    anchors = "".join(f"        - &a{k} " + "[" * 50 + (f"*a{k - 1}" if k else "x") + "]" * 50 + "\n" for k in range(30))
+    expect = put(tmp_path, "e.yaml", "cases:\n  - name: c\n    packet: udp 10.0.0.2:5 10.0.0.1:53\n    expect:\n"
+                                     "      rule:\n" + anchors + "      verdict: *a29\n")
+    one_line_error(*run("check", put(tmp_path, "h.yaml", HOST), expect), "e.yaml:7:", "through alias *a0")
+
+
 # ---- numbers ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("extra, needle", [
@@ -344,8 +353,10 @@ def _capture(tmp_path: Path, packets: int) -> tuple[str, str]:
 
 def _cli(*args: str, **kw) -> subprocess.Popen:
     import sys
+    # unbuffered: readline() takes no more than the line, so communicate() (which reads the file
+    # descriptors) misses nothing after it
     return subprocess.Popen([sys.executable, "-m", "pathtrace.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, **kw)
+                            stderr=subprocess.PIPE, bufsize=0, **kw)
 
 
 def _interrupt(p: subprocess.Popen) -> tuple[int, bytes, bytes]:

@@ -1125,9 +1125,10 @@ static int lane_frame(Lane *L, const unsigned char *name, Py_ssize_t nlen, const
     const unsigned char *p = f + 14;
     Py_ssize_t plen = caplen - 14;
     if (f[12] != 0x08 || f[13] != 0x00 || p[0] != 0x45) return R_STOP;
-    Py_ssize_t need = p[9] == 6 ? 34 : p[9] == 17 ? 26 : -1;
+    Py_ssize_t need = p[9] == 6 ? 34 : p[9] == 17 ? 26 : p[9] == 1 ? 28 : -1;
     if (need < 0 || plen < need) return R_STOP;
-    /* FlowCache.key: interface name, dst, src, IP header but ID and checksum, ports (+ TCP offset and flags), length */
+    /* FlowCache.key: interface name, dst, src, IP header but ID and checksum, ports (+ TCP offset and flags)
+     * or ICMP type, code and id (+ two zero bytes), length */
     unsigned char *key = keybuf + nlen;
     memcpy(keybuf, name, nlen);
     memcpy(key, f, 12);
@@ -1135,7 +1136,8 @@ static int lane_frame(Lane *L, const unsigned char *name, Py_ssize_t nlen, const
     memcpy(key + 16, p + 6, 4);
     memcpy(key + 20, p + 12, 8);
     if (p[9] == 6) { memcpy(key + 28, p + 20, 4); memcpy(key + 32, p + 32, 2); }
-    else memcpy(key + 28, p + 20, 6);
+    else if (p[9] == 17) memcpy(key + 28, p + 20, 6);
+    else { memcpy(key + 28, p + 20, 2); memcpy(key + 30, p + 24, 2); key[32] = key[33] = 0; }
     key[34] = (unsigned char)(plen >> 24); key[35] = (unsigned char)(plen >> 16);
     key[36] = (unsigned char)(plen >> 8); key[37] = (unsigned char)plen;
     PyObject *k = PyBytes_FromStringAndSize((const char *)keybuf, nlen + 38);

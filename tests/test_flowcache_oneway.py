@@ -176,3 +176,12 @@ def test_ping_jsonl_same_as_uncached(tmp_path_factory, monkeypatch):
     host = _router(tmp_path_factory)
     for fmt in (("--format", "jsonl"), ("--format", "text")):
         _output_three_ways(monkeypatch, host, cap, fmt=fmt)
+
+
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+def test_steady_ping_tally_is_served_by_the_c_lane(tmp_path_factory, tmp_path, fmt):
+    """The C lanes build ICMP queries' keys as FlowCache.key does (type, code, id): unanswered echo
+    requests are counted from the file's buffer, with the same summary and state as the model's."""
+    pytest.importorskip("pathtrace._fastpath")
+    frames = _icmp_frames([(0, 1.0, 0, 56, 7)] * 200)
+    assert_tally_same(_router(tmp_path_factory), frames, tmp_path / f"p.{fmt}", min_served=190)

@@ -200,6 +200,9 @@ class _Loader:
                     raise self.fail(fields["driver"][1], f"unknown driver {iface.driver!r} (known: {', '.join(sorted(DRIVERS))})")
             if "txqueuelen" in fields:
                 iface.txqueuelen = self.integer(fields["txqueuelen"][1], "txqueuelen")
+                if not -2**31 <= iface.txqueuelen < 2**31:      # ip link's get_integer (6.18: -1 shows 'qlen -1')
+                    raise self.fail(fields["txqueuelen"][1], f"txqueuelen {iface.txqueuelen}: Invalid \"txqueuelen\" "
+                                                             f"value (ip link takes -2147483648..2147483647)")
             if "ifindex" in fields:     # the capturing host's index: maps tcpdump -i any (SLL2) frames
                 iface.ifindex = self.integer(fields["ifindex"][1], "ifindex")
                 if not 1 <= iface.ifindex <= 0x7FFFFFFF:

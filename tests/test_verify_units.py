@@ -113,3 +113,17 @@ def test_consumption_decides_local_delivery_when_traced() -> None:
     assert classify_kernel(0x0800, pkt, local, [], [], [], "ip_do_fragment").verdict == "HELD"
     assert classify_kernel(0x0800, pkt, local, [], [], [], False).verdict == "LOCAL_DELIVER"   # untraced
     assert classify_kernel(0x0800, pkt, set(), [], [], [], False).verdict == "HELD"
+
+
+def test_a_forwarded_syn_is_not_answered_by_another_connections_synack() -> None:
+    """The SYN-ACK a local listener retransmits for an earlier SYN (same ports, from the host's own
+    address) leaves while a forwarded SYN is observed: it does not make that SYN delivered."""
+    from pathtrace.packet import build as b
+    from pathtrace.verify.observe import classify_kernel
+    fwd = b.tcp_packet("10.3.0.2", "172.16.5.5", 40000, 22, "S", seq=1000)
+    sa = b.ether("02:00:00:00:02:0a", "02:00:00:00:02:01", 0x0800,
+                 b.tcp_packet("10.3.0.1", "10.3.0.2", 22, 40000, "SA", seq=5, ack=1001))
+    local = {bytes([10, 3, 0, 1])}
+    assert classify_kernel(0x0800, fwd, local, [("eth2", sa)], [], [], None).verdict == "HELD"
+    to_me = b.tcp_packet("10.3.0.2", "10.3.0.1", 40000, 22, "S", seq=1000)
+    assert classify_kernel(0x0800, to_me, local, [("eth2", sa)], [], [], None).verdict == "LOCAL_DELIVER"

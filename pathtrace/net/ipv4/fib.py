@@ -89,7 +89,11 @@ def fib_select_multipath(fa: FibAlias, saddr: int, daddr: int) -> FibAlias:
     if not fa.nexthops:
         return fa
     h = fib_multipath_hash(saddr, daddr)
-    nh = next((n for n in fa.nexthops if h <= n.upper_bound), fa.nexthops[-1])
+    return fib_nh_view(fa, next((n for n in fa.nexthops if h <= n.upper_bound), fa.nexthops[-1]))
+
+
+def fib_nh_view(fa: FibAlias, nh: FibNh) -> FibAlias:
+    """The route as the rest of the stack sees it once one of its nexthops is chosen."""
     from dataclasses import replace
     return replace(fa, gateway=nh.gateway, dev=nh.dev, nexthops=())
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from pathtrace.lib.inet import (
     ipv4_is_lbcast, ipv4_is_loopback, ipv4_is_multicast, ipv4_is_zeronet, ntoa,
 )
-from pathtrace.net.ipv4.fib import FibAlias, fib_info_nh_uses_dev, fib_select_multipath
+from pathtrace.net.ipv4.fib import FibAlias, fib_info_nh_uses_dev, fib_nh_view, fib_select_multipath
 from pathtrace.net.ipv4.fib_rules import Flowi4, fib_rule_match
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -266,11 +266,7 @@ def _select_path(ctx: "PacketContext | None", fa: FibAlias, saddr: int, daddr: i
     if not fa.nexthops:
         return fa
     on_oif = [n for n in fa.nexthops if oif is not None and n.dev == oif]
-    if on_oif:
-        from dataclasses import replace
-        chosen = replace(fa, gateway=on_oif[0].gateway, dev=on_oif[0].dev, nexthops=())
-    else:
-        chosen = fib_select_multipath(fa, saddr, daddr)
+    chosen = fib_nh_view(fa, on_oif[0]) if on_oif else fib_select_multipath(fa, saddr, daddr)
     if ctx is not None and ctx.record:
         ctx.step("fib_select_multipath", nexthop=(f"via {ntoa(chosen.gateway)} " if chosen.gateway is not None
                                                   else "") + f"dev {chosen.dev}",

@@ -114,6 +114,7 @@ class Gen:
     sockets: list[str] = field(default_factory=list)
     ipt: list[tuple[str, str]] = field(default_factory=list)      # (table, "-A CHAIN ...")
     policies: dict[str, str] = field(default_factory=dict)        # "filter/INPUT" -> DROP
+    user_chains: list[tuple[str, str]] = field(default_factory=list)   # (table, chain)
     packets: list[Pkt] = field(default_factory=list)
 
     def yaml(self) -> str:
@@ -137,14 +138,16 @@ class Gen:
 
     def iptables(self) -> str:
         chains = {"raw": ["PREROUTING", "OUTPUT"], "mangle": ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"],
-                  "nat": ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"], "filter": ["INPUT", "FORWARD", "OUTPUT"]}
+                  "nat": ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"], "filter": ["INPUT", "FORWARD", "OUTPUT"],
+                  "security": ["INPUT", "FORWARD", "OUTPUT"]}
         used = {t for t, _ in self.ipt} | {k.split("/")[0] for k in self.policies}
         text = []
-        for table in ("raw", "mangle", "nat", "filter"):
+        for table in ("raw", "mangle", "nat", "filter", "security"):
             if table not in used:
                 continue
             text.append(f"*{table}")
             text += [f":{c} {self.policies.get(f'{table}/{c}', 'ACCEPT')} [0:0]" for c in chains[table]]
+            text += [f":{c} - [0:0]" for t, c in self.user_chains if t == table]
             text += [r for t, r in self.ipt if t == table]
             text.append("COMMIT")
         return "\n".join(text)
@@ -207,9 +210,83 @@ def draw(seed: int) -> Gen:
     g.sockets = ["tcp 0.0.0.0:22", "udp 0.0.0.0:53"] + (["tcp 0.0.0.0:80"] if r.random() < 0.5 else [])
     _ruleset(g, r)
     _packets(g, r)
-    if os.environ.get("PATHTRACE_GEN_EXTRAS", "1") != "0":    # 0: the scenarios of the first series
+    level = os.environ.get("PATHTRACE_GEN_EXTRAS", "2")    # 0: the first series; 1: seeds 3000-5599's
+    if level != "0":
         _extras(g, random.Random(seed ^ 0x5EED))
+    if level not in ("0", "1"):
+        _grammar(g, random.Random(seed ^ 0x6A6A))
     return g
+
+
+def _grammar(g: Gen, r: random.Random) -> None:
+    """More of the ruleset grammar pathtrace supports: user chains with RETURN, the security table,
+    iprange, length, ttl, tcp flags, limit, recent, mark and connmark, and the mangle targets TTL,
+    DSCP, TCPMSS — each rule with a packet that hits it and one that just misses it."""
+    def insert(*pkts: Pkt) -> None:
+        at = r.randint(0, len(g.packets))
+        g.packets[at:at] = list(pkts)
+    for _ in range(r.randint(0, 3)):
+        n = r.randrange(len(g.ifaces))
+        ifc = g.ifaces[n]
+        fwd = r.random() < 0.5
+        chain = "FORWARD" if fwd else "INPUT"
+        dst = r.choice(REMOTES) if fwd else ifc.addr
+        port = r.choice([53, 80, 443, 5000])
+        hit = Pkt(f"grammar-rule:{chain}", n, ifc.peer, dst, "udp", dport=port)
+        kind = r.choice(["chain", "security", "iprange", "length", "ttl", "tcpflags", "limit", "recent",
+                         "mark", "connmark", "ttl-target", "dscp", "tcpmss"])
+        miss = replace(hit, kind=f"grammar-miss:{kind}")
+        hit.kind = f"grammar-hit:{kind}"
+        verdict = r.choice(["DROP", "REJECT", "ACCEPT"])
+        if kind == "chain":
+            if ("filter", "GEN") not in g.user_chains:
+                g.user_chains.append(("filter", "GEN"))
+                g.ipt.append(("filter", "-A GEN -s 10.0.0.0/8 -p udp --dport 9 -j RETURN"))
+                g.ipt.append(("filter", f"-A GEN -j {verdict}"))
+            g.ipt.append(("filter", f"-A {chain} -p udp --dport {port} -j GEN"))
+            miss.dport = 9 if r.random() < 0.5 else port + 1
+        elif kind == "security":
+            g.ipt.append(("security", f"-A {chain} -p udp --dport {port} -j {'DROP' if verdict == 'REJECT' else verdict}"))
+            miss.dport = port + 1
+        elif kind == "iprange":
+            g.ipt.append(("filter", f"-A {chain} -m iprange --src-range {ifc.peer}-{ifc.peer} -j {verdict}"))
+            miss.src = ntoa(aton(ifc.peer) + 1)
+        elif kind == "length":
+            g.ipt.append(("filter", f"-A {chain} -p udp -m length --length 0:100 -j {verdict}"))
+            miss.size = 200
+        elif kind == "ttl":
+            g.ipt.append(("filter", f"-A {chain} -m ttl --ttl-gt 10 -j {verdict}"))
+            miss.ttl = 9
+        elif kind == "tcpflags":
+            hit.proto = miss.proto = "tcp"
+            g.ipt.append(("filter", f"-A {chain} -p tcp --tcp-flags SYN,ACK,RST SYN -j {verdict}"))
+            miss.flags = "SA"
+        elif kind == "limit":
+            g.ipt.append(("filter", f"-A {chain} -p udp --dport {port} -m limit --limit 1/min --limit-burst 1 -j {verdict}"))
+            miss.kind = "grammar-miss:limit (second packet, over the limit)"
+        elif kind == "recent":
+            g.ipt.append(("filter", f"-A {chain} -p udp --dport {port} -m recent --name gen --rcheck --seconds 60 -j {verdict}"))
+            g.ipt.append(("filter", f"-A {chain} -p udp --dport {port} -m recent --name gen --set"))
+            hit, miss = replace(hit, kind="grammar-miss:recent (first, sets)"), replace(hit, kind="grammar-hit:recent")
+        elif kind == "mark":
+            g.ipt.append(("mangle", f"-A PREROUTING -p udp --dport {port} -j MARK --set-mark 7"))
+            g.ipt.append(("filter", f"-A {chain} -m mark --mark 7 -j {verdict}"))
+            miss.dport = port + 1
+        elif kind == "connmark":
+            g.ipt.append(("mangle", f"-A PREROUTING -p udp --dport {port} -j CONNMARK --set-mark 5"))
+            g.ipt.append(("filter", f"-A {chain} -m connmark --mark 5 -j {verdict}"))
+            miss.dport = port + 1
+        elif kind == "ttl-target":
+            g.ipt.append(("mangle", f"-A PREROUTING -p udp --dport {port} -j TTL --ttl-set 1"))
+            miss.dport = port + 1
+        elif kind == "dscp":
+            g.ipt.append(("mangle", f"-A FORWARD -p udp --dport {port} -j DSCP --set-dscp 10"))
+            miss.dport = port + 1
+        elif kind == "tcpmss":
+            hit.proto = miss.proto = "tcp"
+            g.ipt.append(("mangle", f"-A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --set-mss 1000"))
+            miss.flags = "A"
+        insert(hit, miss)
 
 
 def _extras(g: Gen, r: random.Random) -> None:

@@ -342,3 +342,25 @@ def test_model_predicts_the_live_kernels_acks(tmp_path):
     # a delayed ACK leaves when the kernel's timer wheel runs it, up to a few jiffies after ato
     drift = [k["tsval"] - m["tsval"] for m, k in zip(model, kernel)]
     assert all(abs(d) <= 1 for d in drift[:-1]) and 0 <= drift[-1] <= 12, drift
+
+
+def test_synack_keeps_df_on_a_locked_route_mtu_and_with_ip_no_pmtu_disc(tmp_path) -> None:
+    """Measured with pathtrace verify on 6.18: a listener's SYN-ACK carries DF even when the route
+    back has `mtu lock` and with net.ipv4.ip_no_pmtu_disc=1 (a reading of ip_dont_fragment alone
+    would clear it); the model keeps DF as the kernel does."""
+    from helpers import Rig
+    from pathtrace.packet import build
+    base = """
+    name: t
+    interfaces:
+      - {name: eth0, mac: "02:00:00:00:00:01", addresses: [10.1.0.1/24]}
+    neighbours:
+      - 10.1.0.2 dev eth0 lladdr 02:00:00:00:00:0a permanent
+    sockets:
+      - tcp 0.0.0.0:22
+    """
+    for extra in ("", "routes:\n  - 10.1.0.2/32 dev eth0 mtu lock 1400\n", "sysctl:\n  net.ipv4.ip_no_pmtu_disc: 1\n"):
+        rig = Rig(tmp_path, base.rstrip(" ") + "".join(f"    {ln}\n" for ln in extra.splitlines()), emit_frames=True)
+        rec = rig.send("eth0", build.tcp_packet("10.1.0.2", "10.1.0.1", 40000, 22, "S", seq=1, window=64240))
+        frame = rec.emitted[0].frame
+        assert frame[14 + 6] & 0x40, extra

@@ -225,3 +225,34 @@ def test_generated_scenario_as_nftables_agrees_with_the_kernel(path: Path, tmp_p
         if not live_wrong:
             break
     assert not live_wrong, [f"#{n} kernel {kernel[n]} model {model_nft[n]}" for n in sorted(live_wrong)]
+
+
+@pytest.mark.parametrize("host", ["mixed", "equal-priority"])
+def test_hook_order_agrees_with_the_kernel(host: str, tmp_path: Path) -> None:
+    """iptables' tables and nft base chains at equal priorities, and the nat hook's lookups across both."""
+    why = _live()
+    if why:
+        pytest.skip(why)
+    from pathtrace.packet import build
+    from pathtrace.packet.pcapwriter import PcapWriter
+    from test_nftables import mixed_packets
+    packets = mixed_packets() if host == "mixed" else \
+        [(("02:00:00:00:00:09", "02:00:00:00:00:01"), build.tcp_packet("198.51.100.9", "198.51.100.1", 40000, 22, "S"))]
+    cap = tmp_path / "p.pcap"
+    with PcapWriter(str(cap)) as w:
+        for k, ((src, dst), pkt) in enumerate(packets):
+            w.write(build.ether(dst, src, 0x0800, pkt), 1000.0 + k * 0.01)
+    agree = _verify(str(ROOT / "tests" / "data" / "nftables" / f"{host}.yaml"), str(cap))
+    assert agree and all(agree)
+
+
+def test_rpfilter_host_agrees_with_the_kernel(tmp_path: Path) -> None:
+    """fib saddr . iif oif missing (firewalld's rpfilter), dnat + ct original tuple, icmpx reject."""
+    why = _live()
+    if why:
+        pytest.skip(why)
+    from test_nftables import RPFILTER, rpfilter_packets, write_capture
+    cap = tmp_path / "rpf.pcap"
+    write_capture(cap, rpfilter_packets())
+    agree = _verify(str(RPFILTER), str(cap))
+    assert len(agree) == 7 and all(agree)

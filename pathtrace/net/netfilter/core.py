@@ -147,7 +147,11 @@ class Netfilter:
             self.nat = True
             self._register_nat(reg)
         for hook in reg:
-            reg[hook].sort(key=lambda e: e.priority)        # stable: equal priorities keep registration order
+            # nf_hook_entries_grow puts a new entry before the first one of equal or higher priority: at
+            # equal priorities the later registration runs first (iptables' tables are registered before
+            # the nftables ruleset, as verify's lab loads them)
+            entries = reg[hook]
+            reg[hook] = [entries[i] for i in sorted(range(len(entries)), key=lambda i: (entries[i].priority, -i))]
         self.entries = {h: e for h, e in reg.items() if e}
 
     def _mark_volatile(self) -> None:
@@ -202,7 +206,7 @@ class Netfilter:
 
     def _nat_lookups(self, hook: int) -> list[tuple[int, Callable[[Any, Any, Any], int]]]:
         """The nat hook's lookups in priority order (nf_nat_inet_fn's lpriv->entries): iptables' nat
-        table and nft nat chains, as nf_nat_register_fn sorts them."""
+        table and nft nat chains, as nf_nat_register_fn sorts them (nf_hook_entries_grow)."""
         out: list[tuple[int, Callable[[Any, Any, Any], int]]] = []
         if "nat" in self.tables and hook in TABLE_HOOKS["nat"]:
             prio = NF_IP_PRI_NAT_DST if hook in (NF_INET_PRE_ROUTING, NF_INET_LOCAL_OUT) else NF_IP_PRI_NAT_SRC
@@ -211,8 +215,8 @@ class Netfilter:
             for chain in self.nft.base_chains():
                 if chain.type == "nat" and chain.hook == hook:
                     out.append((chain.priority, self._nft_fn(chain)))
-        out.sort(key=lambda x: x[0])
-        return out
+        order = sorted(range(len(out)), key=lambda i: (out[i][0], -i))    # equal priority: later first
+        return [out[i] for i in order]
 
     def _register_nat(self, reg: dict[int, list[HookEntry]]) -> None:
         from pathtrace.net.netfilter import nf_nat_core as nat

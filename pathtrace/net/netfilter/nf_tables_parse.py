@@ -78,7 +78,7 @@ _TOKEN = re.compile(r'''
   | (?P<string>"[^"\n]*")
   | (?P<op>!=|==|<=|>=)
   | (?P<word>[A-Za-z0-9_.:/*\-\[\]%~]+)
-  | (?P<punct>[{}();,@$=<>&|^!])
+  | (?P<punct>[{}();,@$=<>&|^!+])
 ''', re.X)
 
 
@@ -133,6 +133,7 @@ class Lhs:
     deps: list[Expr] = field(default_factory=list)
     conntrack: bool = False
     never: str = ""             # the header cannot be in an IPv4 packet (ip6, icmpv6): the rule never matches
+    needs_l4: bool = False      # ct proto-src/dst without a transport protocol earlier in the rule
 
     @property
     def dtype(self) -> Datatype:
@@ -170,7 +171,7 @@ class RulesetParser:
         self.path = path
         self.host = host
         self.handles: dict[int, int] = {}           # line -> the handle `nft -a list ruleset` printed there
-        self.toks = tokenize(text, path, first_line, self.handles)
+        self.toks = self.expand_defines(tokenize(text, path, first_line, self.handles))
         self.i = 0
         self.ruleset = NftRuleset(path=path)
         self.table: NftTable | None = None
@@ -178,6 +179,64 @@ class RulesetParser:
         self.targets: list[tuple[NftRule, str, Tok]] = []
         self.anon_handles: list[NftSet] = []
         self.devices = {d.name: i + 1 for i, d in enumerate(getattr(host, "interfaces", None) or [])}
+
+    def expand_defines(self, toks: list[Tok]) -> list[Tok]:
+        """`define NAME = VALUE` lines are taken out and every `$NAME` replaced by VALUE's tokens (placed
+        where `$NAME` is written, so rule texts show the variable); `undefine NAME` forgets it."""
+        out: list[Tok] = []
+        defs: dict[str, list[Tok]] = {}
+        i, n = 0, len(toks)
+        at_start = True
+        while i < n:
+            t = toks[i]
+            if at_start and t.kind == "word" and t.value in ("define", "redefine", "undefine"):
+                if i + 1 >= n or toks[i + 1].kind not in ("word", "string"):
+                    raise self.unexpected(toks[min(i + 1, n - 1)], "identifier")
+                name = toks[i + 1].value
+                if t.value == "undefine":
+                    defs.pop(name, None)
+                    i += 2
+                    continue
+                if i + 2 >= n or toks[i + 2].value != "=":
+                    raise self.unexpected(toks[min(i + 2, n - 1)], "'='")
+                j, depth, value = i + 3, 0, []
+                while j < n and not (depth == 0 and (toks[j].kind in ("nl", "eof") or toks[j].value == ";")):
+                    if toks[j].kind == "punct" and toks[j].value == "{":
+                        depth += 1
+                    elif toks[j].kind == "punct" and toks[j].value == "}":
+                        depth -= 1
+                    if toks[j].kind == "punct" and toks[j].value == "$" and j + 1 < n:
+                        ref = toks[j + 1]
+                        if ref.value not in defs:
+                            raise self.error(ref, f"unknown identifier '{ref.value}'")
+                        value.extend(defs[ref.value])
+                        j += 2
+                        continue
+                    if toks[j].kind != "nl":
+                        value.append(toks[j])
+                    j += 1
+                if not value:
+                    raise self.unexpected(toks[min(j, n - 1)], "value")
+                if t.value == "define" and name in defs:
+                    raise self.error(toks[i + 1], f"redefinition of symbol '{name}'")
+                defs[name] = value
+                i = j
+                continue
+            if t.kind == "punct" and t.value == "$":
+                if i + 1 >= n or toks[i + 1].kind != "word":
+                    raise self.unexpected(toks[min(i + 1, n - 1)], "identifier")
+                name_tok = toks[i + 1]
+                if name_tok.value not in defs:
+                    raise self.error(name_tok, f"unknown identifier '{name_tok.value}'")
+                out.extend(Tok(v.kind, v.value, t.line, t.col, name_tok.end, t.pos, name_tok.stop)
+                           for v in defs[name_tok.value])
+                i += 2
+                at_start = False
+                continue
+            out.append(t)
+            at_start = t.kind == "nl" or t.value in (";", "{", "}")
+            i += 1
+        return out
 
     # ---- token helpers ----------------------------------------------------------------------
     def peek(self, k: int = 0) -> Tok:
@@ -233,7 +292,7 @@ class RulesetParser:
             elif t.value in ("add", "create", "insert") and t.kind == "word":
                 self.next()
                 self.command(t)
-            elif t.value in ("include", "define", "delete", "replace", "flush", "destroy", "reset", "rename"):
+            elif t.value in ("include", "delete", "replace", "flush", "destroy", "reset", "rename"):
                 raise self.error(t, f"not modelled: '{t.value}' commands (give the output of nft list ruleset)")
             else:
                 raise self.unexpected(t, "table")
@@ -1162,8 +1221,12 @@ class RulesetParser:
                        conntrack=True)
         if key.value in nft_ct.DIR_KEYS:
             d = {None: "", 0: "original ", 1: "reply "}[direction]
+            # nft types proto-src/dst by the transport protocol the rule has matched so far
+            l4 = key.value.startswith("proto-") and not any(
+                e.text.startswith(("meta l4proto ", "ip protocol ", "ct protocol ", "ct original protocol "))
+                for e in self.cur_rule.exprs)
             return Lhs(nft_ct.nft_ct_load(key.value, direction), [TYPES[nft_ct.DIR_KEYS[key.value]]],
-                       f"ct {d}{key.value}", conntrack=True)
+                       f"ct {d}{key.value}", conntrack=True, needs_l4=l4)
         raise self.error(key, f"not modelled: ct {key.value}")
 
     def fib_lhs(self, start: Tok) -> Lhs:
@@ -1208,6 +1271,9 @@ class RulesetParser:
             return lhs.deps + [self.vmap_expr(lhs, s, start)]
         if self.at_end_of_stmt():
             raise self.unexpected(self.peek(), "value")
+        if lhs.needs_l4:
+            raise self.error(self.peek(), "Can't parse symbolic invalid expressions (ct proto-src/proto-dst "
+                                          "need a transport protocol match earlier in the rule)")
         self.volatile = ""
         test, rtext = self.rhs(lhs, op, mask)
         text = f"{lhs.text} {'' if op == 'implicit' else op + ' '}{rtext}".replace("  ", " ")
@@ -1323,12 +1389,12 @@ class RulesetParser:
         cmp_op = "==" if op == "implicit" else op
         if lhs.never:
             return (lambda v: False), w.value
+        if dt.name in ("boolean",) or (w.value in ("exists", "missing") and w.kind == "word"):
+            want = w.value == "exists"
+            return (lambda v: bool(v) == want) if cmp_op == "==" else (lambda v: bool(v) != want), w.value
         if dt.name == "iface_index":
             self._check_device(w)
             return nft_cmp(cmp_op, w.value), f'"{w.value}"' if w.kind == "string" else w.value
-        if dt.name in ("boolean",) or w.value in ("exists", "missing"):
-            want = w.value == "exists"
-            return (lambda v: bool(v) == want) if cmp_op == "==" else (lambda v: bool(v) != want), w.value
         if dt.string:
             return nft_cmp(cmp_op, w.value), f'"{w.value}"' if w.kind == "string" else w.value
         lo_hi = self.one_value([w], dt)

@@ -126,14 +126,16 @@ def _replace_word(rng: random.Random, data: bytes, pool: list[bytes]) -> bytes:
     return b"\n".join(lines)
 
 
-def run(target: str, count: int, rng: random.Random, keep: bool) -> tuple[int, list[Path]]:
+def run(target: str, count: int, rng: random.Random, keep: bool) -> tuple[int, int, list[Path]]:
+    """`count` mutated inputs through the target: (inputs, inputs taken rather than refused, crashes)."""
     pool = seeds(target)
     fn = TARGETS[target]
     crashes: list[Path] = []
+    taken = 0
     for i in range(count):
         data = mutate(rng, rng.choice(pool), pool, target != "capture")
         try:
-            fn(data)
+            taken += bool(fn(data))
         except Crash as exc:
             digest = hashlib.sha1(data).hexdigest()[:16]
             path = CRASH_DIR / target / f"crash-{digest}.bin"
@@ -142,7 +144,7 @@ def run(target: str, count: int, rng: random.Random, keep: bool) -> tuple[int, l
                 path.write_bytes(data)
             crashes.append(path)
             print(f"{target} #{i}: CRASH {path.name}: {str(exc).splitlines()[0]}", flush=True)
-    return count, crashes
+    return count, taken, crashes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,10 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.runs:
         target, _, n = spec.partition("=")
         start = time.monotonic()
-        count, crashes = run(target, int(n or 1000), rng, not args.no_keep)
+        count, taken, crashes = run(target, int(n or 1000), rng, not args.no_keep)
         total_crashes += len(crashes)
-        print(f"{target}: {count} mutated inputs, {len(crashes)} crashes, {time.monotonic() - start:.0f} s",
-              flush=True)
+        print(f"{target}: {count} mutated inputs ({taken} taken, {count - taken - len(crashes)} refused with a "
+              f"one-line error), {len(crashes)} crashes, {time.monotonic() - start:.0f} s", flush=True)
     return 1 if total_crashes else 0
 
 

@@ -1,5 +1,6 @@
 """Fuzz targets: each takes raw bytes, feeds them to one reader of the tool, and raises
-`Crash` when the tool breaks one of its promises (pathtrace(1)):
+`Crash` when the tool breaks one of its promises (pathtrace(1)); else it returns whether the
+input was taken (True) or refused with a clean error (False):
 
 - bad input is a PathtraceError (a one-line `FILE:LINE: what`, exit 2), never another exception;
 - every frame of a readable capture gives exactly one record;
@@ -35,23 +36,23 @@ def _session():
     return Session(load_host(str(HOST)))
 
 
-def _with_file(data: bytes, name: str, fn: Callable[[str], None]) -> None:
+def _with_file(data: bytes, name: str, fn: Callable[[str], bool]) -> bool:
     with tempfile.TemporaryDirectory(prefix="pathtrace-fuzz-") as d:
         path = os.path.join(d, name)
         with open(path, "wb") as fh:
             fh.write(data)
-        fn(path)
+        return fn(path)
 
 
 # ---- captures -------------------------------------------------------------------------------
 
-def capture(data: bytes) -> None:
+def capture(data: bytes) -> bool:
     """Read and replay a capture: a CaptureError is fine; otherwise frames are numbered 0..n-1, as many
     as count_frames says, and the replay (replay cache and C lane on) gives one record per frame."""
-    _with_file(data, "c.pcap", _capture_file)
+    return _with_file(data, "c.pcap", _capture_file)
 
 
-def _capture_file(path: str) -> None:
+def _capture_file(path: str) -> bool:
     from pathtrace.capture import count_frames, read_frames
     from pathtrace.errors import PathtraceError
     from pathtrace.render.summary import SummaryCounter
@@ -60,7 +61,7 @@ def _capture_file(path: str) -> None:
     try:
         indices = [f.index for f in read_frames(path)]
     except PathtraceError:
-        return
+        return False
     except Exception as exc:
         raise _unexpected(exc) from None
     if indices != list(range(len(indices))):
@@ -79,37 +80,38 @@ def _capture_file(path: str) -> None:
         replayer.stream(read_frames(path, ordered="auto"), counter)
         records.append(counter.packets)
     except PathtraceError:
-        return
+        return False
     except Exception as exc:
         raise _unexpected(exc) from None
     if records[0] != len(indices):
         raise Crash(f"{len(indices)} frames in, {records[0]} records out")
+    return True
 
 
 # ---- host files and rulesets ------------------------------------------------------------------
 
-def host(data: bytes) -> None:
+def host(data: bytes) -> bool:
     """Load a host file and build its namespace; when it loads, one packet must replay cleanly."""
-    _with_file(data, "host.yaml", _host_file)
+    return _with_file(data, "host.yaml", _host_file)
 
 
-def ruleset(data: bytes) -> None:
+def ruleset(data: bytes) -> bool:
     """An iptables-save text as a host's iptables-file (the decoding layer, then iptables-restore)."""
-    def run(path: str) -> None:
+    def run(path: str) -> bool:
         host_yaml = HOST.read_text().split("iptables:")[0] + f"iptables-file: {path}\n"
-        _with_file(host_yaml.encode(), "host.yaml", _host_file)
-    _with_file(data, "rules.v4", run)
+        return _with_file(host_yaml.encode(), "host.yaml", _host_file)
+    return _with_file(data, "rules.v4", run)
 
 
-def nftables(data: bytes) -> None:
+def nftables(data: bytes) -> bool:
     """An nft ruleset (nft list ruleset text, or its -j JSON) as a host's nftables-file."""
-    def run(path: str) -> None:
+    def run(path: str) -> bool:
         base = (ROOT / "rulesets" / "home-router-nft.yaml").read_text().split("nftables:")[0]
-        _with_file((base + f"nftables-file: {path}\n").encode(), "host.yaml", _host_file)
-    _with_file(data, "ruleset.nft", run)
+        return _with_file((base + f"nftables-file: {path}\n").encode(), "host.yaml", _host_file)
+    return _with_file(data, "ruleset.nft", run)
 
 
-def _host_file(path: str) -> None:
+def _host_file(path: str) -> bool:
     from pathtrace.commands.flowspec import FlowSpecError, parse_words
     from pathtrace.commands.session import Session
     from pathtrace.errors import PathtraceError
@@ -117,7 +119,7 @@ def _host_file(path: str) -> None:
     try:
         session = Session(load_host(path))
     except PathtraceError:
-        return
+        return False
     except Exception as exc:
         raise _unexpected(exc) from None
     devices = [d for d in session.net.devices if d != "lo"]
@@ -125,11 +127,12 @@ def _host_file(path: str) -> None:
     try:
         rec = session.inject(parse_words(spec)).record
     except (FlowSpecError, PathtraceError):
-        return
+        return True
     except Exception as exc:
         raise _unexpected(exc) from None
     if rec.verdict == "MODEL_ERROR":
         raise Crash(f"host loaded, then the replay gave MODEL_ERROR: {rec.reason}")
+    return True
 
 
 def _an_address(session) -> str:
@@ -143,7 +146,7 @@ def _an_address(session) -> str:
 
 # ---- flow specs and expectation files ---------------------------------------------------------
 
-def flowspec(data: bytes) -> None:
+def flowspec(data: bytes) -> bool:
     """A packet spelling (as in an expectation file) parsed and injected into the home router."""
     from pathtrace.commands.flowspec import FlowSpecError, parse_words
     from pathtrace.errors import PathtraceError
@@ -151,23 +154,24 @@ def flowspec(data: bytes) -> None:
     try:
         spec = parse_words(text)
     except FlowSpecError:
-        return
+        return False
     except Exception as exc:
         raise _unexpected(exc) from None
     try:
         _session().inject(spec)
     except (FlowSpecError, PathtraceError):
-        return
+        return True
     except Exception as exc:
         raise _unexpected(exc) from None
+    return True
 
 
-def expectations(data: bytes) -> None:
+def expectations(data: bytes) -> bool:
     """An expectation file loaded, validated and run against the home router as `check` does."""
-    _with_file(data, "e.yaml", _expect_file)
+    return _with_file(data, "e.yaml", _expect_file)
 
 
-def _expect_file(path: str) -> None:
+def _expect_file(path: str) -> bool:
     from pathtrace.commands.check import run_case, validate_cases
     from pathtrace.commands.expectfile import load_expectations
     from pathtrace.errors import PathtraceError
@@ -177,13 +181,14 @@ def _expect_file(path: str) -> None:
         cases = load_expectations(path)
         validate_cases(cfg, cases, path)
     except PathtraceError:
-        return
+        return False
     except Exception as exc:
         raise _unexpected(exc) from None
     for case in cases[:5]:
         result = run_case(cfg, case, None)
         if result.error and result.error.startswith("model error"):
             raise Crash(f"case {case.name!r}: {result.error}")
+    return True
 
 
 TARGETS: dict[str, Callable[[bytes], None]] = {

@@ -326,6 +326,13 @@ def test_short_pcapng_block_mid_file_is_one_record(tmp_path: Path) -> None:
     assert "1 pcapng packet blocks too short" in result.stderr
 
 
+def test_junit_to_a_missing_directory(tmp_path: Path) -> None:
+    host = put(tmp_path, "h.yaml", HOST)
+    expect = put(tmp_path, "e.yaml", EXPECT_OK)
+    one_line_error(*run("check", "--junit", str(tmp_path / "no" / "j.xml"), host, expect), "--junit",
+                   "No such file or directory")
+
+
 def test_output_options(tmp_path: Path) -> None:
     short_block_pcapng(tmp_path / "c.pcapng")
     host, cap = put(tmp_path, "h.yaml", HOST), str(tmp_path / "c.pcapng")

@@ -214,6 +214,7 @@ def check(host: str, expect: str, junit_path: str | None, coverage: bool, quiet:
         base_nf = create_namespace(cfg).nf
         cases = load_expectations(expect)
         validate_cases(cfg, cases, expect)
+        report = _open_report(junit_path)
     except (PathtraceError, ExpectFileError) as exc:
         click.echo(f"pathtrace: {exc}", err=True)
         sys.exit(2)
@@ -228,6 +229,17 @@ def check(host: str, expect: str, junit_path: str | None, coverage: bool, quiet:
     click.echo(f"{len(results) - failed} passed, {failed} failed ({len(results)} cases)")
     if cov is not None:
         click.echo(render_lint(lint_findings(base_nf, cov)), nl=False)
-    if junit_path:
-        junit(results, expect, cfg.name).write(junit_path, encoding="utf-8", xml_declaration=True)
+    if report is not None:
+        with report:
+            junit(results, expect, cfg.name).write(report, encoding="utf-8", xml_declaration=True)
     sys.exit(1 if failed else 0)
+
+
+def _open_report(path: str | None):
+    """The --junit file, opened before the cases run: a path that cannot be written is bad input."""
+    if path is None:
+        return None
+    try:
+        return open(path, "wb")
+    except OSError as exc:
+        raise PathtraceError(f"--junit {path}: cannot write: {exc.strerror or exc}") from None

@@ -69,12 +69,13 @@ def read_text(path: str, error: Type[PathtraceError] = PathtraceError, what: str
 def check_arg(text: str, what: str, error: Type[PathtraceError] = PathtraceError) -> str:
     """A command-line string: argv bytes that were not UTF-8 arrive as lone surrogates; NUL cannot be
     passed by exec but can be by a YAML escape.  Both are refused by name."""
+    prefix = f"{what}: " if what else ""
     if "\0" in text:
-        raise error(f"{what}: NUL character in {text!r}")
+        raise error(f"{prefix}NUL character in {text!r}")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise error(f"{what}: invalid UTF-8 in {text.encode('utf-8', 'surrogateescape')!r}") from None
+        raise error(f"{prefix}invalid UTF-8 in {text.encode('utf-8', 'surrogateescape')!r}") from None
     return text
 
 

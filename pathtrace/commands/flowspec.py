@@ -80,13 +80,13 @@ class FlowSpec:
 def parse_words(text: str | list[str]) -> FlowSpec:
     """A whole spelling as one string or a list of words (options included)."""
     if isinstance(text, str):
-        check_arg(text, "packet", FlowSpecError)
+        check_arg(text, "", FlowSpecError)
         try:
             words = shlex.split(text)
         except ValueError as exc:          # shlex: "No closing quotation", "No escaped character"
             raise FlowSpecError(f"{str(exc)[0].lower()}{str(exc)[1:]} in {text!r}") from None
     else:
-        words = [check_arg(w, "packet", FlowSpecError) for w in text]
+        words = [check_arg(w, "", FlowSpecError) for w in text]
     positional: list[str] = []
     options: dict[str, Any] = {}
     i = 0
@@ -122,7 +122,7 @@ def from_mapping(data: Mapping[str, Any]) -> FlowSpec:
 
 def from_parts(words: list[str], options: Mapping[str, Any]) -> FlowSpec:
     """PROTO SRC[:PORT] DST[:PORT] plus options (None values are ignored)."""
-    words = [check_arg(str(w), "packet", FlowSpecError) for w in words]
+    words = [check_arg(str(w), "", FlowSpecError) for w in words]
     if len(words) != 3:
         raise FlowSpecError(f"expected PROTO SRC DST, got {' '.join(words) or 'nothing'!r}")
     proto = parse_proto(words[0])

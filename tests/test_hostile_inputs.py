@@ -431,3 +431,31 @@ def test_live_nft_jump_depth_agrees(tmp_path: Path, n: int) -> None:
     else:
         first = live.stderr.decode().split("line ")[1].split(":")[0]      # "line 33: RULE_APPEND failed ..."
         one_line_error(code, out, f"rules.v4:{first}:", "Too many links")
+
+
+@pytest.mark.skipif(_live_reason() is not None, reason=str(_live_reason()))
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_live_second_filter_block_agrees(tmp_path: Path, backend: str) -> None:
+    """A later *filter block replaces the earlier one; whether INPUT keeps the first block's DROP policy
+    depends on the backend: ask the real iptables-restore, then the model."""
+    rules = "*filter\n:INPUT DROP [0:0]\n:X - [0:0]\n-A INPUT -j X\nCOMMIT\n*filter\n-A INPUT -j ACCEPT\nCOMMIT\n"
+    tool = shutil.which(f"iptables-{backend}-restore")
+    if tool is None:
+        pytest.skip(f"no iptables-{backend}-restore")
+    live = subprocess.run(["unshare", "-n", "sh", "-c", f"{tool} && iptables-{backend} -S INPUT"],
+                          input=rules.encode(), capture_output=True, text=False)
+    assert live.returncode == 0, live.stderr
+    policy = next(line.split()[2] for line in live.stdout.decode().splitlines() if line.startswith("-P INPUT"))
+    put(tmp_path, "rules.v4", rules)
+    code, out = run("show", put(tmp_path, "h.yaml", HOST + f"iptables-backend: {backend}\niptables-file: rules.v4\n"))
+    assert code == 0 and f"Chain INPUT (policy {policy})" in out, out
+
+
+@pytest.mark.skipif(_live_reason() is not None, reason=str(_live_reason()))
+def test_live_recent_name_length() -> None:
+    """libxt_recent keeps XT_RECENT_NAME_LEN - 1 = 199 characters of --name (the model's cut)."""
+    from pathtrace.net.netfilter.xt_recent import XT_RECENT_NAME_LEN
+    live = subprocess.run(["unshare", "-n", "sh", "-c", f"iptables -A INPUT -m recent --name {'r' * 250} --set "
+                           "&& ls /proc/net/xt_recent/"], capture_output=True, text=True)
+    assert live.returncode == 0, live.stderr
+    assert len(live.stdout.strip()) == XT_RECENT_NAME_LEN - 1

@@ -8,7 +8,9 @@ so parsers never meet UnicodeDecodeError, RecursionError or MemoryError.
 
 YAML is composed here from PyYAML's event stream by an iterative composer (no recursion
 however deep the file), which also refuses duplicate keys, unsafe tags, and alias
-expansion beyond MAX_YAML_NODES (a billion-laughs file fails at once).
+expansion beyond MAX_YAML_NODES (a billion-laughs file fails at once).  JSON (nft -j
+rulesets) gets its nesting bounded before json.loads; numbers are read as strtoul reads
+them (parse_int), never with int() alone.
 """
 from __future__ import annotations
 

@@ -252,6 +252,8 @@ class BpfDropTracer:
             return
         proto, reason = int(m.group(2)), int(m.group(4))
         name = self.reasons.get(reason, str(reason))
+        if m.group(1) == self.injected and self.consumed is not None:
+            return      # the injected skb was consumed: this is a new skb at the same address (an echo reply)
         if proto in (ETH_P_IP, ETH_P_ARP) and name not in IGNORED_REASONS:
             self._events.append(DropEvent(m.group(1), proto, m.group(5).split("+")[0], name))
 

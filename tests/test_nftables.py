@@ -120,7 +120,7 @@ def test_handles_follow_nft_batch_order() -> None:
     ("nft_sets_0047nat.nft", None),
     ("nn_ongy_flat_share_2015.nft", None),
     ("nft_merge_reject.nft", (8, "family ip6")),
-    ("nft_sample-ruleset.nft", (53, "anonymous chains")),
+    ("nft_sample-ruleset.nft", (54, "tcp option")),
 ])
 def test_corpus_rulesets_load_or_are_refused_by_line_and_feature(name: str, refused) -> None:
     path = CORPUS / name
@@ -629,3 +629,40 @@ def test_rpfilter_and_ct_original_tuple(tmp_path: Path) -> None:
     with pytest.raises(NftParseError, match="Can't parse symbolic invalid expressions"):
         _ruleset("table ip t {\n chain c {\n  ct original proto-dst 22 accept\n }\n}\n")
     assert "ICMP dest unreachable admin prohibited" in recs[4]["emitted"][0]["packet"]
+
+
+def test_anonymous_chains_and_one_element_sets_as_the_kernel_numbers_them() -> None:
+    """jump { ... } is a binding chain; its handle and its rules' come before the binding rule, and a
+    one-element anonymous set is no set (nft -a list ruleset on 6.x: binding rule 6, next rule 7)."""
+    rs = _ruleset("""
+        table inet filter {
+        	chain input {
+        		type filter hook input priority filter; policy drop;
+        		meta l4proto { tcp, udp } th dport 53 jump {
+        			ip saddr != { 10.0.0.0/8 } counter reject
+        			accept
+        		}
+        		tcp dport 22 accept
+        	}
+        }
+        """)
+    chains = rs.tables[0].chains
+    assert [r.handle for r in chains["input"].rules] == [6, 7]
+    anon = [c for name, c in chains.items() if name.startswith("__chain")]
+    assert len(anon) == 1 and [r.text for r in anon[0].rules] == ["ip saddr != { 10.0.0.0/8 } counter reject",
+                                                                    "accept"]
+    from netfilter_helpers import ETH0, make_skb, udp_payload
+    host_nf = _nf(textwrap.dedent("""
+        table inet filter {
+        	chain input {
+        		type filter hook input priority filter; policy drop;
+        		meta l4proto { tcp, udp } th dport 53 jump {
+        			ip saddr != { 10.0.0.0/8 } counter drop
+        			accept
+        		}
+        	}
+        }
+        """), nft=True)
+    inside = make_skb("10.1.2.3", "10.0.0.1", 17, udp_payload(5000, 53))
+    outside = make_skb("192.0.2.1", "10.0.0.1", 17, udp_payload(5000, 53))
+    assert host_nf.hook(1, inside, ETH0, None) == 1 and host_nf.hook(1, outside, ETH0, None) == 0

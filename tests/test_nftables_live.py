@@ -262,3 +262,38 @@ def test_rpfilter_host_agrees_with_the_kernel(tmp_path: Path) -> None:
     write_capture(cap, rpfilter_packets())
     agree = _verify(str(RPFILTER), str(cap))
     assert len(agree) == 7 and all(agree)
+
+
+CORPUS_NFT = sorted((ROOT.parent / "shared" / "corpus" / "rulesets").glob("*.nft"))
+
+
+@pytest.mark.parametrize("path", CORPUS_NFT, ids=[p.name for p in CORPUS_NFT])
+def test_corpus_rulesets_load_as_nft_loads_them(path: Path) -> None:
+    """Each corpus file through nft -f on this kernel and through the model: when both load it, every rule
+    has the kernel's handle (nft -a list ruleset); when nft refuses it, say why in the skip."""
+    why = _live()
+    if why:
+        pytest.skip(why)
+    import re
+
+    from pathtrace.errors import HostFileError
+    from pathtrace.net.netfilter.nf_tables_parse import parse_ruleset
+    ns = f"ptnfc{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        load = subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", str(path)], capture_output=True, text=True)
+        listed = subprocess.run(["ip", "netns", "exec", ns, "nft", "-a", "list", "ruleset"], capture_output=True,
+                                text=True).stdout
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+    try:
+        rs = parse_ruleset(path.read_text(), str(path))
+    except HostFileError as e:
+        pytest.skip(f"the model refuses it: {e}")
+    if load.returncode != 0:
+        pytest.skip(f"nft {subprocess.run(['nft', '--version'], capture_output=True, text=True).stdout.strip()} "
+                    f"refuses it: {load.stderr.splitlines()[0]}")
+    kernel = sorted(int(h) for h in re.findall(r"^\t\t\S.* # handle (\d+)$", listed, re.M))
+    model = sorted(r.handle for t in rs.tables for c in t.chains.values() if not c.name.startswith("__")
+                   for r in c.rules)
+    assert kernel and kernel == model

@@ -460,7 +460,7 @@ class RulesetParser:
                 depth += 1
             elif t.kind == "punct" and t.value == "}":
                 depth -= 1
-            if t.kind != "nl":
+            if t.kind != "nl" or depth > 0:          # newlines inside braces separate an anonymous chain's rules
                 out.append(t)
             self.next()
         return out
@@ -728,16 +728,24 @@ class RulesetParser:
         self.i = 0
         rule = NftRule(chain.name, 0, toks[0].line, self.rule_text(toks), [])
         rule.num = len(chain.rules) + 1
+        outer = getattr(self, "cur_rule", None), getattr(self, "cur_chain", None), getattr(self, "anon", None), \
+            getattr(self, "pending_anon", None)
         self.cur_rule = rule
         self.cur_chain = chain
         self.anon: list[NftSet] = []
+        self.pending_anon: list[tuple[NftChain, list[list[Tok]]]] = []
         try:
             while self.peek().kind != "eof":
                 rule.exprs.extend(self.statement())
         finally:
             self.toks, self.i = saved
+        pending = self.pending_anon
         for s in self.anon:
             s.handle = chain.table.alloc_handle()
+        for anon_chain, rules in pending:       # a binding chain and its rules come before the rule (6.x)
+            anon_chain.handle = chain.table.alloc_handle()
+            for toks2 in rules:
+                self.compile_rule(anon_chain, toks2)
         rule.handle = self.given_handle(chain.table, toks[-1].line) or chain.table.alloc_handle()
         if first:
             chain.rules.insert(0, rule)
@@ -745,6 +753,7 @@ class RulesetParser:
                 r.num = k + 1
         else:
             chain.rules.append(rule)
+        self.cur_rule, self.cur_chain, self.anon, self.pending_anon = outer
 
     def rule_text(self, toks: list[Tok]) -> str:
         text = self.text[toks[0].pos:toks[-1].stop]
@@ -761,10 +770,10 @@ class RulesetParser:
             return [self.verdict_expr(VERDICT_WORDS[v], "", v)]
         if v in ("jump", "goto"):
             self.next()
-            target = self.peek()
-            if target.value == "{":
-                raise self.error(target, "not modelled: anonymous chains (jump { ... })")
-            target = self.word("chain name")
+            if self.peek().value == "{" and self.peek().kind == "punct":
+                target = self.anonymous_chain(self.peek())
+            else:
+                target = self.word("chain name")
             self.targets.append((self.cur_rule, target.value, target))
             return [self.verdict_expr(NFT_JUMP if v == "jump" else NFT_GOTO, target.value, f"{v} {target.value}")]
         if v == "counter":
@@ -793,6 +802,33 @@ class RulesetParser:
         if v == "tcp" and self.peek(1).value == "option":
             raise self.error(self.peek(1), "not modelled: tcp option")
         return self.match()
+
+    def anonymous_chain(self, at: Tok) -> Tok:
+        """`jump { ... }` / `goto { ... }`: a binding chain holding the rules between the braces (nft lists
+        it inline; its rules get handles after the rule that binds it)."""
+        self.next()
+        body: list[list[Tok]] = [[]]
+        depth = 1
+        while True:
+            t = self.next()
+            if t.kind == "eof":
+                raise self.unexpected(t, "'}'")
+            if t.kind == "punct" and t.value == "{":
+                depth += 1
+            elif t.kind == "punct" and t.value == "}":
+                depth -= 1
+                if depth == 0:
+                    break
+            if depth == 1 and (t.kind == "nl" or t.value == ";"):
+                body.append([])
+            else:
+                body[-1].append(t)
+        table = self.cur_chain.table
+        n = sum(1 for c in table.chains if c.startswith("__chain"))
+        name = f"__chain{n}"
+        chain = table.chains[name] = NftChain(table, name, 0, at.line)
+        self.pending_anon.append((chain, [b for b in body if b]))
+        return Tok("word", name, at.line, at.col, at.end, at.pos, at.stop)
 
     def _is_set_stmt(self) -> bool:
         k = self.i
@@ -1364,7 +1400,8 @@ class RulesetParser:
             toks = self.braced()
             s = NftSet(f"__set{len(self.anon)}", 0, at.line, tuple(d.name for d in lhs.types), anonymous=True)
             s.elements = self.elements(toks, at, lhs.types, None, False)
-            self.anon.append(s)
+            if len(s.elements) != 1:            # nft turns a one-element set into a plain compare: no set
+                self.anon.append(s)
             return self.lookup_test(s, op == "!="), self.text[at.pos:self.toks[self.i - 1].stop]
         if len(lhs.types) > 1:
             raise self.error(t, "a concatenation needs a set")

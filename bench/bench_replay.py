@@ -23,7 +23,7 @@ loop on the same file gives the reference ratio.  Figures:
   workloads issue 14: the traffic a per-flow cache cannot serve, next to the conversations above, on the
             same router - `scan` (every packet a new flow: SYNs to ever new server:port pairs),
             `midstream` (one-way TCP picked up mid-stream, 2,000 uploads), `udp` (one-way UDP from
-            2,000 clients).  Each: --summary three times and --format jsonl once (the scan's first
+            2,000 clients), `ping` (unanswered echo requests, 2,000 clients; no target of its own).  Each: --summary three times and --format jsonl once (the scan's first
             20,000 packets: each runs the whole model, ~1 ms with its JSON path), packets/s and the
             ratio to dpkt's read loop timed in the same run, peak RSS; and the first --identical
             packets replayed with and without the cache (--format jsonl, then --summary --counters)
@@ -101,6 +101,7 @@ WORKLOADS = {   # name -> (writer, target packets/s with --summary)
     "scan": (lambda path, n: workload.write_scan(path, n), 100_000),
     "midstream": (lambda path, n: workload.write_midstream(path, n, 2000), 250_000),
     "udp": (lambda path, n: workload.write_udp(path, n, 2000), 250_000),
+    "ping": (lambda path, n: workload.write_ping(path, n, 2000), 250_000),
 }
 JSONL_TARGET = 50_000
 

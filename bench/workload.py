@@ -238,3 +238,23 @@ def write_udp(path: Path, packets: int, flows: int, payload: int = 120, gap: flo
         for i in range(packets):
             put(t, frames[i % flows])
             t += gap
+
+
+def write_ping(path: Path, packets: int, flows: int, gap: float = 0.00001) -> None:
+    """Unanswered pings from many clients: F (LAN host, echo id) pairs sending echo requests with 56 bytes
+    of data and a rising sequence number to WAN hosts that never answer, interleaved round robin."""
+    from pathtrace.packet import build
+    fh, put = _pcap_writer(path)
+    heads = []
+    for f in range(flows):
+        h = f % 250
+        server = f"203.0.113.{1 + (f // 250) % 250 if flows > 250 else 1 + f % 250}"
+        heads.append((_lan_eth(2 + h), f"192.168.1.{2 + h}", server, 0x4000 + f))
+    t = 1_700_000_000.0
+    with fh:
+        for i in range(packets):
+            eth, src, dst, ident = heads[i % flows]
+            seq = (i // flows) & 0xFFFF
+            put(t, eth + build.icmp_packet(src, dst, 8, 0, bytes((seq + k) & 0xFF for k in range(56)), id=ident,
+                                           seq=seq))
+            t += gap

@@ -124,10 +124,21 @@ def load_json(text: str, path: str, error: Type[PathtraceError] = PathtraceError
                 raise error(f"{what} nested deeper than {MAX_YAML_DEPTH} levels", path, line_of(text, m.start()))
         elif c in "]}":
             depth -= 1
+    def bounded_int(digits: str) -> int:      # int() refuses 4,300 digits with a ValueError of its own
+        if len(digits) > MAX_NUMBER_DIGITS:
+            raise _LongNumber(digits)
+        return int(digits)
     try:
-        return json.loads(text)
+        return json.loads(text, parse_int=bounded_int)
     except json.JSONDecodeError as exc:
         raise error(f"{what}: {exc.msg} (column {exc.colno})", path, exc.lineno) from None
+    except _LongNumber as exc:
+        digits = exc.args[0]
+        raise error(f"{what}: number of {len(digits)} digits", path, line_of(text, text.find(digits))) from None
+
+
+class _LongNumber(Exception):
+    """A JSON integer longer than MAX_NUMBER_DIGITS (its digits)."""
 
 
 # ---- YAML ---------------------------------------------------------------------------------
@@ -230,8 +241,10 @@ def _compose(text: str, path: str, error: Type[PathtraceError], loader: type) ->
 
     for ev in yaml.parse(text, Loader=loader):
         if isinstance(ev, yaml.ScalarEvent):
-            node = yaml.ScalarNode(tag_of(ev, yaml.ScalarNode, ev.value), ev.value, ev.start_mark, ev.end_mark,
-                                   style=ev.style)
+            tag = tag_of(ev, yaml.ScalarNode, ev.value)
+            if tag == _SAFE_TAG_PREFIX + "int" and len(ev.value) > MAX_NUMBER_DIGITS:   # int() would refuse it
+                raise fail(ev.start_mark, f"number of {len(ev.value)} characters (at most {MAX_NUMBER_DIGITS})")
+            node = yaml.ScalarNode(tag, ev.value, ev.start_mark, ev.end_mark, style=ev.style)
             anchor(ev.anchor, node)
             if ev.anchor is not None:
                 sizes[ev.anchor] = 1

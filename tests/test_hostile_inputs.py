@@ -108,7 +108,8 @@ def test_alias_chains_count_towards_the_depth(tmp_path: Path) -> None:
 # ---- numbers ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("extra, needle", [
-    ("sysctl:\n  net.ipv4.ip_forward: " + "9" * 5000 + "\n", "must be a number"),
+    ("sysctl:\n  net.ipv4.ip_forward: " + "9" * 5000 + "\n", "number of 5000 characters"),
+    ("sysctl:\n  net.ipv4.ip_forward: '" + "9" * 5000 + "'\n", "must be a number"),     # quoted: a string
     ("sysctl:\n  net.ipv4.ip_default_ttl: 256\n", "must be between 1 and 255"),
     ("sysctl:\n  net.ipv4.ip_default_ttl: 0\n", "must be between 1 and 255"),
     ("sysctl:\n  net.ipv4.ip_default_ttl: -1\n", "must be between 1 and 255"),

@@ -351,6 +351,7 @@ def show(host: str) -> None:
 
 
 from pathtrace.verify.command import verify as _verify; main.add_command(_verify)
+from pathtrace.commands.snapshot import snapshot as _snapshot; main.add_command(_snapshot)  # noqa: E402
 
 
 from pathtrace.commands.explain import explain as _explain; main.add_command(_explain)  # noqa: E402

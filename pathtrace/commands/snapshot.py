@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 import click
 
 from pathtrace.errors import PathtraceError
-from pathtrace.lib.inet import ntoa  # noqa: F401  (kept for callers that format addresses)
 
 # the kernel's own routes for its addresses (fib_add_ifaddr) and the default policy rules: the
 # loader adds them again, so a snapshot leaves them out

@@ -129,6 +129,7 @@ def main() -> None:
 @main.command()
 @click.argument("host", type=click.Path(dir_okay=False))
 @click.argument("capture", type=click.Path(dir_okay=False))
+@click.argument("expression", nargs=-1)
 @click.option("--in", "ingress", metavar="IFACE", help="Every frame enters on IFACE (foreign MACs re-addressed).")
 @click.option("--strict-mac", is_flag=True, help="With --in, keep foreign destination MACs (kernel drops them).")
 @click.option("--format", "fmt", type=click.Choice(["text", "jsonl", "none"]), default=None,
@@ -146,9 +147,11 @@ def main() -> None:
               help="Split the capture by flow over N processes (same output; see pathtrace(1)).")
 def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: str | None, summary: bool,
            verbose: bool, counters: bool, write_pcap: str | None, count: str | None, no_progress: bool,
-           no_cache: bool, ifindex: str | None, jobs: int) -> None:
-    """Replay CAPTURE (pcap/pcapng) through the host described in HOST (YAML)."""
+           no_cache: bool, ifindex: str | None, jobs: int, expression: tuple[str, ...]) -> None:
+    """Replay CAPTURE (pcap/pcapng) through the host described in HOST (YAML).  EXPRESSION, as
+    tcpdump takes it ('tcp port 22'), selects the records to replay (libpcap compiles it)."""
     from pathtrace.capture import read_frames
+    from pathtrace.capture.filter import compile_filter
     from pathtrace.capture.ifmap import ifindex_map_for
     from pathtrace.host.loader import load_host
     from pathtrace.render.summary import SummaryCounter
@@ -164,6 +167,9 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
             raise PathtraceError(f"--in {ingress}: no such interface in {host}")
         net = create_namespace(cfg)
         frames = read_frames(capture, ordered="auto")
+        selector = compile_filter(expression)
+        if selector is not None:       # selection before the model; records keep their capture indexes
+            frames = selector.select(frames)
         index_map, map_warnings = ifindex_map_for(cfg, capture, ifindex)
         writer = _pcap_writer(write_pcap)
     except PathtraceError as exc:

@@ -136,6 +136,8 @@ def main() -> None:
               help="Per-packet output (default: text on a terminal, with --summary none).")
 @click.option("--summary", is_flag=True, help="Print verdict/reason and interface tables at the end.")
 @click.option("--verbose", "-v", is_flag=True, help="Show rules evaluated that did not match.")
+@click.option("--conntrack", "conntrack", type=click.Choice(["text", "json"]), is_flag=False, flag_value="text",
+              default=None, help="Print the conntrack table at the end: as conntrack -L does (text), or JSON lines.")
 @click.option("--counters", is_flag=True, help="Print per-rule counters (iptables -L -v -n) at the end.")
 @click.option("--write-pcap", type=click.Path(dir_okay=False), help="Write every frame that left the host to a pcap.")
 @click.option("-c", "--count", "--limit", "count", metavar="N", help="Stop after N packets (as tcpdump -c; --limit is an alias).")
@@ -147,7 +149,8 @@ def main() -> None:
               help="Split the capture by flow over N processes (same output; see pathtrace(1)).")
 def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: str | None, summary: bool,
            verbose: bool, counters: bool, write_pcap: str | None, count: str | None, no_progress: bool,
-           no_cache: bool, ifindex: str | None, jobs: int, expression: tuple[str, ...]) -> None:
+           no_cache: bool, ifindex: str | None, jobs: int, expression: tuple[str, ...],
+           conntrack: str | None) -> None:
     """Replay CAPTURE (pcap/pcapng) through the host described in HOST (YAML).  EXPRESSION, as
     tcpdump takes it ('tcp port 22'), selects the records to replay (libpcap compiles it)."""
     from pathtrace.capture import read_frames
@@ -186,6 +189,9 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
     counter = SummaryCounter()
     out = sys.stdout
     try:
+        if jobs > 1 and conntrack:
+            click.echo(f"pathtrace: --jobs {jobs}: one process (--conntrack lists one table)", err=True)
+            jobs = 1
         if jobs > 1 and getattr(frames, "cursor", None) is None:
             click.echo(f"pathtrace: --jobs {jobs}: one process (the capture is replayed in timestamp order)", err=True)
             jobs = 1
@@ -228,6 +234,8 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
         out.write(f"\nrules no packet hit: {len(unhit)}\n")
         for c in unhit:
             out.write(f"  {c['table']}/{c['chain']} rule {c['rule']}: {c['text']}\n")
+    if conntrack:
+        _print_conntrack(net, conntrack, out)
     if interrupted:
         out.flush()
         sys.exit(EXIT_INTERRUPTED)
@@ -242,6 +250,28 @@ def _pcap_writer(path: str | None):
         return PcapWriter(path)
     except OSError as exc:
         raise PathtraceError(f"--write-pcap {path}: cannot write: {exc.strerror or exc}") from None
+
+
+def _print_conntrack(net, form: str, out) -> None:
+    """--conntrack: the table as the replay left it, at the last packet's time (conntrack -L form, whose
+    summary line goes to stderr as conntrack's does, or one JSON object per entry)."""
+    import json
+    from pathtrace.net.netfilter.nf_conntrack_list import (
+        conntrack_entry_json, conntrack_summary_line, format_conntrack_list,
+    )
+    table = net.nf.conntrack if net.nf is not None else None
+    if table is None:
+        click.echo("pathtrace: --conntrack: the host loads no conntrack (no rule needs it): the table is empty",
+                   err=True)
+        return
+    if form == "json":
+        for ct in table.entries(table.now):
+            out.write(json.dumps({"conntrack": conntrack_entry_json(ct, table.now)}) + "\n")
+        return
+    listing = format_conntrack_list(table, table.now)
+    if listing:
+        out.write(listing + "\n")
+    click.echo(conntrack_summary_line(table, table.now), err=True)
 
 
 def _shows_sent_frames(capture: str, net, ingress: str | None, look: int = 2000) -> bool:

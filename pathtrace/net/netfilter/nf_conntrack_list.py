@@ -47,3 +47,25 @@ def format_conntrack_list(table: ConntrackTable, now: float) -> str:
 def conntrack_summary_line(table: ConntrackTable, now: float) -> str:
     """The line conntrack -L prints on stderr."""
     return f"conntrack v1.4.7 (conntrack-tools): {len(table.entries(now))} flow entries have been shown."
+
+
+def _tuple_json(t: Tuple) -> dict:
+    out = {"src": ntoa(t.src), "dst": ntoa(t.dst)}
+    if t.proto in PORT_PROTOS:
+        out.update(sport=t.sport, dport=t.dport)
+    elif t.proto == IPPROTO_ICMP:
+        out.update(type=t.dport >> 8, code=t.dport & 0xFF, id=t.sport)
+    return out
+
+
+def conntrack_entry_json(ct: NfConn, now: float) -> dict:
+    """One entry with the fields conntrack -L prints, as data (conntrack -o json has no stable form)."""
+    from pathtrace.net.netfilter.nf_conntrack_proto_tcp import STATE_NAMES, TcpState
+    entry = {"proto": PROTO_NAMES.get(ct.orig.proto, "unknown"), "protonum": ct.orig.proto,
+             "timeout": max(0, int(ct.timeout - now)),
+             "state": STATE_NAMES[ct.proto.state] if isinstance(ct.proto, TcpState) else None,
+             "original": _tuple_json(ct.orig), "reply": _tuple_json(ct.reply),
+             "status": ct.status_names(), "mark": ct.mark}
+    if ct.zone:
+        entry["zone"] = ct.zone
+    return entry

@@ -132,7 +132,7 @@ def main() -> None:
 @click.argument("expression", nargs=-1)
 @click.option("--in", "ingress", metavar="IFACE", help="Every frame enters on IFACE (foreign MACs re-addressed).")
 @click.option("--strict-mac", is_flag=True, help="With --in, keep foreign destination MACs (kernel drops them).")
-@click.option("--format", "fmt", type=click.Choice(["text", "jsonl", "none"]), default=None,
+@click.option("--format", "fmt", type=click.Choice(["text", "brief", "jsonl", "none"]), default=None,
               help="Per-packet output (default: text on a terminal, with --summary none).")
 @click.option("--summary", is_flag=True, help="Print verdict/reason and interface tables at the end.")
 @click.option("--verbose", "-v", is_flag=True, help="Show rules evaluated that did not match.")
@@ -141,6 +141,10 @@ def main() -> None:
 @click.option("--counters", is_flag=True, help="Print per-rule counters (iptables -L -v -n) at the end.")
 @click.option("--write-pcap", type=click.Path(dir_okay=False), help="Write every frame that left the host to a pcap.")
 @click.option("-c", "--count", "--limit", "count", metavar="N", help="Stop after N packets (as tcpdump -c; --limit is an alias).")
+@click.option("-t", "tstamp", count=True,
+              help="Time stamps as tcpdump's: -t none, -tt epoch (the default), -ttt delta, -tttt date, -ttttt since the first.")
+@click.option("--color", type=click.Choice(["auto", "always", "never"]), default="auto",
+              help="Colour verdicts in text and brief output (auto: on a terminal).")
 @click.option("--no-progress", is_flag=True, help="No progress line on the terminal.")
 @click.option("--no-cache", is_flag=True, help="Run every packet through the whole model (same output, slower).")
 @click.option("--ifindex", "ifindex", metavar="MAP",
@@ -150,7 +154,7 @@ def main() -> None:
 def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: str | None, summary: bool,
            verbose: bool, counters: bool, write_pcap: str | None, count: str | None, no_progress: bool,
            no_cache: bool, ifindex: str | None, jobs: int, expression: tuple[str, ...],
-           conntrack: str | None) -> None:
+           conntrack: str | None, tstamp: int, color: str) -> None:
     """Replay CAPTURE (pcap/pcapng) through the host described in HOST (YAML).  EXPRESSION, as
     tcpdump takes it ('tcp port 22'), selects the records to replay (libpcap compiles it)."""
     from pathtrace.capture import read_frames
@@ -189,6 +193,9 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
     counter = SummaryCounter()
     out = sys.stdout
     try:
+        if jobs > 1 and (conntrack or fmt == "brief" or tstamp):
+            click.echo(f"pathtrace: --jobs {jobs}: one process (for --conntrack, --format brief and -t)", err=True)
+            jobs = 1
         if jobs > 1 and conntrack:
             click.echo(f"pathtrace: --jobs {jobs}: one process (--conntrack lists one table)", err=True)
             jobs = 1
@@ -203,7 +210,8 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
         return
     interrupted = False
     if jobs <= 1:
-        interrupted = _replay_one(replayer, frames, fmt, verbose, limit, writer, counter, out, not no_progress)
+        look = _Look(tstamp, color == "always" or (color == "auto" and out.isatty()))
+        interrupted = _replay_one(replayer, frames, fmt, verbose, limit, writer, counter, out, not no_progress, look)
     elif writer is not None:
         writer.close()
     replayer.flush()
@@ -291,12 +299,33 @@ def _shows_sent_frames(capture: str, net, ingress: str | None, look: int = 2000)
         return False
 
 
+class _Look:
+    """How records look on the way out: tcpdump's time stamp style and colour (render/brief.py)."""
+
+    def __init__(self, tstamp: int, color: bool):
+        from pathtrace.render.brief import TIME_FORMATS, BriefWriter, Clock
+        self.brief = BriefWriter(Clock(TIME_FORMATS.get(tstamp, "since-first")), color)
+        self.color = color
+
+    @property
+    def plain(self) -> bool:
+        """Text as the per-flow templates write it: epoch times, no colour."""
+        return self.brief.clock.style == "epoch" and not self.color
+
+    def text(self, block: str) -> str:
+        from pathtrace.render.brief import color_text, retime_text
+        block = retime_text(block, self.brief.clock)
+        return color_text(block) if self.color else block
+
+
 def _replay_one(replayer, frames, fmt: str, verbose: bool, limit: int, writer, counter, out,
-                progress_on: bool) -> bool:
+                progress_on: bool, look: "_Look | None" = None) -> bool:
     """The single-process replay loop: render each record as it comes.  True when SIGINT stopped it
     (on a record boundary: every record printed has its frames in the --write-pcap file)."""
+    from pathtrace.packet.decode import describe_frame
     from pathtrace.render.record import render_record
     from pathtrace.replay import LineLane
+    look = look or _Look(0, False)
     progress = _Progress(progress_on)
     interrupted = False
     with _Interrupt() as stop:
@@ -304,8 +333,12 @@ def _replay_one(replayer, frames, fmt: str, verbose: bool, limit: int, writer, c
             if writer is not None:       # frames first: a record on stdout always has its frames in the pcap
                 for e in record.emitted:
                     writer.write(e.frame, record.time)
-            if fmt != "none":
-                out.write(render_record(record, frame, fmt, verbose))
+            if fmt == "brief":
+                record.packet = describe_frame(frame)
+                out.write(look.brief.line(record))
+            elif fmt != "none":
+                text = render_record(record, frame, fmt, verbose)
+                out.write(look.text(text) if look is not None and fmt == "text" and not look.plain else text)
             stop.check()
 
         def tick(n: int) -> None:
@@ -313,7 +346,7 @@ def _replay_one(replayer, frames, fmt: str, verbose: bool, limit: int, writer, c
             stop.check()
         emit = write_record if fmt != "none" or writer is not None else None
         lines = None
-        if fmt in ("jsonl", "text") and writer is None and _utf8(out):
+        if fmt in ("jsonl", "text") and writer is None and _utf8(out) and (fmt == "jsonl" or look is None or look.plain):
             # cached frames' output comes from their flows' templates (written by the C lane when built)
             from pathtrace.render.template import FlowTemplate, flat_for
             write_bytes = _bytes_writer(out)

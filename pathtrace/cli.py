@@ -136,6 +136,9 @@ def main() -> None:
               help="Per-packet output (default: text on a terminal, with --summary none).")
 @click.option("--summary", is_flag=True, help="Print verdict/reason and interface tables at the end.")
 @click.option("--verbose", "-v", is_flag=True, help="Show rules evaluated that did not match.")
+@click.option("--write-pcapng", type=click.Path(dir_okay=False),
+              help="Write every input frame and every frame the host sent to a pcapng, with the model's decision "
+                   "as each packet's comment (tshark -Y 'frame.comment contains \"NETFILTER_DROP\"').")
 @click.option("--conntrack", "conntrack", type=click.Choice(["text", "json"]), is_flag=False, flag_value="text",
               default=None, help="Print the conntrack table at the end: as conntrack -L does (text), or JSON lines.")
 @click.option("--counters", is_flag=True, help="Print per-rule counters (iptables -L -v -n) at the end.")
@@ -154,7 +157,7 @@ def main() -> None:
 def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: str | None, summary: bool,
            verbose: bool, counters: bool, write_pcap: str | None, count: str | None, no_progress: bool,
            no_cache: bool, ifindex: str | None, jobs: int, expression: tuple[str, ...],
-           conntrack: str | None, tstamp: int, color: str) -> None:
+           conntrack: str | None, tstamp: int, color: str, write_pcapng: str | None) -> None:
     """Replay CAPTURE (pcap/pcapng) through the host described in HOST (YAML).  EXPRESSION, as
     tcpdump takes it ('tcp port 22'), selects the records to replay (libpcap compiles it)."""
     from pathtrace.capture import read_frames
@@ -179,22 +182,25 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
             frames = selector.select(frames)
         index_map, map_warnings = ifindex_map_for(cfg, capture, ifindex)
         writer = _pcap_writer(write_pcap)
+        pcapng = _pcapng_writer(write_pcapng, [i.name for i in cfg.interfaces])
     except PathtraceError as exc:
         _fail(exc)
         return
     for w in map_warnings:
         click.echo(f"pathtrace: warning: {w}", err=True)
     gc.freeze()     # the host's objects live for the whole run: keep the cyclic collector off them
-    need_frames = fmt != "none" or write_pcap is not None
-    replayer = Replayer(net, ReplayOptions(ingress=ingress, strict_mac=strict_mac, record=fmt != "none",
+    need_frames = fmt != "none" or write_pcap is not None or pcapng is not None
+    replayer = Replayer(net, ReplayOptions(ingress=ingress, strict_mac=strict_mac,
+                                           record=fmt != "none" or pcapng is not None,
                                            emit_frames=need_frames, cache=not no_cache,
                                            sent_frames=_shows_sent_frames(capture, net, ingress)))
     replayer.direction.ifindex = index_map
     counter = SummaryCounter()
     out = sys.stdout
     try:
-        if jobs > 1 and (conntrack or fmt == "brief" or tstamp):
-            click.echo(f"pathtrace: --jobs {jobs}: one process (for --conntrack, --format brief and -t)", err=True)
+        if jobs > 1 and (conntrack or fmt == "brief" or tstamp or pcapng is not None):
+            click.echo(f"pathtrace: --jobs {jobs}: one process (for --conntrack, --format brief, -t and "
+                       "--write-pcapng)", err=True)
             jobs = 1
         if jobs > 1 and conntrack:
             click.echo(f"pathtrace: --jobs {jobs}: one process (--conntrack lists one table)", err=True)
@@ -211,7 +217,8 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
     interrupted = False
     if jobs <= 1:
         look = _Look(tstamp, color == "always" or (color == "auto" and out.isatty()))
-        interrupted = _replay_one(replayer, frames, fmt, verbose, limit, writer, counter, out, not no_progress, look)
+        interrupted = _replay_one(replayer, frames, fmt, verbose, limit, writer, counter, out, not no_progress, look,
+                                  pcapng)
     elif writer is not None:
         writer.close()
     replayer.flush()
@@ -258,6 +265,17 @@ def _pcap_writer(path: str | None):
         return PcapWriter(path)
     except OSError as exc:
         raise PathtraceError(f"--write-pcap {path}: cannot write: {exc.strerror or exc}") from None
+
+
+def _pcapng_writer(path: str | None, interfaces: list[str]):
+    """The --write-pcapng file, opened before the replay so a bad path is a one-line error."""
+    from pathtrace.packet.pcapngwriter import PcapngWriter
+    if path is None:
+        return None
+    try:
+        return PcapngWriter(path, interfaces)
+    except OSError as exc:
+        raise PathtraceError(f"--write-pcapng {path}: cannot write: {exc.strerror or exc}") from None
 
 
 def _print_conntrack(net, form: str, out) -> None:
@@ -319,7 +337,7 @@ class _Look:
 
 
 def _replay_one(replayer, frames, fmt: str, verbose: bool, limit: int, writer, counter, out,
-                progress_on: bool, look: "_Look | None" = None) -> bool:
+                progress_on: bool, look: "_Look | None" = None, pcapng=None) -> bool:
     """The single-process replay loop: render each record as it comes.  True when SIGINT stopped it
     (on a record boundary: every record printed has its frames in the --write-pcap file)."""
     from pathtrace.packet.decode import describe_frame
@@ -333,6 +351,8 @@ def _replay_one(replayer, frames, fmt: str, verbose: bool, limit: int, writer, c
             if writer is not None:       # frames first: a record on stdout always has its frames in the pcap
                 for e in record.emitted:
                     writer.write(e.frame, record.time)
+            if pcapng is not None:
+                pcapng.write_record(record, frame)
             if fmt == "brief":
                 record.packet = describe_frame(frame)
                 out.write(look.brief.line(record))
@@ -344,9 +364,9 @@ def _replay_one(replayer, frames, fmt: str, verbose: bool, limit: int, writer, c
         def tick(n: int) -> None:
             progress.tick(n)
             stop.check()
-        emit = write_record if fmt != "none" or writer is not None else None
+        emit = write_record if fmt != "none" or writer is not None or pcapng is not None else None
         lines = None
-        if fmt in ("jsonl", "text") and writer is None and _utf8(out) and (fmt == "jsonl" or look is None or look.plain):
+        if fmt in ("jsonl", "text") and writer is None and pcapng is None and _utf8(out) and (fmt == "jsonl" or look is None or look.plain):
             # cached frames' output comes from their flows' templates (written by the C lane when built)
             from pathtrace.render.template import FlowTemplate, flat_for
             write_bytes = _bytes_writer(out)
@@ -365,6 +385,8 @@ def _replay_one(replayer, frames, fmt: str, verbose: bool, limit: int, writer, c
         finally:
             if writer is not None:
                 writer.close()
+            if pcapng is not None:
+                pcapng.close()
     progress.done()
     return interrupted
 

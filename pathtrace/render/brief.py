@@ -63,6 +63,8 @@ def deciding_rule(record: Any) -> dict | None:
     """The netfilter rule that decided: the one that dropped or rejected a dropped packet, else the
     last rule (not a chain policy) that accepted it on its way."""
     rules = record.rules or []
+    if record.agreement is None:         # a received frame: OUTPUT rules belong to what the host answered
+        rules = [r for r in rules if r.get("hook") != "LOCAL_OUT"]
     if record.verdict == "DROP":
         return next((r for r in reversed(rules) if r.get("verdict") in ("DROP", "REJECT")), None)
     return next((r for r in reversed(rules) if not str(r.get("text", "")).startswith("-P ")), None)

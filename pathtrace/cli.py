@@ -136,6 +136,8 @@ def main() -> None:
               help="Per-packet output (default: text on a terminal, with --summary none).")
 @click.option("--summary", is_flag=True, help="Print verdict/reason and interface tables at the end.")
 @click.option("--verbose", "-v", is_flag=True, help="Show rules evaluated that did not match.")
+@click.option("--write-pcap-dir", type=click.Path(file_okay=False),
+              help="Write the frames that left the host to DIR/IFACE.pcap, one pcap per egress interface.")
 @click.option("--write-pcapng", type=click.Path(dir_okay=False),
               help="Write every input frame and every frame the host sent to a pcapng, with the model's decision "
                    "as each packet's comment (tshark -Y 'frame.comment contains \"NETFILTER_DROP\"').")
@@ -157,7 +159,8 @@ def main() -> None:
 def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: str | None, summary: bool,
            verbose: bool, counters: bool, write_pcap: str | None, count: str | None, no_progress: bool,
            no_cache: bool, ifindex: str | None, jobs: int, expression: tuple[str, ...],
-           conntrack: str | None, tstamp: int, color: str, write_pcapng: str | None) -> None:
+           conntrack: str | None, tstamp: int, color: str, write_pcapng: str | None,
+           write_pcap_dir: str | None) -> None:
     """Replay CAPTURE (pcap/pcapng) through the host described in HOST (YAML).  EXPRESSION, as
     tcpdump takes it ('tcp port 22'), selects the records to replay (libpcap compiles it)."""
     from pathtrace.capture import read_frames
@@ -183,6 +186,8 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
         index_map, map_warnings = ifindex_map_for(cfg, capture, ifindex)
         writer = _pcap_writer(write_pcap)
         pcapng = _pcapng_writer(write_pcapng, [i.name for i in cfg.interfaces])
+        if write_pcap_dir is not None:
+            pcapng = _Writers(pcapng, _pcap_dir_writer(write_pcap_dir))
     except PathtraceError as exc:
         _fail(exc)
         return
@@ -199,8 +204,8 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
     out = sys.stdout
     try:
         if jobs > 1 and (conntrack or fmt == "brief" or tstamp or pcapng is not None):
-            click.echo(f"pathtrace: --jobs {jobs}: one process (for --conntrack, --format brief, -t and "
-                       "--write-pcapng)", err=True)
+            click.echo(f"pathtrace: --jobs {jobs}: one process (for --conntrack, --format brief, -t, "
+                       "--write-pcapng and --write-pcap-dir)", err=True)
             jobs = 1
         if jobs > 1 and conntrack:
             click.echo(f"pathtrace: --jobs {jobs}: one process (--conntrack lists one table)", err=True)
@@ -265,6 +270,33 @@ def _pcap_writer(path: str | None):
         return PcapWriter(path)
     except OSError as exc:
         raise PathtraceError(f"--write-pcap {path}: cannot write: {exc.strerror or exc}") from None
+
+
+class _Writers:
+    """Per-record file outputs that need the record (pcapng, per-interface pcaps), written together."""
+
+    def __init__(self, pcapng, pcap_dir):
+        self.pcapng, self.pcap_dir = pcapng, pcap_dir
+
+    def write_record(self, record, frame) -> None:
+        if self.pcapng is not None:
+            self.pcapng.write_record(record, frame)
+        for e in record.emitted:
+            if e.frame:
+                self.pcap_dir.write_emitted(e.dev, e.frame, record.time)
+
+    def close(self) -> None:
+        if self.pcapng is not None:
+            self.pcapng.close()
+        self.pcap_dir.close()
+
+
+def _pcap_dir_writer(path: str):
+    from pathtrace.packet.pcapwriter import PcapDirWriter
+    try:
+        return PcapDirWriter(path)
+    except OSError as exc:
+        raise PathtraceError(f"--write-pcap-dir {path}: cannot write: {exc.strerror or exc}") from None
 
 
 def _pcapng_writer(path: str | None, interfaces: list[str]):

@@ -48,3 +48,16 @@ def test_tshark_filters_on_the_comments(tmp_path) -> None:
 def test_bad_path_is_one_line(tmp_path) -> None:
     res = CliRunner().invoke(main, ["replay", HOST, CAP, "--write-pcapng", str(tmp_path / "no/such/dir/x.pcapng")])
     assert res.exit_code == 2 and "cannot write" in res.output
+
+
+def test_pcap_dir_has_one_pcap_per_egress_interface(tmp_path) -> None:
+    res = CliRunner().invoke(main, ["replay", str(ROOT / "rulesets/home-router.yaml"),
+                                    str(ROOT / "samples/home-router.pcapng"), "--format", "jsonl",
+                                    "--write-pcap-dir", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    records = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
+    per_dev: dict[str, int] = {}
+    for r in records:
+        for e in r["emitted"]:
+            per_dev[e["dev"]] = per_dev.get(e["dev"], 0) + 1
+    assert per_dev and {p.stem: len(list(read_frames(str(p)))) for p in tmp_path.glob("*.pcap")} == per_dev

@@ -44,3 +44,26 @@ class PcapWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class PcapDirWriter:
+    """`--write-pcap-dir DIR`: one pcap per interface frames left on (DIR/IFACE.pcap), opened at its
+    first frame; the directory must exist (checked before the replay)."""
+
+    def __init__(self, directory: str):
+        import os
+        if not os.path.isdir(directory):
+            raise OSError(2, "no such directory")
+        self.directory = directory
+        self._writers: dict[str, PcapWriter] = {}
+
+    def write_emitted(self, dev: str, frame: bytes, ts: float) -> None:
+        import os
+        w = self._writers.get(dev)
+        if w is None:
+            w = self._writers[dev] = PcapWriter(os.path.join(self.directory, f"{dev}.pcap"))
+        w.write(frame, ts)
+
+    def close(self) -> None:
+        for w in self._writers.values():
+            w.close()

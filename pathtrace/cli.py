@@ -15,6 +15,26 @@ EXIT_INTERRUPTED = 128 + signal.SIGINT      # 130, as a shell reports a command 
 EXIT_PIPE = 128 + signal.SIGPIPE            # 141, as a shell reports `tcpdump -r big.pcap | head`
 
 
+def accelerator_status() -> str:
+    """Whether the replay cache's C lane (pathtrace/_fastpath.c) is built and in use."""
+    import os
+    try:
+        from pathtrace import _fastpath  # noqa: F401
+    except ImportError:
+        return "not built (no C compiler at install time): the same work runs in Python"
+    if os.environ.get("PATHTRACE_PURE_PYTHON") == "1":
+        return "built, off (PATHTRACE_PURE_PYTHON=1)"
+    return "built, in use"
+
+
+def _version(ctx: click.Context, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from importlib.metadata import version
+    click.echo(f"pathtrace {version('pathtrace')}\nC accelerator: {accelerator_status()}")
+    ctx.exit()
+
+
 def _fail(exc: PathtraceError) -> None:
     click.echo(f"pathtrace: {exc}", err=True)
     sys.exit(2)
@@ -121,7 +141,8 @@ class _Progress:
 
 
 @click.group(cls=_Commands)
-@click.version_option(package_name="pathtrace")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=lambda ctx, _p, v: _version(ctx, v),
+              help="Show the version and whether the C accelerator is in use, and exit.")
 def main() -> None:
     """Replay captures through a model of the Linux 6.x network stack."""
 

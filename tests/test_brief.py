@@ -53,3 +53,17 @@ def test_colour_only_when_asked_or_on_a_terminal() -> None:
     coloured = _run("--format", "brief", "--color", "always")
     assert any("\033[32mLOCAL_DELIVER\033[0m" in ln for ln in coloured)
     assert any("\033[" in ln for ln in _run("--format", "text", "--color", "always"))
+
+
+def test_version_says_whether_the_accelerator_is_in_use(monkeypatch) -> None:
+    out = CliRunner().invoke(main, ["--version"]).output
+    assert out.startswith("pathtrace ") and "C accelerator: " in out
+    try:
+        from pathtrace import _fastpath  # noqa: F401
+        built = True
+    except ImportError:
+        built = False
+    assert ("built, in use" in out) == built
+    monkeypatch.setenv("PATHTRACE_PURE_PYTHON", "1")
+    off = CliRunner().invoke(main, ["--version"]).output
+    assert ("PATHTRACE_PURE_PYTHON=1" in off) == built

@@ -666,3 +666,31 @@ def test_anonymous_chains_and_one_element_sets_as_the_kernel_numbers_them() -> N
     inside = make_skb("10.1.2.3", "10.0.0.1", 17, udp_payload(5000, 53))
     outside = make_skb("192.0.2.1", "10.0.0.1", 17, udp_payload(5000, 53))
     assert host_nf.hook(1, inside, ETH0, None) == 1 and host_nf.hook(1, outside, ETH0, None) == 0
+
+
+ROUTE_LIMIT = ROOT / "tests" / "data" / "nftables" / "route-limit.yaml"
+
+
+def route_limit_packets():
+    from pathtrace.packet import build
+    t, i = build.tcp_packet, build.icmp_packet
+    wan = ("02:00:00:00:00:fe", "02:00:00:00:00:01")
+    return [
+        (wan, t("203.0.113.9", "198.51.100.1", 40000, 22, "S")),      # SYN-ACK marked in output: leaves by eth1
+        (wan, t("203.0.113.9", "198.51.100.1", 40000, 22, "R", seq=1)),
+        (wan, i("203.0.113.9", "198.51.100.1", 8, 0, b"a", id=1, seq=1)),   # limit over, burst 2: passes
+        (wan, i("203.0.113.9", "198.51.100.1", 8, 0, b"b", id=2, seq=1)),   # passes
+        (wan, i("203.0.113.9", "198.51.100.1", 8, 0, b"c", id=3, seq=1)),   # over: dropped
+        (wan, t("203.0.113.9", "198.51.100.1", 40001, 80, "S", payload=b"x" * 100)),   # 140 bytes: within 200
+        (wan, t("203.0.113.9", "198.51.100.1", 40002, 80, "S", payload=b"x" * 100)),   # bucket: (rate+burst)
+        (wan, t("203.0.113.9", "198.51.100.1", 40003, 80, "S", payload=b"x" * 100)),   # over the byte bucket
+    ]
+
+
+def test_route_chain_reroutes_and_limit_over(tmp_path: Path) -> None:
+    cap = tmp_path / "rl.pcap"
+    write_capture(cap, route_limit_packets())
+    recs = _replay(str(ROUTE_LIMIT), str(cap))
+    assert recs[0]["emitted"][0]["dev"] == "eth1"               # rerouted by the mark (ip_route_me_harder)
+    assert [r["verdict"] for r in recs[2:5]] == ["LOCAL_DELIVER", "LOCAL_DELIVER", "DROP"]
+    assert [r["verdict"] for r in recs[5:8]] == ["LOCAL_DELIVER", "LOCAL_DELIVER", "DROP"]

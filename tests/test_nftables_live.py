@@ -297,3 +297,15 @@ def test_corpus_rulesets_load_as_nft_loads_them(path: Path) -> None:
     model = sorted(r.handle for t in rs.tables for c in t.chains.values() if not c.name.startswith("__")
                    for r in c.rules)
     assert kernel and kernel == model
+
+
+def test_route_chain_and_limits_agree_with_the_kernel(tmp_path: Path) -> None:
+    """type route re-routing by a mark set in output; limit over in packets and bytes."""
+    why = _live()
+    if why:
+        pytest.skip(why)
+    from test_nftables import ROUTE_LIMIT, route_limit_packets, write_capture
+    cap = tmp_path / "rl.pcap"
+    write_capture(cap, route_limit_packets())
+    agree = _verify(str(ROUTE_LIMIT), str(cap))
+    assert len(agree) == 8 and all(agree)

@@ -1,7 +1,7 @@
 """limit (net/netfilter/nft_limit.c): a token bucket in nanoseconds.
 
-nft_limit_init: tokens_max = nsecs / rate * burst for packet limits (nsecs * burst / rate
-for byte limits), the bucket starts full; nft_limit_eval adds the time since the last
+nft_limit_init: tokens_max = nsecs / rate * burst for packet limits (nsecs * (rate + burst)
+/ rate for byte limits), the bucket starts full; nft_limit_eval adds the time since the last
 packet, caps at tokens_max and takes the cost (nsecs / rate per packet, nsecs * len /
 rate for bytes).  `over` inverts.  The bucket depends on earlier packets and on time,
 so its Expr is marked volatile: core.py tells the replay cache not to reuse a path through it.
@@ -29,7 +29,8 @@ def nft_limit_eval(rate: int, unit: int, burst: int, pkts: bool, invert: bool) -
     nsecs = unit * NSEC_PER_SEC
     if pkts and burst == 0:
         burst = NFT_LIMIT_PKT_BURST_DEFAULT
-    tokens_max = (nsecs // rate) * burst if pkts else (nsecs * burst) // rate
+    # the bucket: burst packets' worth, or for bytes unit * (rate + burst) / rate (nft_limit_init)
+    tokens_max = (nsecs // rate) * burst if pkts else (nsecs * (rate + burst)) // rate
     st = LimitState(tokens_max)
     pkt_cost = nsecs // rate
 

@@ -694,3 +694,18 @@ def test_route_chain_reroutes_and_limit_over(tmp_path: Path) -> None:
     assert recs[0]["emitted"][0]["dev"] == "eth1"               # rerouted by the mark (ip_route_me_harder)
     assert [r["verdict"] for r in recs[2:5]] == ["LOCAL_DELIVER", "LOCAL_DELIVER", "DROP"]
     assert [r["verdict"] for r in recs[5:8]] == ["LOCAL_DELIVER", "LOCAL_DELIVER", "DROP"]
+
+
+@pytest.mark.parametrize("body, words", [
+    ("nftables-file: nope.nft\n", "cannot read nftables-file 'nope.nft'"),
+    ("nftables: |\n  table ip t {\n  }\nnftables-file: x.nft\n", "use either 'nftables' or 'nftables-file'"),
+    ("nftables: |\n  table ip t {\n   chain c {\n    ip saddr 1.2.3 drop\n   }\n  }\n", "host.yaml:8:12-16: Error:"),
+])
+def test_host_file_nftables_errors_are_one_line_exit_2(tmp_path: Path, body: str, words: str) -> None:
+    host = tmp_path / "host.yaml"
+    host.write_text("name: h\ninterfaces:\n  - name: eth0\n    addresses: [10.0.0.1/24]\n" + body)
+    cap = ROOT / "samples" / "web-server.pcap"
+    r = subprocess.run([sys.executable, "-m", "pathtrace.cli", "replay", str(host), str(cap), "--summary"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stdout == ""
+    assert len(r.stderr.strip().splitlines()) == 1 and words in r.stderr, r.stderr

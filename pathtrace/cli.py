@@ -164,7 +164,9 @@ def main() -> None:
                    "as each packet's comment (tshark -Y 'frame.comment contains \"NETFILTER_DROP\"').")
 @click.option("--conntrack", "conntrack", type=click.Choice(["text", "json"]), is_flag=False, flag_value="text",
               default=None, help="Print the conntrack table at the end: as conntrack -L does (text), or JSON lines.")
-@click.option("--counters", is_flag=True, help="Print per-rule counters (iptables -L -v -n) at the end.")
+@click.option("--counters", "counters", type=click.Choice(["list", "save"]), is_flag=False, flag_value="list",
+              default=None, help="Print per-rule counters at the end: as iptables -L -v -n (list, the default) "
+                                 "or in iptables-save syntax (save).")
 @click.option("--write-pcap", type=click.Path(dir_okay=False), help="Write every frame that left the host to a pcap.")
 @click.option("-c", "--count", "--limit", "count", metavar="N", help="Stop after N packets (as tcpdump -c; --limit is an alias).")
 @click.option("-t", "tstamp", count=True,
@@ -270,7 +272,7 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
         for w in warnings:
             click.echo(f"warning: {w}", err=True)
     if counters and net.nf is not None:
-        out.write(net.nf.format_listing(counters=True))
+        out.write(_rule_listing(net.nf) if counters == "list" else net.nf.format_listing(counters=True))
         unhit = net.nf.unhit_rules()
         out.write(f"\nrules no packet hit: {len(unhit)}\n")
         for c in unhit:
@@ -329,6 +331,18 @@ def _pcapng_writer(path: str | None, interfaces: list[str]):
         return PcapngWriter(path, interfaces)
     except OSError as exc:
         raise PathtraceError(f"--write-pcapng {path}: cannot write: {exc.strerror or exc}") from None
+
+
+def _rule_listing(nf) -> str:
+    """Every loaded table as iptables -t TABLE -L -v -n prints it (render/iptables_list.py); nftables
+    rulesets in their own listing."""
+    from pathtrace.net.netfilter.x_tables import TABLE_ORDER
+    from pathtrace.render.iptables_list import format_table
+    parts = [f"# iptables -t {name} -L -v -n\n" + format_table(nf.tables[name])
+             for name in TABLE_ORDER if name in nf.tables]
+    if nf.nft is not None and nf.nft.tables:
+        parts.append(nf.nft.format_listing())
+    return "\n".join(parts)
 
 
 def _print_conntrack(net, form: str, out) -> None:

@@ -202,10 +202,10 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
         if ingress and ingress not in {i.name for i in cfg.interfaces} | {"lo"}:
             raise PathtraceError(f"--in {ingress}: no such interface in {host}")
         net = create_namespace(cfg)
-        frames = read_frames(capture, ordered="auto")
+        frames = source = read_frames(capture, ordered="auto")
         selector = compile_filter(expression)
         if selector is not None:       # selection before the model; records keep their capture indexes
-            frames = selector.select(frames)
+            frames = selector.select(source)
         index_map, map_warnings = ifindex_map_for(cfg, capture, ifindex)
         writer = _pcap_writer(write_pcap)
         pcapng = _pcapng_writer(write_pcapng, [i.name for i in cfg.interfaces])
@@ -255,11 +255,11 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
         warnings.append(f"{replayer.otherhost_drops} of {replayer.count} frames were dropped as PACKET_OTHERHOST: "
                         "the capture was probably taken on another host; try --in IFACE")
     replayer.agreement.finish()
-    cursor = getattr(frames, "cursor", None) or getattr(getattr(frames, "reader", None), "cursor", None)
+    cursor = getattr(source, "cursor", None) or getattr(getattr(source, "reader", None), "cursor", None)
     if getattr(cursor, "malformed", 0):
         warnings.append(f"{cursor.malformed} pcapng packet blocks too short for their header (first at byte "
                         f"{cursor.first_malformed}): each is one malformed record, later blocks were replayed")
-    late = getattr(getattr(frames, "stats", None), "late", 0)
+    late = getattr(getattr(source, "stats", None), "late", 0)
     if late:
         warnings.append(f"{late} frames came later than the reorder window (capture/reorder.py) allowed "
                         "and were replayed out of timestamp order")

@@ -117,12 +117,24 @@ def _packet_count(text: str | None) -> int:
 
 
 class _Progress:
-    """A one-line counter on a terminal's stderr; silent when stderr is not a terminal."""
+    """Progress on a terminal's stderr: packets, rate, and, when the capture is a plain file, the share
+    read and the time left.  Off when stderr is not a terminal, and when per-packet output goes to the
+    same terminal on stdout (the line would be written into the middle of it)."""
 
-    def __init__(self, enabled: bool):
+    def __init__(self, enabled: bool, source=None, total: int = 0):
         self.enabled = enabled and sys.stderr.isatty()
         self.start = time.monotonic()
         self.last = self.start
+        self.handle = _file_of(source)
+        self.total = total
+
+    def fraction(self) -> float | None:
+        if self.handle is None or self.total <= 0:
+            return None
+        try:
+            return min(self.handle.tell() / self.total, 1.0)
+        except (OSError, ValueError):
+            return None
 
     def tick(self, count: int) -> None:
         if not self.enabled or count & 1023:
@@ -131,13 +143,28 @@ class _Progress:
         if now - self.last >= 0.5:
             self.last = now
             rate = count / max(now - self.start, 1e-9)
-            sys.stderr.write(f"\r{count} packets, {rate:,.0f}/s ")
+            line = f"\r{count} packets, {rate:,.0f}/s"
+            done = self.fraction()
+            if done:
+                left = (now - self.start) * (1 - done) / done
+                line += f", {done:.0%}, {int(left) // 60}:{int(left) % 60:02d} left"
+            sys.stderr.write(line + " \033[K")
             sys.stderr.flush()
 
     def done(self) -> None:
         if self.enabled:
             sys.stderr.write("\r\033[K")
             sys.stderr.flush()
+
+
+def _file_of(source):
+    """The open capture file under a reader (for its position), if it is a plain seekable file."""
+    for obj in (source, getattr(source, "reader", None)):
+        f = getattr(obj, "_f", None)
+        if f is not None and hasattr(f, "tell") and not hasattr(f, "decompress") and \
+                type(f).__name__ in ("BufferedReader", "FileIO"):
+            return f
+    return None
 
 
 @click.group(cls=_Commands)
@@ -245,7 +272,9 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
     interrupted = False
     if jobs <= 1:
         look = _Look(tstamp, color == "always" or (color == "auto" and out.isatty()))
-        interrupted = _replay_one(replayer, frames, fmt, verbose, limit, writer, counter, out, not no_progress, look,
+        shows = not no_progress and not (fmt != "none" and out.isatty())   # never inside the text on a terminal
+        progress = _Progress(shows, source, _size(capture))
+        interrupted = _replay_one(replayer, frames, fmt, verbose, limit, writer, counter, out, progress, look,
                                   pcapng)
     elif writer is not None:
         writer.close()
@@ -282,6 +311,14 @@ def replay(host: str, capture: str, ingress: str | None, strict_mac: bool, fmt: 
     if interrupted:
         out.flush()
         sys.exit(EXIT_INTERRUPTED)
+
+
+def _size(path: str) -> int:
+    import os
+    try:
+        return os.path.getsize(path) if path != "-" else 0
+    except OSError:
+        return 0
 
 
 def _pcap_writer(path: str | None):
@@ -404,14 +441,15 @@ class _Look:
 
 
 def _replay_one(replayer, frames, fmt: str, verbose: bool, limit: int, writer, counter, out,
-                progress_on: bool, look: "_Look | None" = None, pcapng=None) -> bool:
+                progress: "_Progress | bool", look: "_Look | None" = None, pcapng=None) -> bool:
     """The single-process replay loop: render each record as it comes.  True when SIGINT stopped it
     (on a record boundary: every record printed has its frames in the --write-pcap file)."""
     from pathtrace.packet.decode import describe_frame
     from pathtrace.render.record import render_record
     from pathtrace.replay import LineLane
     look = look or _Look(0, False)
-    progress = _Progress(progress_on)
+    if not isinstance(progress, _Progress):
+        progress = _Progress(bool(progress))
     interrupted = False
     with _Interrupt() as stop:
         def write_record(record, frame) -> None:

@@ -67,3 +67,18 @@ def test_version_says_whether_the_accelerator_is_in_use(monkeypatch) -> None:
     monkeypatch.setenv("PATHTRACE_PURE_PYTHON", "1")
     off = CliRunner().invoke(main, ["--version"]).output
     assert ("PATHTRACE_PURE_PYTHON=1" in off) == built
+
+
+def test_progress_line_has_share_and_time_left(tmp_path, capsys) -> None:
+    from pathtrace.cli import _Progress
+    from pathtrace.capture import read_frames
+    src = read_frames(CAP)
+    it = iter(src)
+    next(it)
+    p = _Progress(True, src, Path(CAP).stat().st_size)
+    p.enabled = True                       # stderr is not a terminal under pytest
+    p.last -= 1.0
+    p.tick(1024)
+    err = capsys.readouterr().err
+    assert "1024 packets" in err and "%" in err and "left" in err
+    assert 0 < p.fraction() <= 1

@@ -303,3 +303,17 @@ def test_lint_clean_host_exits_0_and_pcap_gives_coverage(tmp_path: Path) -> None
     assert "no shadowed rules" in out
     assert "coverage: 2 of 3 rules hit" in out
     assert "never hit: filter/INPUT rule 3" in out
+
+
+def test_a_failure_shows_the_whole_actual_outcome(tmp_path):
+    """Whatever key failed, the failure says what happened: verdict, reason, the deciding rule."""
+    from click.testing import CliRunner
+    from pathtrace.cli import main
+    root = Path(__file__).resolve().parent.parent
+    exp = tmp_path / "e.yaml"
+    exp.write_text("cases:\n  - name: wrong on purpose\n"
+                   "    packet: tcp 198.51.100.7:40000 203.0.113.10:25 --in eth0\n"
+                   "    expect: {ct: ESTABLISHED}\n")
+    res = CliRunner().invoke(main, ["check", str(root / "rulesets/web-server.yaml"), str(exp)])
+    assert res.exit_code == 1
+    assert "outcome: DROP (NETFILTER_DROP), decided by filter/INPUT policy" in res.output

@@ -36,6 +36,18 @@ class StepResult:
     packet: str
     mismatches: list[Mismatch]
     error: str | None = None
+    outcome: str = ""           # what the model did: verdict (reason), the deciding rule, egress
+
+
+def outcome_text(f: Facts) -> str:
+    """The whole actual outcome of a packet, shown with every failure whatever key failed."""
+    text = f.verdict + (f" ({f.reason})" if f.reason else "")
+    d = f.decision
+    if d:
+        text += f", decided by {rule_label(d)}" + (f" '{d.get('text')}'" if d.get("text") else "")
+    if f.egress:
+        text += f", egress {f.egress}"
+    return text
 
 
 @dataclass
@@ -138,14 +150,17 @@ def run_case(host: HostConfig, case: Case, coverage: Coverage | None) -> CaseRes
             for s in case.steps:
                 rec = records[s.index]
                 got = facts(rec, session.held.get(rec.index))
-                result.steps.append(StepResult(s, f"#{s.index} {rec.packet}", compare(s.expect.values, got)))
+                result.steps.append(StepResult(s, f"#{s.index} {rec.packet}", compare(s.expect.values, got),
+                                               outcome=outcome_text(got)))
         else:
             for s in case.steps:
                 spec = s.packet if s.packet.ingress or not case.ingress else _with_ingress(s.packet, case.ingress)
                 outcome = session.inject(spec)
-                mism = compare(s.expect.values, facts(outcome.record, session.held.get(outcome.record.index)))
+                got = facts(outcome.record, session.held.get(outcome.record.index))
+                mism = compare(s.expect.values, got)
                 result.steps.append(StepResult(s, spec.describe(), mism,
-                                               "; ".join(outcome.warnings) if mism and outcome.warnings else None))
+                                               "; ".join(outcome.warnings) if mism and outcome.warnings else None,
+                                               outcome=outcome_text(got)))
         if coverage is not None:
             session.replayer.flush()
             coverage.add(session.net.nf)
@@ -176,6 +191,8 @@ def render_result(r: CaseResult, path: str) -> str:
         for m in s.mismatches:
             lines.append(f"        - {m.key + ':':<{width + 1}} expected {m.expected}")
             lines.append(f"        + {'':<{width + 1}} actual   {m.actual}")
+        if s.mismatches and s.outcome:
+            lines.append(f"        = outcome: {s.outcome}")
         if s.error:
             lines.append(f"        note: {s.error}")
     return "\n".join(lines) + "\n"

@@ -317,3 +317,20 @@ def test_a_failure_shows_the_whole_actual_outcome(tmp_path):
     res = CliRunner().invoke(main, ["check", str(root / "rulesets/web-server.yaml"), str(exp)])
     assert res.exit_code == 1
     assert "outcome: DROP (NETFILTER_DROP), decided by filter/INPUT policy" in res.output
+
+
+def test_lint_exit_codes(tmp_path):
+    """lint: 0 without findings, 1 with shadowed rules or unreferenced chains, rules a capture never hit
+    count only with --fail-on-unhit, 2 for bad input (pathtrace(1))."""
+    from click.testing import CliRunner
+    from pathtrace.cli import main
+    root = Path(__file__).resolve().parent.parent
+    host, cap = str(root / "rulesets/web-server.yaml"), str(root / "samples/web-server.pcap")
+    run = lambda *a: CliRunner().invoke(main, ["lint", *a]).exit_code  # noqa: E731
+    assert run(host) == 0 and run(host, "--pcap", cap) == 0
+    assert run(host, "--pcap", cap, "--fail-on-unhit") == 1
+    shadowed = tmp_path / "s.yaml"
+    shadowed.write_text(Path(host).read_text().replace("-A INPUT -i lo -j ACCEPT",
+                                                       "-A INPUT -j ACCEPT\n  -A INPUT -i lo -j ACCEPT"))
+    assert run(str(shadowed)) == 1
+    assert run(str(tmp_path / "missing.yaml")) == 2

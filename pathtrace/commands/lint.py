@@ -71,8 +71,12 @@ def lint_findings(nf: Any, coverage: Coverage | None = None) -> dict[str, Any]:
 @click.option("--pcap", type=click.Path(dir_okay=False), help="Replay a capture and report rules it never hit.")
 @click.option("--in", "ingress", metavar="IFACE", help="With --pcap: every frame enters here.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
-def lint(host: str, pcap: str | None, ingress: str | None, fmt: str) -> None:
-    """Report shadowed rules and unreferenced chains (exit 1 when there are any)."""
+@click.option("--fail-on-unhit", is_flag=True,
+              help="With --pcap: rules the capture never hit are findings too (exit 1), for coverage gates in CI.")
+def lint(host: str, pcap: str | None, ingress: str | None, fmt: str, fail_on_unhit: bool) -> None:
+    """Report shadowed rules and unreferenced chains (exit 1 when there are any; 0 when there are
+    none; 2 for bad input).  Rules a --pcap never hit are reported, and count only with
+    --fail-on-unhit: a capture that does not exercise a rule is not a defect of the ruleset."""
     from pathtrace.host.loader import load_host
     from pathtrace.replay import Replayer, ReplayOptions, create_namespace
     try:
@@ -95,4 +99,5 @@ def lint(host: str, pcap: str | None, ingress: str | None, fmt: str) -> None:
         click.echo(json.dumps(findings, indent=2))
     else:
         click.echo(render(findings), nl=False)
-    sys.exit(1 if findings["shadowed"] or findings["unreferenced"] else 0)
+    unhit = bool(fail_on_unhit and findings.get("coverage") and findings["coverage"].get("unhit"))
+    sys.exit(1 if findings["shadowed"] or findings["unreferenced"] or unhit else 0)

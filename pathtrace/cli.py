@@ -533,7 +533,9 @@ def _replay_jobs(host: str, capture: str, jobs: int, ingress, strict_mac: bool, 
 
 @main.command()
 @click.argument("host", type=click.Path(dir_okay=False))
-def show(host: str) -> None:
+@click.option("--rules", type=click.Choice(["list", "save"]), default="list",
+              help="The ruleset as iptables -L -v -n lists it (list), or in iptables-save syntax (save).")
+def show(host: str, rules: str) -> None:
     """Print the loaded HOST: interfaces, routes, rules, neighbours, sockets, ruleset."""
     from pathtrace.host.loader import load_host
     from pathtrace.render.show import render_host
@@ -543,7 +545,7 @@ def show(host: str) -> None:
     except PathtraceError as exc:
         _fail(exc)
         return
-    click.echo(render_host(net), nl=False)
+    click.echo(render_host(net, rules), nl=False)
 
 
 from pathtrace.verify.command import verify as _verify; main.add_command(_verify)

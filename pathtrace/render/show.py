@@ -6,7 +6,9 @@ from tabulate import tabulate
 from pathtrace.lib.inet import mac_ntoa, ntoa
 
 
-def render_host(net) -> str:
+def render_host(net, rules: str = "list") -> str:
+    """`rules`: "list" for the ruleset as iptables -L -v -n prints it (render/iptables_list.py), "save"
+    for its options in iptables-save syntax."""
     out = [f"host {net.host.name}", ""]
     rows = [(d.name, d.driver, mac_ntoa(d.mac), d.mtu, "UP" if d.up else "DOWN",
              " ".join(f"{ntoa(a.local)} peer {ntoa(a.peer)}/{a.prefixlen}" if a.peer else f"{ntoa(a.local)}/{a.prefixlen}"
@@ -38,6 +40,16 @@ def render_host(net) -> str:
         out.append("sysctl:")
         out.extend(f"  {k} = {v}" for k, v in changed.items())
         out.append("")
-    if net.nf is not None:
+    if net.nf is not None and rules == "list":
+        from pathtrace.net.netfilter.x_tables import TABLE_ORDER
+        from pathtrace.render.iptables_list import format_table
+        for name in TABLE_ORDER:
+            if name in net.nf.tables:
+                # as iptables -L -v -n prints a ruleset just loaded (counters 0): -v is what shows interfaces
+                out.append(f"# iptables -t {name} -L -v -n")
+                out.append(format_table(net.nf.tables[name], counters=True))
+        if net.nf.nft is not None and net.nf.nft.tables:
+            out.append(net.nf.nft.format_listing())
+    elif net.nf is not None:
         out.append(net.nf.format_listing(counters=False))
     return "\n".join(out).rstrip("\n") + "\n"

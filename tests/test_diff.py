@@ -1,4 +1,4 @@
-"""`pathtrace diff OLD NEW CAPTURE`: grouped changes, rule identity by text, NAT changes, exit codes."""
+"""`pathtrace diff OLD NEW CAPTURE`: grouped changes, rule identity by meaning, NAT changes, ARP records, exit codes."""
 from __future__ import annotations
 
 import json
@@ -148,3 +148,28 @@ def test_covering_prefix() -> None:
     assert covering_prefix([aton("10.0.0.1"), aton("10.0.0.2")]) == "10.0.0.0/30"
     assert covering_prefix([aton("10.0.0.1"), aton("11.0.0.1")]) == "10.0.0.0/7"
     assert covering_prefix([aton("1.0.0.0"), aton("200.0.0.0")]) == "0.0.0.0/0"
+
+
+def test_rules_that_differ_only_in_option_order_are_the_same(tmp_path: Path) -> None:
+    """iptables-save may reorder options and people write them in any order: a rule with the same
+    matches, columns and target is the same rule; a real change of meaning is still reported."""
+    old = write(tmp_path, "old.yaml", BASE.format(extra="  -A INPUT -s 10.0.0.0/8 -p tcp --dport 443 -j ACCEPT\n"))
+    same = write(tmp_path, "same.yaml", BASE.format(extra="  -A INPUT -p tcp -s 10.0.0.0/8 --dport 443 -j ACCEPT\n"))
+    other = write(tmp_path, "other.yaml", BASE.format(extra="  -A INPUT -p tcp -s 10.0.0.0/9 --dport 443 -j ACCEPT\n"))
+    cap = capture(tmp_path, TRAFFIC)
+    assert diff(old, same, cap)[0] == 0
+    code, out = diff(old, other, cap)
+    assert code == 1 and "10.0.0.0/9" not in out.splitlines()[-1]
+
+
+def test_arp_records_are_named(tmp_path: Path) -> None:
+    old = write(tmp_path, "old.yaml", BASE.format(extra=""))
+    new = write(tmp_path, "new.yaml", BASE.format(extra="").replace("addresses: [203.0.113.2/24]",
+                                                                    "addresses: [203.0.113.2/24]\n    state: down"))
+    path = tmp_path / "arp.pcap"
+    with PcapWriter(str(path)) as w:
+        w.write(build.ether("ff:ff:ff:ff:ff:ff", "02:00:00:00:00:01", 0x0806,
+                            build.arp("request", "02:00:00:00:00:01", "203.0.113.1", "00:00:00:00:00:00",
+                                      "203.0.113.2")), 1000.0)
+    code, out = diff(old, new, str(path))
+    assert code == 1 and "of arp who-has 203.0.113.1 → 203.0.113.2" in out and "non-IPv4" not in out

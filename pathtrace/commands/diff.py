@@ -4,7 +4,10 @@ Both hosts replay the same capture in lockstep (records are compared and dropped
 at once, so memory does not grow with the capture).  Changed packets are grouped
 by flow and by the old/new outcome; sources of a group are summarised by the
 smallest prefix covering them.  The deciding rule is compared by table, chain and
-text, so inserting a rule above does not make every later rule "change".
+meaning (its columns, matches and target, whatever order the options were written in), so
+inserting a rule above does not make every later rule "change", and neither does
+iptables-save reordering a rule's options.  ARP and other non-IPv4 records are named
+(`arp who-has 203.0.113.1 → 203.0.113.2`).
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ class Outcome:
     reason: str | None
     egress: str | None
     nat: str | None
-    rule: tuple[str, str, str] | None        # table, chain, text: the identity of the deciding rule
+    rule: "RuleId | None"                    # the identity of the deciding rule
     label: str = field(default="", compare=False)
 
     def text(self) -> str:
@@ -48,9 +51,27 @@ class Outcome:
                 "rule": self.label or None, "text": self.rule[2] if self.rule else None}
 
 
+@dataclass(frozen=True)
+class RuleId:
+    """The deciding rule: table, chain and what it means (render/iptables_list.rule_meaning), so a rule
+    written with its options in another order is the same rule; its text is kept for display."""
+
+    table: str
+    chain: str
+    meaning: Any
+    text: str = field(default="", compare=False)
+
+    def __getitem__(self, i: int) -> str:         # (table, chain, text), as the JSON output gives it
+        return (self.table, self.chain, self.text)[i]
+
+
 def outcome(f: Facts) -> Outcome:
+    from pathtrace.render.iptables_list import rule_meaning
     d = f.decision
-    rule = (d["table"], d["chain"], d.get("text") or "") if d else None
+    rule = None
+    if d:
+        text = d.get("text") or ""
+        rule = RuleId(d["table"], d["chain"], rule_meaning(text) if text.startswith("-A ") else text, text)
     return Outcome(f.verdict, f.reason, f.egress, f.out.describe() if f.out else None, rule, rule_label(d))
 
 
@@ -92,23 +113,28 @@ def covering_prefix(addrs: Iterable[int]) -> str:
     return f"{ntoa(first & mask)}/{plen}"
 
 
-def flow_of(h: Headers | None) -> tuple[str, str]:
+def flow_of(h: Headers | None, frame: Any = None) -> tuple[str, str]:
     if h is None:
-        return "non-IPv4", "-"
+        if frame is not None and frame.ethertype == 0x0806 and len(frame.payload) >= 28:
+            op = {1: "who-has", 2: "reply"}.get(int.from_bytes(frame.payload[6:8], "big"), "op")
+            return f"arp {op}", ntoa(int.from_bytes(frame.payload[24:28], "big"))
+        if frame is not None and frame.ethertype:
+            return {0x86DD: "ipv6"}.get(frame.ethertype, f"ethertype 0x{frame.ethertype:04x}"), "-"
+        return "malformed", "-"
     name = PROTO.get(h.proto, f"proto {h.proto}")
     return name, (f"{ntoa(h.dst)}:{h.dport}" if h.proto in (6, 17) else ntoa(h.dst))
 
 
-def lockstep(old_net: Any, new_net: Any, capture: str, ingress: str | None) -> Iterator[tuple[int, Headers | None,
+def lockstep(old_net: Any, new_net: Any, capture: str, ingress: str | None) -> Iterator[tuple[Any, Headers | None,
                                                                                               Outcome, Outcome]]:
-    """(index, input headers, old outcome, new outcome) for every frame of the capture."""
+    """(frame, input headers, old outcome, new outcome) for every frame of the capture."""
     from pathtrace.capture import read_frames
     from pathtrace.replay import Replayer, ReplayOptions
     ra = Replayer(old_net, ReplayOptions(ingress=ingress))
     rb = Replayer(new_net, ReplayOptions(ingress=ingress))
     for fa, fb in zip(read_frames(capture, ordered="auto"), read_frames(capture, ordered="auto")):
         h = ip_headers(fa.payload) if fa.ethertype == 0x0800 and not fa.error else None
-        yield fa.index, h, outcome(facts(ra.process(fa))), outcome(facts(rb.process(fb)))
+        yield fa, h, outcome(facts(ra.process(fa))), outcome(facts(rb.process(fb)))
 
 
 def summary_table(groups: list[Group]) -> str:
@@ -141,15 +167,17 @@ def diff(old: str, new: str, capture: str, ingress: str | None, fmt: str) -> Non
         for net, path in zip(nets, (old, new)):
             if ingress and ingress not in net.devices:
                 raise PathtraceError(f"--in {ingress}: no such interface in {path}")
-        for index, h, a, b in lockstep(nets[0], nets[1], capture, ingress):
+        for frame, h, a, b in lockstep(nets[0], nets[1], capture, ingress):
             total += 1
             if a == b:
                 continue
-            proto, dst = flow_of(h)
+            proto, dst = flow_of(h, frame)
             g = groups.setdefault((proto, dst, a, b), Group(proto, dst, a, b))
-            g.indices.append(index)
+            g.indices.append(frame.index)
             if h is not None:
                 g.sources.add(h.src)
+            elif proto.startswith("arp") and len(frame.payload) >= 28:
+                g.sources.add(int.from_bytes(frame.payload[14:18], "big"))
     except PathtraceError as exc:
         click.echo(f"pathtrace: {exc}", err=True)
         sys.exit(2)

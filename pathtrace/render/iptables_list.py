@@ -359,3 +359,42 @@ def format_table(table: Any, counters: bool = True) -> str:
         out += [rule_line(r, counters) for r in chain.rules]
         out.append("")
     return "\n".join(out[:-1]) + "\n" if out else ""
+
+
+def rule_meaning(text: str) -> tuple:
+    """What a rule says, independent of how its options were ordered (iptables-save may reorder them,
+    people write them in any order): its columns, its match modules with their options as sets, and
+    its target.  Two rules with the same meaning match the same packets and do the same thing."""
+    from pathtrace.net.netfilter.iptables_restore import tokenize
+    toks = tokenize(text)[2:]
+    cols: list[tuple] = []
+    rest: list[str] = []
+    i, neg = 0, False
+    while i < len(toks):
+        t = toks[i]
+        if t == "!":
+            neg = True
+            i += 1
+            continue
+        if t in COLUMN_OPTS and i + 1 < len(toks):
+            value = toks[i + 1]
+            if t in ("-s", "-d", "--source", "--destination"):
+                addr, _, plen = value.partition("/")
+                bits = int(plen) if plen.isdigit() else 32
+                value = f"{ntoa(aton(addr) & ((0xFFFFFFFF << (32 - bits)) & 0xFFFFFFFF))}/{bits}"
+            cols.append((t.lstrip("-")[0], neg, value.lower() if t in ("-p", "--protocol") else value))
+            i += 2
+        else:
+            if neg:
+                rest.append("!")
+            rest.append(t)
+            i += 1
+        neg = False
+    matches, target = [], None
+    for kind, name, opts in _segments(rest):
+        key = (name, tuple(sorted((n, o, tuple(v)) for n, o, v in opts)))
+        if kind == "m":
+            matches.append(key)
+        else:
+            target = (kind, *key)
+    return tuple(sorted(cols)), tuple(sorted(matches)), target

@@ -709,3 +709,16 @@ def test_host_file_nftables_errors_are_one_line_exit_2(tmp_path: Path, body: str
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and r.stdout == ""
     assert len(r.stderr.strip().splitlines()) == 1 and words in r.stderr, r.stderr
+
+
+def test_stateful_object_definitions_load_their_use_is_refused() -> None:
+    """A ct helper / counter / quota definition does nothing to packets (and takes a handle after the
+    chains, before the sets, as on 6.x); a rule using one is refused by name."""
+    rs = parse_ruleset((ROOT / "tests" / "data" / "nftables" / "firewalld-like.nft").read_text(), "f.nft")
+    t = rs.tables[0]
+    assert list(t.objects) == ["helper helper-tftp-udp"] and t.objects["helper helper-tftp-udp"] == 6
+    assert [r.handle for r in t.chains["filter_INPUT"].rules] == [8, 9, 10, 11, 12, 13]
+    for rule, what in (("ct helper set \"ftp\"", "ct helper set"), ("counter name cnt", "named counters"),
+                       ("quota name q drop", "quota")):
+        with pytest.raises(NftParseError, match=what):
+            _ruleset(f"table ip t {{\n chain c {{\n  {rule}\n }}\n}}\n")

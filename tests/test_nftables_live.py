@@ -264,7 +264,8 @@ def test_rpfilter_host_agrees_with_the_kernel(tmp_path: Path) -> None:
     assert len(agree) == 7 and all(agree)
 
 
-CORPUS_NFT = sorted((ROOT.parent / "shared" / "corpus" / "rulesets").glob("*.nft"))
+CORPUS_NFT = sorted((ROOT.parent / "shared" / "corpus" / "rulesets").glob("*.nft")) + \
+    [ROOT / "tests" / "data" / "nftables" / "firewalld-like.nft"]
 
 
 @pytest.mark.parametrize("path", CORPUS_NFT, ids=[p.name for p in CORPUS_NFT])

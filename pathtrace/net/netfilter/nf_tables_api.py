@@ -127,6 +127,7 @@ class NftTable:
     line: int
     chains: dict[str, NftChain] = field(default_factory=dict)
     sets: dict[str, NftSet] = field(default_factory=dict)
+    objects: dict[str, int] = field(default_factory=dict)  # stateful objects defined (ct helper, counter...): handle
     hgen: int = 0                               # table->hgenerator
 
     def alloc_handle(self) -> int:

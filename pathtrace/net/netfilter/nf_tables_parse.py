@@ -339,6 +339,15 @@ class RulesetParser:
                     self.word("table flag")
             elif t.value == "comment":
                 self.word("comment")
+            elif (t.value in ("counter", "quota") and self.peek().kind in ("word", "string")
+                  and self.peek(1).value == "{") or (t.value == "ct" and self.peek().value in
+                                                     ("helper", "timeout", "expectation")):
+                # a stateful object's definition does nothing to packets until a rule refers to it
+                # (`ct helper set`, `counter name`, `quota name`: refused by name there)
+                kind = self.next().value if t.value == "ct" else t.value
+                name = self.word("object name")
+                self.braced()
+                table.objects.setdefault(f"{kind} {name.value}", 0)
             elif t.value in ("counter", "quota", "limit", "ct", "flowtable", "secmark", "synproxy", "tunnel"):
                 raise self.error(t, f"not modelled: named {t.value} objects")
             else:
@@ -346,10 +355,14 @@ class RulesetParser:
         self.finish_block(table, rules)
 
     def finish_block(self, table: NftTable, rules: list[tuple[NftChain, list[Tok]]]) -> None:
-        """Handles: the chains, then the named sets and maps, then the rules (nft 1.0's batch order)."""
+        """Handles: the chains, then stateful objects, then the named sets and maps, then the rules
+        (nft 1.0's batch order, checked with nft -a list ruleset on 6.x)."""
         for chain in table.chains.values():
             if not chain.handle:
                 chain.handle = self.given_handle(table, chain.line) or table.alloc_handle()
+        for key, handle in table.objects.items():      # then stateful objects, then sets (6.x, nft 1.0.6)
+            if not handle:
+                table.objects[key] = table.alloc_handle()
         for s in table.sets.values():
             if not s.handle:
                 s.handle = table.alloc_handle()

@@ -267,6 +267,8 @@ class Netfilter:
                           policy=d.policy, path=" -> ".join(d.path))
             if d.misses:
                 detail["misses"] = d.misses
+            if d.trail:
+                detail["trail"] = d.trail
         ctx.verdicts.append({"hook": HOOK_NAMES[hook], "table": chain.table.label, "chain": d.chain, "rule": d.rule,
                              "text": d.text, "verdict": verdict_name})
         return d.verdict
@@ -325,6 +327,8 @@ class Netfilter:
                 detail["note"] = d.note
             if d.misses:
                 detail["misses"] = d.misses
+            if d.trail:
+                detail["trail"] = d.trail
         ctx.verdicts.append({"hook": HOOK_NAMES[hook], "table": name, "chain": d.chain, "rule": d.rule,
                              "text": d.text if ctx.record else _rule_text(table, d), "verdict": verdict_name})
         return d.verdict

@@ -214,3 +214,40 @@ def test_every_reason_the_model_emits_has_plain_words() -> None:
     for f in root.rglob("*.py"):
         emitted |= set(re.findall(r'kfree_skb_reason\([^,]+,\s*"([A-Z_]+)"', f.read_text()))
     assert emitted and sorted(emitted - set(PLAIN)) == []
+
+
+def test_explain_lists_every_matched_rule_with_the_chain_stack(tmp_path) -> None:
+    """Non-terminating rules on the way (jumps, MARK, LOG, RETURN) appear in order with the chain
+    stack, not only the misses and the rule that decided."""
+    from click.testing import CliRunner
+    from pathtrace.cli import main
+    host = tmp_path / "uc.yaml"
+    host.write_text("""name: uc
+interfaces:
+  - {name: eth0, mac: "02:00:00:00:00:01", addresses: [10.0.0.1/24]}
+sockets:
+  - tcp 0.0.0.0:22
+iptables: |
+  *filter
+  :INPUT ACCEPT [0:0]
+  :FORWARD ACCEPT [0:0]
+  :OUTPUT ACCEPT [0:0]
+  :SSH - [0:0]
+  :BLOCK - [0:0]
+  -A INPUT -p tcp --dport 22 -j SSH
+  -A INPUT -j ACCEPT
+  -A SSH -s 10.0.0.0/24 -j RETURN
+  -A SSH -j MARK --set-mark 5
+  -A SSH -j BLOCK
+  -A BLOCK -j LOG --log-prefix "blk "
+  -A BLOCK -j DROP
+  COMMIT
+""")
+    out = CliRunner().invoke(main, ["explain", str(host), "tcp", "192.0.2.5:40000", "10.0.0.1:22", "--in", "eth0"]).output
+    want = ["INPUT#1: matched, jump to SSH [INPUT]", "SSH#1: no match", "SSH#2: matched, target MARK continues [INPUT > SSH]",
+            "SSH#3: matched, jump to BLOCK [INPUT > SSH]", "BLOCK#1: matched, target LOG continues [INPUT > SSH > BLOCK]",
+            "BLOCK#2: MATCH -> DROP"]
+    positions = [out.index(w) for w in want]
+    assert positions == sorted(positions)
+    back = CliRunner().invoke(main, ["explain", str(host), "tcp", "10.0.0.5:40000", "10.0.0.1:22", "--in", "eth0"]).output
+    assert "SSH#1: matched, RETURN to INPUT [INPUT > SSH]" in back and "INPUT#2: MATCH -> ACCEPT" in back

@@ -126,7 +126,9 @@ def _table_lines(d: dict[str, Any], nf: Any) -> list[str]:
     decided = int(d.get("rule") or 0)
     rules = _chain_rules(nf, table, chain)
     path = str(d.get("path") or chain)
-    if rules is not None and " -> " not in path:
+    if d.get("trail") is not None:
+        lines += _trail_lines(d.get("misses") or [], d["trail"])
+    elif rules is not None and " -> " not in path:
         upto = decided if decided else len(rules) + 1
         for r in rules:
             if r.num >= upto:
@@ -145,6 +147,35 @@ def _table_lines(d: dict[str, Any], nf: Any) -> list[str]:
     if d.get("note"):
         lines.append(f"  note: {d['note']}")
     return lines
+
+
+def _trail_lines(misses: list, trail: list[dict]) -> list[str]:
+    """Every rule on the way, in the order ipt_do_table met them: the ones that did not match with
+    why, and the ones that matched without deciding (jumps, gotos, returns, LOG, MARK, ...) with the
+    chain stack then."""
+    def miss(m: Any) -> str:
+        got = _MISS.match(str(m))
+        return f"  {got['chain']}#{got['num']}: no match ({got['why']})" if got else f"  {m}"
+    out: list[str] = []
+    j = 0
+    for ev in trail:
+        while j < min(ev["at"], len(misses)):
+            out.append(miss(misses[j]))
+            j += 1
+        stack = " > ".join(ev["stack"])
+        kind = ev["event"]
+        if kind == "jump":
+            out.append(f"  {ev['rule']}: matched, jump to {ev['target']} [{stack}]: {ev['text']}")
+        elif kind == "goto":
+            out.append(f"  {ev['rule']}: matched, goto {ev['target']} [{stack}]: {ev['text']}")
+        elif kind == "return":
+            out.append(f"  {ev['rule']}: matched, RETURN to {ev['target']} [{stack}]: {ev['text']}")
+        elif kind == "end":
+            out.append(f"  {ev['rule']}: end of chain, back to {ev['target']} [{stack}]")
+        else:
+            out.append(f"  {ev['rule']}: matched, target {ev['target'] or '(none)'} continues [{stack}]: {ev['text']}")
+    out += [miss(m) for m in misses[j:]]
+    return out
 
 
 def _chain_rules(nf: Any, table: Any, chain: Any) -> list | None:

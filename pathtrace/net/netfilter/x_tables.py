@@ -153,10 +153,30 @@ class Decision:
     path: list[str]
     misses: list[str] | None = None     # "CHAIN#n: reason" for rules that did not match (recording only)
     note: str = ""
+    trail: list[dict] | None = None     # every rule that matched, in order, with the chain stack (recording only)
 
 
 def ipt_do_table(table: Table, skb: "SkBuff", par: XtParam, linear: bool = False) -> Decision:
-    """Traverse `table` from the hook's built-in chain exactly as ipt_do_table does.
+    """Traverse `table` from the hook's built-in chain exactly as ipt_do_table does (_traverse); when
+    recording, the decision carries the trail of every rule that matched on the way: jumps, gotos,
+    returns and targets that continue (LOG, MARK, ...), each with the chain stack at that point."""
+    trail: list[dict] | None = [] if skb.ctx.record else None
+    d = _traverse(table, skb, par, linear, trail)
+    d.trail = trail
+    return d
+
+
+def _note(trail: list[dict] | None, misses: list[str] | None, chain: Chain, rule: "Rule | None", event: str,
+          target: str, stack: list[tuple[Chain, int]]) -> None:
+    """One matched rule (or the end of a user chain) in the trail; `at` orders it among the misses."""
+    if trail is not None:
+        trail.append({"at": len(misses or ()), "rule": f"{chain.name}#{rule.num}" if rule else chain.name,
+                      "event": event, "target": target, "text": rule.text if rule else "",
+                      "stack": [c.name for c, _ in stack] + [chain.name]})
+
+
+def _traverse(table: Table, skb: "SkBuff", par: XtParam, linear: bool, trail: list[dict] | None) -> Decision:
+    """ipt_do_table's walk.
 
     Counters are bumped when every match of a rule matched, before its target runs;
     the built-in chain's policy is the underflow rule (counted too).  RETURN (or the
@@ -203,6 +223,7 @@ def ipt_do_table(table: Table, skb: "SkBuff", par: XtParam, linear: bool = False
                 # the underflow is always the hook's built-in chain policy, also at the end of a -g chain
                 return _policy(table, par, table.builtin(par.hook), length, path, misses, ctx)
             _count(ctx, chain, length)
+            _note(trail, misses, chain, None, "end", stack[-1][0].name, stack)
             chain, idx = stack.pop()
             if record:
                 path.append(chain.name)
@@ -217,6 +238,7 @@ def ipt_do_table(table: Table, skb: "SkBuff", par: XtParam, linear: bool = False
         if kind == "standard":
             v = t.verdict
             if v == XT_RETURN:
+                _note(trail, misses, chain, rule, "return", stack[-1][0].name if stack else "policy", stack)
                 if not stack:
                     return _policy(table, par, table.builtin(par.hook), length, path, misses, ctx)
                 chain, idx = stack.pop()
@@ -228,11 +250,13 @@ def ipt_do_table(table: Table, skb: "SkBuff", par: XtParam, linear: bool = False
                         ci = bisect_left(cands, idx)
                 continue
             if v == XT_CONTINUE:
+                _note(trail, misses, chain, rule, "continue", "", stack)
                 idx += 1
                 ci += 1
                 continue
             return _finish(Decision(v, chain.name, rule.num, rule.text, False, path), misses, ctx)
         if kind == "jump" or kind == "goto":
+            _note(trail, misses, chain, rule, kind, t.chain, stack)
             if kind == "jump":
                 stack.append((chain, idx + 1))
             chain = table.chains[t.chain]
@@ -247,6 +271,7 @@ def ipt_do_table(table: Table, skb: "SkBuff", par: XtParam, linear: bool = False
         if par.hotdrop:
             return _finish(Decision(NF_DROP, chain.name, rule.num, rule.text, False, path), misses, ctx, "hotdrop")
         if v == XT_CONTINUE:
+            _note(trail, misses, chain, rule, "continue", t.name, stack)
             idx += 1
             if use_index:
                 # the target may have changed the packet: look its candidates up again

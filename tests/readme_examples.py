@@ -29,7 +29,7 @@ def run(args: str) -> str:
         result = CliRunner().invoke(main, shlex.split(args), catch_exceptions=False)
     finally:
         os.chdir(cwd)
-    return result.output
+    return result.stdout            # what lands in a file or a pipe; notes on stderr are not shown
 
 
 def select(output: str, selector: str) -> str:

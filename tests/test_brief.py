@@ -30,7 +30,9 @@ def test_one_line_per_record_with_the_jsonl_facts() -> None:
             assert line.endswith(f"-> {rec['egress']}")
         dropping = [r for r in rec["rules"] if r["verdict"] in ("DROP", "REJECT")]
         if rec["verdict"] == "DROP" and dropping:
-            assert f"{dropping[-1]['table']}/{dropping[-1]['chain']} #{dropping[-1]['rule']}" in line
+            r = dropping[-1]
+            where = f"{r['table']}/{r['chain']}"
+            assert (f"{where} policy" if r["rule"] == 0 else f"{where} #{r['rule']}") in line
 
 
 def test_tcpdump_time_stamp_styles() -> None:

@@ -29,13 +29,13 @@ def _block(btype: int, body: bytes) -> bytes:
 
 def record_comment(record: Any) -> str:
     """What the model decided about one input frame, in one line."""
-    from pathtrace.render.brief import deciding_rule
+    from pathtrace.render.brief import deciding_rule, rule_words
     parts = [f"pathtrace #{record.index}: {record.verdict}"]
     if record.reason:
         parts.append(f"reason {record.reason}")
     rule = deciding_rule(record)
     if rule is not None:
-        parts.append(f"rule {rule.get('table')}/{rule.get('chain')} #{rule.get('rule')} {rule.get('text')}")
+        parts.append(f"rule {rule_words(rule)}")
     if record.egress:
         parts.append(f"egress {record.egress}")
     names: list[str] = []

@@ -70,6 +70,15 @@ def deciding_rule(record: Any) -> dict | None:
     return next((r for r in reversed(rules) if not str(r.get("text", "")).startswith("-P ")), None)
 
 
+def rule_words(rule: dict) -> str:
+    """'filter/INPUT #5 '-A INPUT ...'' for a rule, 'filter/INPUT policy DROP' for a chain's policy."""
+    where = f"{rule.get('table')}/{rule.get('chain')}"
+    text = str(rule.get("text", ""))
+    if not rule.get("rule") or text.startswith("-P "):
+        return f"{where} policy {text.split()[-1] if text else ''}".rstrip()
+    return f"{where} #{rule.get('rule')} {text!r}"
+
+
 def colored(verdict: str, on: bool) -> str:
     color = _COLORS.get(verdict.split(" ")[0]) if on else None
     return f"{color}{verdict}{_RESET}" if color else verdict
@@ -82,7 +91,7 @@ def brief_line(record: Any, clock: Clock, color: bool = False) -> str:
     parts = [f"#{record.index}"] + ([stamp] if stamp else []) + [where, record.packet, "=>", colored(verdict, color)]
     rule = deciding_rule(record)
     if rule is not None:
-        parts.append(f"{rule.get('table')}/{rule.get('chain')} #{rule.get('rule')} {rule.get('text')!r}")
+        parts.append(rule_words(rule))
     if record.egress:
         parts.append(f"-> {record.egress}")
     return " ".join(parts) + "\n"

@@ -267,7 +267,7 @@ class Netfilter:
                           policy=d.policy, path=" -> ".join(d.path))
             if d.misses:
                 detail["misses"] = d.misses
-            if d.trail:
+            if getattr(d, "trail", None):       # x_tables decisions; nft's have none
                 detail["trail"] = d.trail
         ctx.verdicts.append({"hook": HOOK_NAMES[hook], "table": chain.table.label, "chain": d.chain, "rule": d.rule,
                              "text": d.text, "verdict": verdict_name})
@@ -327,7 +327,7 @@ class Netfilter:
                 detail["note"] = d.note
             if d.misses:
                 detail["misses"] = d.misses
-            if d.trail:
+            if getattr(d, "trail", None):       # x_tables decisions; nft's have none
                 detail["trail"] = d.trail
         ctx.verdicts.append({"hook": HOOK_NAMES[hook], "table": name, "chain": d.chain, "rule": d.rule,
                              "text": d.text if ctx.record else _rule_text(table, d), "verdict": verdict_name})

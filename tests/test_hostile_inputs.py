@@ -212,7 +212,7 @@ def test_second_filter_block(tmp_path: Path) -> None:
         put(tmp_path, "h.yaml", HOST + f"iptables-backend: {backend}\niptables-file: rules.v4\n")
         code, out = run("show", host)
         assert code == 0, out
-        assert f"Chain INPUT (policy {policy})" in out and "Chain X" not in out, out
+        assert f"Chain INPUT (policy {policy} " in out and "Chain X" not in out, out
 
 
 def test_recent_name_cut_like_libxt_recent(tmp_path: Path) -> None:

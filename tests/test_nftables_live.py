@@ -230,6 +230,11 @@ def test_generated_scenario_as_nftables_agrees_with_the_kernel(path: Path, tmp_p
         live_wrong = run if live_wrong is None else live_wrong & run
         if not live_wrong:
             break
+    if live_wrong:
+        # a packet the iptables host also gets wrong in a live run is not the nftables ruleset's doing
+        # (seed11 #33: an ARP failure's ICMP at the window's edge, recorded in it, mostly after it live)
+        k_ipt = run_kernel(sc_ipt.host(), sc_ipt.injections(), wait=WAIT)
+        live_wrong -= {n for n, (k, m) in enumerate(zip(k_ipt, model_ipt)) if core_differences(k, m)}
     assert not live_wrong, [f"#{n} kernel {kernel[n]} model {model_nft[n]}" for n in sorted(live_wrong)]
 
 

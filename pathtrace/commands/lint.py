@@ -58,7 +58,9 @@ def render(findings: dict[str, Any]) -> str:
 
 
 def lint_findings(nf: Any, coverage: Coverage | None = None) -> dict[str, Any]:
-    findings: dict[str, Any] = {"shadowed": shadowed(nf) if nf else [],
+    from pathtrace.commands.shadow import shadowed_nft
+    found = (shadowed(nf) + shadowed_nft(nf.nft)) if nf else []
+    findings: dict[str, Any] = {"shadowed": found,
                                 "unreferenced": unreferenced_chains(nf) if nf else [], "coverage": None}
     if coverage is not None:
         hit, total = coverage.summary()

@@ -168,3 +168,56 @@ def unreferenced_chains(nf: Any) -> list[dict[str, Any]]:
             if not chain.builtin and chain.name not in targets:
                 out.append({"table": tname, "chain": chain.name, "line": chain.line, "rules": len(chain.rules)})
     return out
+
+
+# ---- nftables ---------------------------------------------------------------------------------
+# Expression kinds that end a rule's evaluation for the packets it matched (nft_do_chain: a verdict
+# or a terminal statement), and those whose outcome depends on state (never a cover).
+NFT_TERMINAL = {"immediate", "reject", "nat", "masq", "redir", "queue"}
+NFT_STATEFUL = {"limit", "quota", "dynset", "connlimit", "numgen", "ct count"}
+NFT_MATCHES = ("payload+cmp", "meta+cmp", "lookup", "ct", "fib", "cmp", "range", "bitwise")
+
+
+def _nft_matches(rule: Any) -> tuple[str, ...] | None:
+    """The rule's match clauses as the text nft shows (None when its outcome depends on state)."""
+    if any(e.name in NFT_STATEFUL for e in rule.exprs):
+        return None
+    words = rule.text.split()
+    stop = {"counter", "log", "accept", "drop", "reject", "jump", "goto", "return", "queue", "dnat", "snat",
+            "masquerade", "redirect", "notrack", "continue", "meta", "ct", "comment", "limit", "quota"}
+    clauses: list[str] = []
+    i = 0
+    while i < len(words):
+        w = words[i]
+        # a statement starts; `meta mark set` / `ct mark set` are statements, `meta l4proto tcp` is a match
+        if w in stop and not (w in ("meta", "ct") and "set" not in words[i:i + 4]):
+            break
+        clauses.append(w)
+        i += 1
+    return tuple(clauses)
+
+
+def _nft_terminal(rule: Any) -> bool:
+    return any(e.name in NFT_TERMINAL and e.name != "immediate" for e in rule.exprs) or \
+        any(e.name == "immediate" for e in rule.exprs) and rule.text.split()[-1] in ("accept", "drop")
+
+
+def shadowed_nft(nft: Any) -> list[dict[str, Any]]:
+    """nftables rules an earlier terminal rule of the same chain makes unreachable: one with no match
+    at all, or with exactly the same match clauses (conservative: a reported shadow is real)."""
+    found = []
+    for table in getattr(nft, "tables", []) or []:
+        for chain in table.chains.values():
+            earlier: list[tuple[Any, tuple[str, ...]]] = []
+            for rule in chain.rules:
+                mine = _nft_matches(rule)
+                if mine is not None:
+                    for prev, prev_m in earlier:
+                        if not prev_m or prev_m == mine:
+                            found.append({"table": f"{table.family} {table.name}", "chain": chain.name,
+                                          "rule": rule.handle, "line": rule.line, "text": rule.text,
+                                          "by_rule": prev.handle, "by_line": prev.line, "by_text": prev.text})
+                            break
+                if mine is not None and _nft_terminal(rule):
+                    earlier.append((rule, mine))
+    return found

@@ -59,3 +59,17 @@ def step(record: PacketRecord, fn: str) -> dict:
         if s.fn == fn:
             return s.detail
     raise AssertionError(f"{fn} not in path: {fns(record)}")
+
+
+def live_skip_reason() -> str | None:
+    """Why live kernel checks do not run here (None when they do): they need PATHTRACE_LIVE=1 or
+    CI=true, and root with network namespaces (pathtrace.verify.netns.check_available)."""
+    import os
+    if os.environ.get("PATHTRACE_LIVE") != "1" and os.environ.get("CI") != "true":
+        return "live kernel checks run with PATHTRACE_LIVE=1 or CI=true"
+    from pathtrace.verify.netns import Unavailable, check_available
+    try:
+        check_available()
+    except Unavailable as exc:
+        return str(exc)
+    return None

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from helpers import live_skip_reason
 from pathtrace.cli import main
 from pathtrace.packet import build as b
 
@@ -78,17 +79,11 @@ def test_json_form(tmp_path) -> None:
 
 
 def test_matches_conntrack_L_in_a_lab(tmp_path) -> None:
-    if os.environ.get("PATHTRACE_LIVE") != "1" and os.environ.get("CI") != "true":
-        pytest.skip("live kernel checks run with PATHTRACE_LIVE=1 or CI=true")
-    if shutil.which("conntrack") is None:
-        pytest.skip("conntrack is not installed")
+    why = live_skip_reason() or (None if shutil.which("conntrack") else "conntrack is not installed")
+    if why:
+        pytest.skip(why)
     from pathtrace.host.loader import load_host
     from pathtrace.verify.lab import Lab
-    from pathtrace.verify.netns import Unavailable, check_available
-    try:
-        check_available()
-    except Unavailable as exc:
-        pytest.skip(str(exc))
     host, cap = _write(tmp_path)
     res = CliRunner().invoke(main, ["replay", str(host), str(cap), "--format", "none", "--conntrack"])
     model = sorted(_norm(ln) for ln in res.stdout.splitlines() if ln.strip() and not ln.startswith("conntrack v"))

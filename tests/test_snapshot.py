@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from helpers import live_skip_reason
 from pathtrace.commands.snapshot import route_text
 
 
@@ -28,17 +29,6 @@ def test_route_text_from_ip_json() -> None:
         "10.9.0.0/16 nexthop via 10.1.0.2 dev eth0 weight 2 nexthop via 10.2.0.2 dev eth1 weight 1"
 
 
-def _live() -> str | None:
-    if os.environ.get("PATHTRACE_LIVE") != "1" and os.environ.get("CI") != "true":
-        return "live kernel checks run with PATHTRACE_LIVE=1 or CI=true"
-    from pathtrace.verify.netns import Unavailable, check_available
-    try:
-        check_available()
-    except Unavailable as exc:
-        return str(exc)
-    return None
-
-
 SETUP = [
     "link add eth0 type veth peer name eth1", "link set eth0 up", "link set eth1 up",
     "addr add 10.1.0.1/24 dev eth0", "addr add 10.1.0.5/24 dev eth0", "addr add 10.2.0.1/24 dev eth1",
@@ -52,7 +42,7 @@ LISTEN = ("import socket, time\ns = socket.socket(); s.setsockopt(socket.SOL_SOC
 
 
 def test_snapshot_round_trip_agrees_with_the_kernel(tmp_path) -> None:
-    why = _live()
+    why = live_skip_reason()
     if why:
         pytest.skip(why)
     import dpkt

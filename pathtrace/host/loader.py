@@ -105,26 +105,9 @@ class _Loader:
                 host.neighbours = self.parse_each(sections[key][1], "neighbours", iproute.parse_neighbour)
         if "sockets" in sections:
             host.sockets = self.parse_each(sections["sockets"][1], "sockets", iproute.parse_socket)
-        if "iptables" in sections and "iptables-file" in sections:
-            raise self.fail(sections["iptables-file"][0], "use either 'iptables' or 'iptables-file', not both")
-        if "iptables" in sections:
-            node = sections["iptables"][1]
-            host.iptables_text = self.scalar(node, "iptables")
-            host.iptables_path = self.path
-            # a block scalar's text starts on the line after the '|' indicator
-            host.iptables_first_line = node.start_mark.line + (2 if node.style in ("|", ">") else 1)
-        if "iptables-file" in sections:
-            node = sections["iptables-file"][1]
-            rel = self.scalar(node, "iptables-file")
-            full = rel if os.path.isabs(rel) else os.path.join(os.path.dirname(self.path), rel)
-            try:
-                with open(full, "rb") as fh:
-                    data = fh.read()
-            except (OSError, ValueError) as exc:      # ValueError: a NUL in the name
-                raise self.fail(node, f"cannot read iptables-file {rel!r}: {getattr(exc, 'strerror', None) or exc}") from None
-            host.iptables_text = decode(data, full, HostFileError)
-            host.iptables_path = full
-            host.iptables_first_line = 1
+        source = self.ruleset_source(sections, "iptables")
+        if source is not None:
+            host.iptables_text, host.iptables_path, host.iptables_first_line = source
         if "iptables-backend" in sections:
             backend = self.scalar(sections["iptables-backend"][1], "iptables-backend")
             if backend not in ("nft", "legacy"):
@@ -304,24 +287,30 @@ class _Loader:
 
     def nftables(self, host: HostConfig, sections: dict) -> None:
         """`nftables: |` (nft list ruleset, or its -j JSON) or `nftables-file:`; parsed with the namespace."""
-        if "nftables" in sections and "nftables-file" in sections:
-            raise self.fail(sections["nftables-file"][0], "use either 'nftables' or 'nftables-file', not both")
-        if "nftables" in sections:
-            node = sections["nftables"][1]
-            host.nftables_text = self.scalar(node, "nftables")
-            host.nftables_path = self.path
-            host.nftables_first_line = node.start_mark.line + (2 if node.style in ("|", ">") else 1)
-        elif "nftables-file" in sections:
-            node = sections["nftables-file"][1]
-            rel = self.scalar(node, "nftables-file")
-            full = rel if os.path.isabs(rel) else os.path.join(os.path.dirname(self.path), rel)
-            try:
-                with open(full, "rb") as fh:
-                    data = fh.read()
-            except (OSError, ValueError) as exc:      # ValueError: a NUL in the name
-                raise self.fail(node, f"cannot read nftables-file {rel!r}: {getattr(exc, 'strerror', None) or exc}") from None
-            host.nftables_text = decode(data, full, HostFileError)
-            host.nftables_path = full
+        source = self.ruleset_source(sections, "nftables")
+        if source is not None:
+            host.nftables_text, host.nftables_path, host.nftables_first_line = source
+
+    def ruleset_source(self, sections: dict, key: str) -> tuple[str, str, int] | None:
+        """A ruleset given inline (`KEY: |`) or as a file (`KEY-file:`, relative to the host file):
+        its text, the file it is in and the line its first line is on there."""
+        if key in sections and f"{key}-file" in sections:
+            raise self.fail(sections[f"{key}-file"][0], f"use either '{key}' or '{key}-file', not both")
+        if key in sections:
+            node = sections[key][1]
+            # a block scalar's text starts on the line after the '|' indicator
+            return self.scalar(node, key), self.path, node.start_mark.line + (2 if node.style in ("|", ">") else 1)
+        if f"{key}-file" not in sections:
+            return None
+        node = sections[f"{key}-file"][1]
+        rel = self.scalar(node, f"{key}-file")
+        full = rel if os.path.isabs(rel) else os.path.join(os.path.dirname(self.path), rel)
+        try:
+            with open(full, "rb") as fh:
+                data = fh.read()
+        except (OSError, ValueError) as exc:      # ValueError: a NUL in the name
+            raise self.fail(node, f"cannot read {key}-file {rel!r}: {getattr(exc, 'strerror', None) or exc}") from None
+        return decode(data, full, HostFileError), full, 1
 
     def duplicate_routes(self, host: HostConfig) -> None:
         """`ip route add` of a route whose table, prefix, tos and metric a route already has fails with

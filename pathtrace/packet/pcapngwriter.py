@@ -11,6 +11,8 @@ from __future__ import annotations
 import struct
 from typing import Any, BinaryIO
 
+from pathtrace.packet.pcapwriter import OwnedFile
+
 LINKTYPE_ETHERNET = 1
 SNAPLEN = 262144
 OPT_COMMENT, EPB_FLAGS, IF_NAME, SHB_USERAPPL, OPT_END = 1, 2, 2, 4, 0
@@ -48,12 +50,11 @@ def record_comment(record: Any) -> str:
     return "; ".join(parts)
 
 
-class PcapngWriter:
+class PcapngWriter(OwnedFile):
     """One section with an interface block per host interface; blocks are added as frames come."""
 
     def __init__(self, dest: str | BinaryIO, interfaces: list[str]):
-        self._own = isinstance(dest, str)
-        self._f: BinaryIO = open(dest, "wb") if isinstance(dest, str) else dest
+        self._open(dest)
         self._ids: dict[str, int] = {}
         shb = struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1) + _option(SHB_USERAPPL, b"pathtrace") + _option(OPT_END, b"")
         head = _block(0x0A0D0D0A, shb)
@@ -89,11 +90,3 @@ class PcapngWriter:
                                  f"pathtrace #{record.index}: {e.kind} by the host")
         self._f.write(out)              # one write per record: an interrupt leaves whole blocks
         self.count += 1
-
-    def close(self) -> None:
-        if self._f is not None:
-            if self._own:
-                self._f.close()
-            else:
-                self._f.flush()
-            self._f = None  # type: ignore[assignment]

@@ -8,13 +8,32 @@ from typing import BinaryIO
 LINKTYPE_ETHERNET = 1
 
 
-class PcapWriter:
+class OwnedFile:
+    """A capture file the writer opened itself (closed at the end) or was handed (only flushed)."""
+
+    _f: BinaryIO | None
+    _own: bool
+
+    def _open(self, dest: str | BinaryIO) -> BinaryIO:
+        self._own = isinstance(dest, str)
+        self._f = open(dest, "wb") if isinstance(dest, str) else dest
+        return self._f
+
+    def close(self) -> None:
+        if self._f is not None:
+            if self._own:
+                self._f.close()
+            else:
+                self._f.flush()
+            self._f = None
+
+
+class PcapWriter(OwnedFile):
     """with PcapWriter("out.pcap") as w: w.write(frame_bytes, ts)"""
 
     def __init__(self, dest: str | BinaryIO, linktype: int = LINKTYPE_ETHERNET,
                  snaplen: int = 262144, nanosecond: bool = False):
-        self._own = isinstance(dest, str)
-        self._f: BinaryIO = open(dest, "wb") if isinstance(dest, str) else dest
+        self._open(dest)
         self._scale = 1_000_000_000 if nanosecond else 1_000_000
         self._snaplen = snaplen
         magic = 0xA1B23C4D if nanosecond else 0xA1B2C3D4
@@ -30,14 +49,6 @@ class PcapWriter:
         # one write per record: an interrupt cannot leave a header without its data
         self._f.write(self._rec(sec & 0xFFFFFFFF, frac, len(data), len(frame) if wirelen is None else wirelen) + data)
         self.count += 1
-
-    def close(self) -> None:
-        if self._f is not None:
-            if self._own:
-                self._f.close()
-            else:
-                self._f.flush()
-            self._f = None  # type: ignore[assignment]
 
     def __enter__(self) -> "PcapWriter":
         return self

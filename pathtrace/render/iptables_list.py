@@ -292,15 +292,19 @@ def _address(value: str | None, neg: bool) -> str:
     return ("!" if neg else " ") + f"{text:<19} "
 
 
-def rule_line(rule: Any, counters: bool = True) -> str:
-    """One rule as iptables -L -v -n prints it."""
+_LONG_COLUMNS = {"--protocol": "p", "--source": "s", "--destination": "d", "--in-interface": "i",
+                 "--out-interface": "o"}
+
+
+def _split(text: str) -> tuple[dict[str, tuple[bool, str]], str, list[str]]:
+    """A rule's iptables-save text as its column options (letter -> (negated, value)), its fragment
+    flag and the rest (match modules and the target, '!' kept)."""
     from pathtrace.net.netfilter.iptables_restore import tokenize
-    toks = tokenize(rule.text)[2:]
+    toks = tokenize(text)[2:]
     cols: dict[str, tuple[bool, str]] = {}
     rest: list[str] = []
     frag = "--"
-    i = 0
-    neg = False
+    i, neg = 0, False
     while i < len(toks):
         t = toks[i]
         if t == "!":
@@ -308,17 +312,21 @@ def rule_line(rule: Any, counters: bool = True) -> str:
             i += 1
             continue
         if t in COLUMN_OPTS and i + 1 < len(toks):
-            cols[t.lstrip("-")[0] if len(t) == 2 else {"--protocol": "p", "--source": "s", "--destination": "d",
-                                                         "--in-interface": "i", "--out-interface": "o"}[t]] = (neg, toks[i + 1])
+            cols[t[1] if len(t) == 2 else _LONG_COLUMNS[t]] = (neg, toks[i + 1])
             i += 2
         elif t in ("-f", "--fragment"):
             frag = "!f" if neg else "-f"
             i += 1
         else:
-            rest.append(("!" if neg else "") and "!")
-            rest.append(t)
+            rest += ["!", t] if neg else [t]
             i += 1
         neg = False
+    return cols, frag, rest
+
+
+def rule_line(rule: Any, counters: bool = True) -> str:
+    """One rule as iptables -L -v -n prints it."""
+    cols, frag, rest = _split(rule.text)
     tokens = [t for t in rest if t]
     proto = cols.get("p", (False, "all"))
     pnum = PROTO_NUMBERS.get(proto[1].lower(), proto[1])
@@ -365,31 +373,14 @@ def rule_meaning(text: str) -> tuple:
     """What a rule says, independent of how its options were ordered (iptables-save may reorder them,
     people write them in any order): its columns, its match modules with their options as sets, and
     its target.  Two rules with the same meaning match the same packets and do the same thing."""
-    from pathtrace.net.netfilter.iptables_restore import tokenize
-    toks = tokenize(text)[2:]
-    cols: list[tuple] = []
-    rest: list[str] = []
-    i, neg = 0, False
-    while i < len(toks):
-        t = toks[i]
-        if t == "!":
-            neg = True
-            i += 1
-            continue
-        if t in COLUMN_OPTS and i + 1 < len(toks):
-            value = toks[i + 1]
-            if t in ("-s", "-d", "--source", "--destination"):
-                addr, _, plen = value.partition("/")
-                bits = int(plen) if plen.isdigit() else 32
-                value = f"{ntoa(aton(addr) & ((0xFFFFFFFF << (32 - bits)) & 0xFFFFFFFF))}/{bits}"
-            cols.append((t.lstrip("-")[0], neg, value.lower() if t in ("-p", "--protocol") else value))
-            i += 2
-        else:
-            if neg:
-                rest.append("!")
-            rest.append(t)
-            i += 1
-        neg = False
+    found, frag, rest = _split(text)
+    cols: list[tuple] = [("f", frag)]
+    for key, (neg, value) in found.items():
+        if key in "sd":
+            addr, _, plen = value.partition("/")
+            bits = int(plen) if plen.isdigit() else 32
+            value = f"{ntoa(aton(addr) & ((0xFFFFFFFF << (32 - bits)) & 0xFFFFFFFF))}/{bits}"
+        cols.append((key, neg, value.lower() if key == "p" else value))
     matches, target = [], None
     for kind, name, opts in _segments(rest):
         key = (name, tuple(sorted((n, o, tuple(v)) for n, o, v in opts)))

@@ -434,7 +434,8 @@ def _rule_row(r: Any, counters: bool) -> list[str]:
         if t in ("-j", "-g"):
             i += 2
             continue
-        rest.append(("! " if neg else "") + t)
+        # a value with spaces (a LOG prefix, a comment) keeps its quotes, as iptables-save writes it
+        rest.append(("! " if neg else "") + (f'"{t}"' if not t or any(c.isspace() for c in t) else t))
         i += 1
     row = [_human(r.pkts), _human(r.bytes)] if counters else []
     return row + [target, cols["-p"], opt, cols["-i"], cols["-o"], cols["-s"], cols["-d"], " ".join(rest)]

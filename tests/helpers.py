@@ -61,12 +61,16 @@ def step(record: PacketRecord, fn: str) -> dict:
     raise AssertionError(f"{fn} not in path: {fns(record)}")
 
 
-def live_skip_reason() -> str | None:
+def live_skip_reason(*tools: str) -> str | None:
     """Why live kernel checks do not run here (None when they do): they need PATHTRACE_LIVE=1 or
-    CI=true, and root with network namespaces (pathtrace.verify.netns.check_available)."""
+    CI=true, root with network namespaces (pathtrace.verify.netns.check_available) and `tools`."""
     import os
+    import shutil
     if os.environ.get("PATHTRACE_LIVE") != "1" and os.environ.get("CI") != "true":
         return "live kernel checks run with PATHTRACE_LIVE=1 or CI=true"
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        return f"{missing[0]} is not installed"
     from pathtrace.verify.netns import Unavailable, check_available
     try:
         check_available()

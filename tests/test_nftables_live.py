@@ -17,20 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import live_skip_reason
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _live() -> str | None:
-    if os.environ.get("PATHTRACE_LIVE") != "1" and os.environ.get("CI") != "true":
-        return "live kernel checks run with PATHTRACE_LIVE=1 or CI=true"
-    if shutil.which("nft") is None:
-        return "nft is not installed"
-    from pathtrace.verify.netns import Unavailable, check_available
-    try:
-        check_available()
-    except Unavailable as exc:
-        return str(exc)
-    return None
 
 
 def _verify(host: str, capture: str) -> list[bool]:
@@ -48,7 +37,7 @@ def _verify(host: str, capture: str) -> list[bool]:
     ("home-router", "tests/data/nftables/home-router-translated.yaml", "samples/home-router.pcapng"),    # add rule ...
 ])
 def test_nft_host_agrees_with_the_kernel_where_its_iptables_twin_does(host: str, nft_host: str, capture: str) -> None:
-    why = _live()
+    why = live_skip_reason("nft")
     if why:
         pytest.skip(why)
     ipt = _verify(f"rulesets/{host}.yaml", capture)
@@ -69,7 +58,7 @@ def test_iptables_restore_translate_then_nft_list_ruleset_replays_the_same(host:
                                                                          tmp_path: Path) -> None:
     """The iptables host's rules through iptables-restore-translate, loaded by nft -f and listed back by
     nft list ruleset, make a host the model replays with the iptables host's outcomes."""
-    why = _live()
+    why = live_skip_reason("nft")
     if why:
         pytest.skip(why)
     if shutil.which("iptables-restore-translate") is None:
@@ -101,7 +90,7 @@ def test_iptables_restore_translate_then_nft_list_ruleset_replays_the_same(host:
 @pytest.mark.parametrize("host", ["web-server-nft", "home-router-nft", "../tests/data/nftables/features"])
 def test_rule_handles_are_the_kernels(host: str) -> None:
     """The handles the path shows are those `nft -a list ruleset` shows after nft -f of the same text."""
-    why = _live()
+    why = live_skip_reason("nft")
     if why:
         pytest.skip(why)
     import re
@@ -125,7 +114,7 @@ def test_rule_handles_are_the_kernels(host: str) -> None:
 def test_features_host_agrees_with_the_kernel(tmp_path: Path) -> None:
     """tests/data/nftables/features.yaml (sets, vmaps, concatenations, jump/goto/return, fib, limit, log,
     reject forms, dnat map, masquerade, marks, notrack) on its packets: every one as the kernel does."""
-    why = _live()
+    why = live_skip_reason("nft")
     if why:
         pytest.skip(why)
     from test_nftables import FEATURES, write_feature_capture
@@ -137,7 +126,7 @@ def test_features_host_agrees_with_the_kernel(tmp_path: Path) -> None:
 
 def test_load_time_checks_match_nft_on_the_kernel(tmp_path: Path) -> None:
     """Every LOAD_CASES entry: nft -f in a namespace accepts it exactly when the model loads it."""
-    why = _live()
+    why = live_skip_reason("nft")
     if why:
         pytest.skip(why)
     from test_nftables import LOAD_CASES, load_case_text
@@ -187,7 +176,7 @@ def test_generated_scenario_as_nftables_agrees_with_the_kernel(path: Path, tmp_p
     """A recorded generator scenario whose host has iptables rules, with them translated and listed by nft:
     the model decides every packet as with the iptables rules, and agrees with the recorded kernel
     wherever the iptables host does; then the lab runs the nft host on the live kernel."""
-    why = _live()
+    why = live_skip_reason("nft")
     if why:
         pytest.skip(why)
     if shutil.which("iptables-restore-translate") is None:
@@ -241,7 +230,7 @@ def test_generated_scenario_as_nftables_agrees_with_the_kernel(path: Path, tmp_p
 @pytest.mark.parametrize("host", ["mixed", "equal-priority"])
 def test_hook_order_agrees_with_the_kernel(host: str, tmp_path: Path) -> None:
     """iptables' tables and nft base chains at equal priorities, and the nat hook's lookups across both."""
-    why = _live()
+    why = live_skip_reason("nft")
     if why:
         pytest.skip(why)
     from pathtrace.packet import build
@@ -259,7 +248,7 @@ def test_hook_order_agrees_with_the_kernel(host: str, tmp_path: Path) -> None:
 
 def test_rpfilter_host_agrees_with_the_kernel(tmp_path: Path) -> None:
     """fib saddr . iif oif missing (firewalld's rpfilter), dnat + ct original tuple, icmpx reject."""
-    why = _live()
+    why = live_skip_reason("nft")
     if why:
         pytest.skip(why)
     from test_nftables import RPFILTER, rpfilter_packets, write_capture
@@ -277,7 +266,7 @@ CORPUS_NFT = sorted((ROOT.parent / "shared" / "corpus" / "rulesets").glob("*.nft
 def test_corpus_rulesets_load_as_nft_loads_them(path: Path) -> None:
     """Each corpus file through nft -f on this kernel and through the model: when both load it, every rule
     has the kernel's handle (nft -a list ruleset); when nft refuses it, say why in the skip."""
-    why = _live()
+    why = live_skip_reason("nft")
     if why:
         pytest.skip(why)
     import re
@@ -307,7 +296,7 @@ def test_corpus_rulesets_load_as_nft_loads_them(path: Path) -> None:
 
 def test_route_chain_and_limits_agree_with_the_kernel(tmp_path: Path) -> None:
     """type route re-routing by a mark set in output; limit over in packets and bytes."""
-    why = _live()
+    why = live_skip_reason("nft")
     if why:
         pytest.skip(why)
     from test_nftables import ROUTE_LIMIT, route_limit_packets, write_capture

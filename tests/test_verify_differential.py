@@ -10,11 +10,11 @@ compared with the live kernel.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
+from helpers import live_skip_reason
 from pathtrace.verify.compare import agreements, differences
 from pathtrace.verify.observe import Observation
 from pathtrace.verify.record import load_scenarios
@@ -67,20 +67,9 @@ def test_model_matches_recorded_kernel(name: str) -> None:
     assert all(not differences(k, m) for k, m in zip(kernel, model)), _explain(name, kernel, model)
 
 
-def _live_available() -> str | None:
-    if os.environ.get("PATHTRACE_LIVE") != "1" and os.environ.get("CI") != "true":
-        return "live kernel checks run with PATHTRACE_LIVE=1 or CI=true"
-    from pathtrace.verify.netns import Unavailable, check_available
-    try:
-        check_available()
-    except Unavailable as exc:
-        return str(exc)
-    return None
-
-
 @pytest.mark.parametrize("name", _params())
 def test_model_matches_live_kernel(name: str) -> None:
-    why = _live_available()
+    why = live_skip_reason()
     if why:
         pytest.skip(why)
     from pathtrace.verify.runner import run_kernel

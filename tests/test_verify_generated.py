@@ -9,11 +9,11 @@ CI=true): a fixed slice of seeds runs through the lab and the model with the sam
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
+from helpers import live_skip_reason
 from pathtrace.verify.observe import Observation
 from pathtrace.verify.runner import run_model
 from pathtrace.verify.scenario import Scenario
@@ -57,20 +57,9 @@ def test_recorded_seed(path: Path) -> None:
     _check(kernel, run_model(sc.host(), injections, wait=WAIT), data["known_disagreements"], path.stem)
 
 
-def _live() -> str | None:
-    if os.environ.get("PATHTRACE_LIVE") != "1" and os.environ.get("CI") != "true":
-        return "live kernel checks run with PATHTRACE_LIVE=1 or CI=true"
-    from pathtrace.verify.netns import Unavailable, check_available
-    try:
-        check_available()
-    except Unavailable as exc:
-        return str(exc)
-    return None
-
-
 @pytest.mark.parametrize("seed", LIVE_SEEDS)
 def test_live_seed(seed: int) -> None:
-    why = _live()
+    why = live_skip_reason()
     if why:
         pytest.skip(why)
     from pathtrace.verify.runner import run_kernel

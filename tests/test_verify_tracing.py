@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import live_skip_reason
 from pathtrace.verify.record import load_scenarios
 from pathtrace.verify.tracing import BpfDropTracer, reason_table
 
@@ -36,17 +36,6 @@ CHURN = textwrap.dedent("""\
       ip netns del $a; ip netns del $b
     done
     """).replace("PYTHON", sys.executable)
-
-
-def _live() -> str | None:
-    if os.environ.get("PATHTRACE_LIVE") != "1" and os.environ.get("CI") != "true":
-        return "live kernel checks run with PATHTRACE_LIVE=1 or CI=true"
-    from pathtrace.verify.netns import Unavailable, check_available
-    try:
-        check_available()
-    except Unavailable as exc:
-        return str(exc)
-    return None if shutil.which("bpftrace") else "bpftrace is not installed"
 
 
 def test_bpf_line_parser_keeps_only_the_lab_namespace() -> None:
@@ -76,7 +65,7 @@ def test_bpf_drops_of_other_skbs_than_the_injected_one_are_not_its_fate() -> Non
 
 
 def test_same_answers_five_times_while_namespaces_churn() -> None:
-    why = _live()
+    why = live_skip_reason("bpftrace")
     if why:
         pytest.skip(why)
     from pathtrace.verify.runner import run_kernel

@@ -168,7 +168,8 @@ def ipt_do_table(table: Table, skb: "SkBuff", par: XtParam, linear: bool = False
 
 def _note(trail: list[dict] | None, misses: list[str] | None, chain: Chain, rule: "Rule | None", event: str,
           target: str, stack: list[tuple[Chain, int]]) -> None:
-    """One matched rule (or the end of a user chain) in the trail; `at` orders it among the misses."""
+    """One matched rule (or the end of a user chain) in the trail; `at` orders it among the misses.
+    Callers check `trail is not None` first: nothing is done per rule when not recording."""
     if trail is not None:
         trail.append({"at": len(misses or ()), "rule": f"{chain.name}#{rule.num}" if rule else chain.name,
                       "event": event, "target": target, "text": rule.text if rule else "",
@@ -223,7 +224,8 @@ def _traverse(table: Table, skb: "SkBuff", par: XtParam, linear: bool, trail: li
                 # the underflow is always the hook's built-in chain policy, also at the end of a -g chain
                 return _policy(table, par, table.builtin(par.hook), length, path, misses, ctx)
             _count(ctx, chain, length)
-            _note(trail, misses, chain, None, "end", stack[-1][0].name, stack)
+            if trail is not None:
+                _note(trail, misses, chain, None, "end", stack[-1][0].name, stack)
             chain, idx = stack.pop()
             if record:
                 path.append(chain.name)
@@ -238,7 +240,8 @@ def _traverse(table: Table, skb: "SkBuff", par: XtParam, linear: bool, trail: li
         if kind == "standard":
             v = t.verdict
             if v == XT_RETURN:
-                _note(trail, misses, chain, rule, "return", stack[-1][0].name if stack else "policy", stack)
+                if trail is not None:
+                    _note(trail, misses, chain, rule, "return", stack[-1][0].name if stack else "policy", stack)
                 if not stack:
                     return _policy(table, par, table.builtin(par.hook), length, path, misses, ctx)
                 chain, idx = stack.pop()
@@ -250,13 +253,15 @@ def _traverse(table: Table, skb: "SkBuff", par: XtParam, linear: bool, trail: li
                         ci = bisect_left(cands, idx)
                 continue
             if v == XT_CONTINUE:
-                _note(trail, misses, chain, rule, "continue", "", stack)
+                if trail is not None:
+                    _note(trail, misses, chain, rule, "continue", "", stack)
                 idx += 1
                 ci += 1
                 continue
             return _finish(Decision(v, chain.name, rule.num, rule.text, False, path), misses, ctx)
         if kind == "jump" or kind == "goto":
-            _note(trail, misses, chain, rule, kind, t.chain, stack)
+            if trail is not None:
+                _note(trail, misses, chain, rule, kind, t.chain, stack)
             if kind == "jump":
                 stack.append((chain, idx + 1))
             chain = table.chains[t.chain]
@@ -271,7 +276,8 @@ def _traverse(table: Table, skb: "SkBuff", par: XtParam, linear: bool, trail: li
         if par.hotdrop:
             return _finish(Decision(NF_DROP, chain.name, rule.num, rule.text, False, path), misses, ctx, "hotdrop")
         if v == XT_CONTINUE:
-            _note(trail, misses, chain, rule, "continue", t.name, stack)
+            if trail is not None:
+                _note(trail, misses, chain, rule, "continue", t.name, stack)
             idx += 1
             if use_index:
                 # the target may have changed the packet: look its candidates up again

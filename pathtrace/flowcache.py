@@ -34,6 +34,7 @@ except ImportError:  # pragma: no cover - no compiler at install time
     _fastpath = None
 
 from pathtrace.capture.frame import Frame
+from pathtrace.megaflow import MegaflowCache
 from pathtrace.net.core.neighbour import NUD_CONNECTED
 from pathtrace.net.core.skbuff import Iphdr, SkBuff
 from pathtrace.net.netfilter.nf_conntrack_core import GC_INTERVAL
@@ -80,6 +81,7 @@ class Learning:
     neigh_seen: bool = False
     neigh_sig: tuple = ()
     mangle: list[tuple] = field(default_factory=list)
+    recipe: list[tuple] = field(default_factory=list)   # NAT bindings made, in order (pathtrace/megaflow.py)
 
     def conntrack(self, ct: Any, direction: int, ctinfo: int, found: bool) -> None:
         if self.ct is not None:
@@ -158,6 +160,9 @@ class FlowCache:
         self.table = getattr(nf, "conntrack", None) if nf is not None else None
         # PATHTRACE_PURE_PYTHON=1 runs the Python closures instead of the C accelerator (same output)
         self.accel = None if os.environ.get("PATHTRACE_PURE_PYTHON") == "1" else _fastpath
+        # new connections' paths across flows (counts-only replays); PATHTRACE_MEGAFLOW=0 turns it off
+        self.mega = MegaflowCache(self.net) if self.table is not None and \
+            os.environ.get("PATHTRACE_MEGAFLOW") != "0" else None
 
     # ---- lookup ---------------------------------------------------------------------------
     def key(self, frame: Frame, dev: Any) -> bytes | tuple | None:
@@ -221,6 +226,9 @@ class FlowCache:
         """Apply the effects that accumulate linearly (counters) of every hit so far."""
         for e in self.entries.values():
             self._flush_entry(e)
+        if self.mega is not None:
+            for m in self.mega.entries.values():
+                self._flush_entry(m)
 
     def _flush_entry(self, e: FlowEntry) -> None:
         if self.accel is not None and isinstance(e.fast, self.accel.FastEntry):
@@ -277,8 +285,12 @@ class FlowCache:
 
     def finish(self, key: tuple, frame: Frame, ctx: PacketContext, skb: SkBuff, rec: PacketRecord,
                before: dict) -> None:
-        """Remember the path when nothing it did depends on more than the key and the guarded state."""
+        """Remember the path when nothing it did depends on more than the key and the guarded state;
+        the first packet of a new connection may give a megaflow instead (pathtrace/megaflow.py)."""
         why = self._refusal(ctx, skb, rec, frame)
+        if why == "new conntrack entry" and self.mega is not None and self.mega.off is None:
+            if self.mega.learn(frame, ctx, skb, rec, self._effects(ctx, before)) is None:
+                why = "new conntrack entry (megaflow learned)"
         if why is not None:
             self.refused[why] = self.refused.get(why, 0) + 1
             return
@@ -302,10 +314,7 @@ class FlowCache:
         if rec.path:
             fn = _TRACKER_STEPS.get(learn.tracker or "")
             tracker_step = next((i for i, s in enumerate(rec.path) if s.fn == fn), -1)
-        devs = tuple((d, d.rx_packets - rx, d.rx_dropped - rxd, d.tx_packets - tx, d.tx_bytes - txb)
-                     for d, rx, rxd, tx, txb in before["devs"]
-                     if (d.rx_packets - rx, d.rx_dropped - rxd, d.tx_packets - tx, d.tx_bytes - txb) != (0, 0, 0, 0))
-        r = self.replayer
+        counted, devs, rdeltas = self._effects(ctx, before)
         table = self.table
         if len(self.entries) >= _MAX_ENTRIES:
             self.flush()
@@ -319,8 +328,7 @@ class FlowCache:
             hlen=hlen, tot_len=tot_len, proto=p[9],
             neigh=n, neigh_key=(n.addr, n.dev) if n is not None else None, neigh_sig=learn.neigh_sig,
             neigh_touch=n is not None and learn.neigh_sig[1] and learn.neigh_sig[0] in NUD_CONNECTED,
-            counted=tuple(ctx.counted or ()), dev_deltas=devs,
-            replayer_deltas=(r.otherhost_drops - before["r"][0], r.readdressed - before["r"][1]),
+            counted=counted, dev_deltas=devs, replayer_deltas=rdeltas,
             verdict=rec.verdict, reason=rec.reason, egress=rec.egress, ingress=rec.ingress, rules=rec.rules,
             warnings=list(rec.warnings), emitted=[Emitted(out.dev, b"", "", out.kind) for out in emitted],
             steps=list(rec.path) if rec.path else None, tracker_step=tracker_step,
@@ -328,6 +336,15 @@ class FlowCache:
         entry.fast = _compile(entry, self.net.neigh.entries, self.accel)
         if entry.proto == 1:
             entry.render = _UNTEMPLATED
+
+    def _effects(self, ctx: PacketContext, before: dict) -> tuple[tuple, tuple, tuple[int, int]]:
+        """What the learning run added that later packets of the path add again: the x_tables counters
+        it bumped, each device's counter deltas, the replayer's own counters."""
+        devs = tuple((d, d.rx_packets - rx, d.rx_dropped - rxd, d.tx_packets - tx, d.tx_bytes - txb)
+                     for d, rx, rxd, tx, txb in before["devs"]
+                     if (d.rx_packets - rx, d.rx_dropped - rxd, d.tx_packets - tx, d.tx_bytes - txb) != (0, 0, 0, 0))
+        r = self.replayer
+        return tuple(ctx.counted or ()), devs, (r.otherhost_drops - before["r"][0], r.readdressed - before["r"][1])
 
     def _refusal(self, ctx: PacketContext, skb: SkBuff, rec: PacketRecord, frame: Frame) -> str | None:
         learn = ctx.learn

@@ -206,8 +206,11 @@ class Replayer:
         cache = self.cache
         now = frame.ts
         if cache is not None and now < clock.earliest:
-            key = cache.key(frame, self.choose_ingress(frame)[0])
+            dev = self.choose_ingress(frame)[0]
+            key = cache.key(frame, dev)
             e = cache.serve(key, frame, now)[0] if key is not None else None
+            if e is None and cache.mega is not None and cache.mega.off is None:
+                e = cache.mega.serve(frame, dev, now)      # a new connection on a learned path
             if e is not None:
                 self.count += 1
                 e.tallied += 1

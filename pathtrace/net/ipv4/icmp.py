@@ -286,6 +286,7 @@ def ip_error(skb: SkBuff) -> None:
             "EACCES": ICMP_PKT_FILTERED}.get(rt.error)
     reason = "IP_INNOROUTES" if rt.error == "ENETUNREACH" else "NOT_SPECIFIED"
     if code is not None:
+        ctx.uncacheable("ip_error (rate limit)")      # the peer's tokens decide, suppressed or not
         peer = inet_getpeer(net.icmp_peers, skb.iph.saddr, ctx.now)
         peer[PEER_TOKENS] = min(peer[PEER_TOKENS] + ctx.now - peer[PEER_LAST], IP_RT_ERROR_BURST)
         peer[PEER_LAST] = ctx.now

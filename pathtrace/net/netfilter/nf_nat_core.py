@@ -62,7 +62,7 @@ def nf_nat_setup_info(ct: NfConn, rng: NatRange, maniptype: int) -> int:
         ct.reply = reply       # nf_conntrack_alter_reply
         ct.status |= IPS_SRC_NAT if maniptype == NF_NAT_MANIP_SRC else IPS_DST_NAT
     ct.status |= IPS_DST_NAT_DONE if maniptype == NF_NAT_MANIP_DST else IPS_SRC_NAT_DONE
-    ct.nat_trace = (maniptype, curr, new)
+    ct.nat_trace = (maniptype, curr, new, rng)
     return NF_ACCEPT
 
 
@@ -120,9 +120,14 @@ def nf_nat_inet_fn(nf, skb, hook: int, run_nat_chain: RunNatChain | None, outdev
                 return ret
             if nf_nat_initialized(ct, manip):
                 _trace_binding(ctx, ct, "nf_nat_setup_info")
+                if ctx.learn is not None and ct.nat_trace is not None:
+                    # for the megaflow cache (pathtrace/megaflow.py): the binding as a rule made it
+                    ctx.learn.recipe.append(("setup", ct.nat_trace[3], manip, ct.masq_index))
         if not nf_nat_initialized(ct, manip):
             ret = nf_nat_alloc_null_binding(ct, hook)
             _trace_binding(ctx, ct, "nf_nat_alloc_null_binding")
+            if ctx.learn is not None:
+                ctx.learn.recipe.append(("null", hook, ret))
             if ret != NF_ACCEPT:
                 return ret
     elif _oif_changed(ct, hook, ctinfo, outdev):
@@ -135,7 +140,7 @@ def nf_nat_inet_fn(nf, skb, hook: int, run_nat_chain: RunNatChain | None, outdev
 
 def _trace_binding(ctx, ct: NfConn, fn: str) -> None:
     if ctx.record and ct.nat_trace is not None:
-        manip, old, new = ct.nat_trace
+        manip, old, new, _ = ct.nat_trace
         ctx.step(fn, manip="SRC" if manip == NF_NAT_MANIP_SRC else "DST",
                  nat=fmt_manip(manip, old, new) if new != old else "none (identity)",
                  tuple=fmt_tuple(ct.orig), reply=fmt_tuple(ct.reply))

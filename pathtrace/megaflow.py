@@ -1,0 +1,397 @@
+"""The megaflow cache: one learned path for every new connection the model cannot tell apart.
+
+The replay cache (flowcache.py) reuses a path for later packets of the same flow; the first
+packet of each connection still runs the whole model, so a SYN scan or a flood of short
+connections - every packet a new conntrack entry - ran at the model's speed.  Open vSwitch
+meets the same problem with its megaflow cache: key a path only on what its decisions read.
+
+What the model's decisions read of the addresses and ports of a new connection is bounded by the
+host: routing, policy rules, local and broadcast addresses, martian checks and the rules' -s/-d
+compare an address with the prefixes the host file and ruleset name; the rules' port matches
+compare a port with their ranges.  So two addresses contained in exactly the same of those
+prefixes (the same longest one: prefixes nest) take the same decisions everywhere, and so do two
+ports between the same range boundaries (AddressClasses).  A megaflow key is everything the
+replay cache keys on, with each address and port replaced by its class; the TCP sequence
+numbers, window and options, the IP ID and the ICMP echo id and sequence are left out: only the
+connection's own state depends on them, and that state is made per packet.
+
+Per packet, the path's state changes are made by the model's own functions, in the order the
+learning run made them: the conntrack entry and its tracker (nf_conntrack_handle_packet), the NAT
+bindings (nf_nat_alloc_null_binding, nf_nat_setup_info with the range the rule gave: port search
+and RNG draws as the model makes them), the confirmation (__nf_conntrack_confirm); counters are
+added in bulk as for the replay cache.  Everything that could fail is checked before any shared
+state changes (header checksum, the neighbour, no entry for the tuple, the tracker's verdict);
+a packet that fails a check runs the whole model.
+
+The megaflow cache is used only where its soundness argument holds.  For the host (else
+`MegaflowCache.off` says why): iptables, not nftables; no ipset or xfrm; single-path routes.
+For a path (else `refused` counts why): every chain it went through has only rules whose
+matches read the packet as above (no recent, limit, iprange, set, u32-like matches) and every
+rule whose target ran is ACCEPT, DROP, a jump, LOG, SNAT, MASQUERADE or DNAT to one address and
+port; the packet was received and forwarded or dropped, its next hop is a gateway (not its own
+destination), no ICMP error, fragment, IP option or local TCP socket was involved.  Counts-only replays (--summary, --counters) use it; records with paths do not.
+"""
+from __future__ import annotations
+
+import struct
+from bisect import bisect_right
+from dataclasses import dataclass
+from typing import Any
+
+from pathtrace.capture.frame import Frame
+from pathtrace.lib.inet import prefix_mask
+from pathtrace.net.core.skbuff import Iphdr, SkBuff
+from pathtrace.net.netfilter.nf_conntrack_core import (
+    IP_CT_NEW, IPS_CONFIRMED, IPS_DST_NAT, IPS_DST_NAT_DONE, IPS_SRC_NAT, IPS_SRC_NAT_DONE, NF_ACCEPT, NF_INET_PRE_ROUTING, NfConn,
+    nf_conntrack_handle_packet,
+)
+from pathtrace.net.netfilter.nf_conntrack_core import (  # name-mangled inside a class otherwise
+    __nf_conntrack_confirm as nf_conntrack_confirm,
+)
+from pathtrace.net.netfilter.nf_conntrack_tuple import _l4_tuple, nf_ct_invert_tuple
+from pathtrace.net.netfilter.nf_nat_core import NF_NAT_MANIP_DST, NF_NAT_RANGE_PROTO_SPECIFIED, \
+    nf_nat_alloc_null_binding, nf_nat_setup_info
+from pathtrace.trace import Emitted, PacketContext
+
+# Prefixes the stack tests addresses against by itself (ipv4_is_zeronet/loopback/multicast/lbcast,
+# local multicast, the unspecified address, class E, link-local): always class boundaries.
+_SPECIAL = ((0, 8), (0, 32), (0x7F000000, 8), (0xE0000000, 4), (0xE0000000, 24), (0xF0000000, 4),
+            (0xFFFFFFFF, 32), (0xA9FE0000, 16))
+# iptables matches that read an address only against their prefixes, a port only against their
+# ranges, or header fields the key holds as they are (-i/-o follow from the ingress and the route).
+_SAFE_MATCHES = frozenset({"-s", "-d", "-i", "-o", "-p", "-f", "tcp", "udp", "multiport", "icmp", "state",
+                           "conntrack", "comment", "mark", "connmark", "length", "ttl", "tos", "dscp",
+                           "pkttype", "addrtype"})
+_SAFE_TARGETS = frozenset({"MASQUERADE", "SNAT", "DNAT", "LOG"})
+_MEMO_MAX = 1 << 16
+_RECIPE_STATUS = IPS_CONFIRMED | IPS_SRC_NAT | IPS_DST_NAT | IPS_SRC_NAT_DONE | IPS_DST_NAT_DONE
+_ports = struct.Struct("!HH").unpack_from
+_addrs = struct.Struct("!II").unpack_from
+
+
+class AddressClasses:
+    """The classes of addresses (the longest of the host's prefixes that contains one) and of ports
+    (the interval between two of the rules' range boundaries) no decision of the model can split."""
+
+    __slots__ = ("levels", "sbounds", "dbounds", "memo")
+
+    def __init__(self, prefixes: set[tuple[int, int]], sport_bounds: set[int], dport_bounds: set[int]):
+        by_len: dict[int, set[int]] = {}
+        for net, plen in prefixes:
+            by_len.setdefault(plen, set()).add(net & prefix_mask(plen))
+        self.levels = [(plen, prefix_mask(plen), frozenset(nets)) for plen, nets in
+                       sorted(by_len.items(), reverse=True)]
+        self.sbounds = sorted(sport_bounds)
+        self.dbounds = sorted(dport_bounds)
+        self.memo: dict[int, int] = {}
+
+    def addr(self, a: int) -> int:
+        """The class of address `a`: its longest containing prefix as (plen << 32 | network), -1 for none."""
+        c = self.memo.get(a)
+        if c is None:
+            c = -1
+            for plen, mask, nets in self.levels:
+                if a & mask in nets:
+                    c = (plen << 32) | (a & mask)
+                    break
+            if len(self.memo) >= _MEMO_MAX:
+                self.memo.clear()
+            self.memo[a] = c
+        return c
+
+    def ports(self, sport: int, dport: int) -> tuple[int, int]:
+        return bisect_right(self.sbounds, sport), bisect_right(self.dbounds, dport)
+
+
+@dataclass(slots=True)
+class HostView:
+    """What the megaflow cache knows of a host: its classes, and for each iptables chain the first
+    of its rules' matches that reads the packet otherwise (a path through that chain is not learned)."""
+
+    classes: AddressClasses
+    unsafe_chain: dict[int, str]        # id(Chain) -> reason
+    chain_of: dict[int, Any]            # id(Rule) -> its Chain
+
+
+def host_view(net: Any) -> HostView | str:
+    """The host's view, or why the megaflow cache cannot be used with it at all."""
+    nf = net.nf
+    if nf is None or getattr(nf, "conntrack", None) is None:
+        return "no conntrack"
+    if getattr(nf, "nft", None) is not None and getattr(nf.nft, "tables", None):
+        return "nftables ruleset"
+    host = net.host
+    if getattr(host, "xfrm", None) or getattr(host, "ipsets", None) or getattr(host, "ipset_text", None):
+        return "xfrm or ipset configuration"
+    prefixes: set[tuple[int, int]] = set(_SPECIAL)
+    for table in net.fib_tables.values():
+        for plen, nets in table.by_plen.items():
+            for dst, aliases in nets.items():
+                prefixes.add((dst, plen))
+                for fa in aliases:
+                    if fa.nexthops:
+                        return "multipath route"
+                    for a in (fa.gateway, fa.prefsrc):
+                        if a:
+                            prefixes.add((a, 32))
+    for rule in net.fib_rules:
+        for p in (rule.src, rule.dst):
+            if p is not None:
+                prefixes.add(p)
+    for dev in net.devices.values():
+        for ifa in dev.addrs:
+            prefixes.update({(ifa.local, 32), (ifa.address, ifa.prefixlen), (ifa.address, 32)})
+            b = getattr(ifa, "broadcast", 0)
+            if b:
+                prefixes.add((b, 32))
+    prefixes.update((a, 32) for a in net.local_addrs)
+    # (neighbour entries are not boundaries: a path whose next hop is the packet's own address,
+    # the only place the stack looks one up by a packet's address, is not learned)
+    bounds: dict[str, set[int]] = {"sport": set(), "dport": set()}
+    unsafe: dict[int, str] = {}
+    chain_of: dict[int, Any] = {}
+    for table in nf.tables.values():
+        for chain in table.chains.values():
+            for rule in chain.rules:
+                chain_of[id(rule)] = chain
+                why = _rule_classes(rule, prefixes, bounds)
+                if why and id(chain) not in unsafe:
+                    unsafe[id(chain)] = why
+    return HostView(AddressClasses(prefixes, bounds["sport"], bounds["dport"]), unsafe, chain_of)
+
+
+def _rule_classes(rule: Any, prefixes: set, bounds: dict[str, set[int]]) -> str | None:
+    """Add the rule's prefixes and port boundaries; a reason when one of its matches reads the packet
+    otherwise (its later matches are not looked at: the chain is refused as a whole)."""
+    for m in rule.checks:
+        name, info = m.name, m.info
+        if name not in _SAFE_MATCHES:
+            return f"match {name}"
+        if name in ("-s", "-d"):
+            mask = info["mask"]
+            plen = bin(mask).count("1")
+            if mask != prefix_mask(plen):
+                return "non-contiguous address mask"
+            prefixes.add((info["addr"], plen))
+        elif name in ("tcp", "udp"):
+            if "--tcp-option" in rule.text:
+                return "match tcp --tcp-option"
+            for which in ("sport", "dport"):
+                lo, hi, _inv = info[which]
+                if (lo, hi) != (0, 65535):
+                    bounds[which].update((lo, hi + 1))
+        elif name == "multiport":
+            which = {"--dports": ("dport",), "--sports": ("sport",)}.get(info["which"], ("sport", "dport"))
+            for w in which:
+                for lo, hi in info["ranges"]:
+                    bounds[w].update((lo, hi + 1))
+        elif name == "conntrack" and any(o in rule.text for o in ("--ctorig", "--ctrepl", "--ctexpire")):
+            return "match conntrack on tuples or expiry"
+    return None
+
+
+def path_refusal(view: HostView, counted: Any) -> str | None:
+    """Why a learned path's rules make it unfit for a megaflow: a chain it went through has a rule that
+    reads the packet otherwise, or a rule whose target ran is not one the recipe makes."""
+    for obj in counted:
+        chain = view.chain_of.get(id(obj))
+        if chain is None:               # a chain's own counter: its policy, or the end of a user chain
+            chain = obj
+        else:
+            t = obj.target
+            if t.kind == "ext" and t.name not in _SAFE_TARGETS:
+                return f"target {t.name}"
+        why = view.unsafe_chain.get(id(chain))
+        if why is not None:
+            return why
+    return None
+
+
+@dataclass(slots=True, eq=False)
+class MegaEntry:
+    """A learned new-connection path: its guards, the state changes to make and its bulk effects
+    (the fields FlowCache._flush_entry applies, as for a FlowEntry)."""
+
+    tracker_state: Any                  # the TCP state the tracker gave the new entry (None: UDP, ICMP)
+    recipe: tuple                       # ("null", hook, ret) | ("setup", range, manip, masq_index)
+    confirm: bool
+    neigh: Any
+    neigh_key: tuple | None
+    neigh_sig: tuple
+    neigh_touch: bool
+    tot_len: int
+    counted: tuple
+    dev_deltas: tuple
+    replayer_deltas: tuple[int, int]
+    verdict: str
+    reason: str | None
+    emitted: list
+    ct: Any = None                      # never a found entry: no "found" statistics to add
+    fast: Any = None
+    hits: int = 0
+    tallied: int = 0
+
+
+class MegaflowCache:
+    """Per-replay megaflow entries; `off` is None when the host allows them, else the reason."""
+
+    def __init__(self, net: Any):
+        self.net = net
+        view = host_view(net)
+        self.off: str | None = view if isinstance(view, str) else None
+        self.view: HostView | None = None if self.off else view
+        self.classes: AddressClasses | None = None if self.off else view.classes
+        self.table = net.nf.conntrack if self.off is None else None
+        self.entries: dict[tuple, MegaEntry] = {}
+        self.hits = 0
+        self.refused: dict[str, int] = {}
+
+    def key(self, frame: Frame, dev: Any) -> tuple | None:
+        """The megaflow key of a received Ethernet/IPv4 TCP, UDP or ICMP echo frame, None otherwise."""
+        if frame.ethertype != 0x0800 or frame.vlan or frame.error is not None:
+            return None
+        p = frame.payload
+        if len(p) < 28 or p[0] != 0x45:
+            return None
+        proto = p[9]
+        c = self.classes
+        if proto == 6 or proto == 17:
+            ports = c.ports(*_ports(p, 20))
+            l4 = p[32:34] if proto == 6 else p[24:26]     # TCP data offset and flags; the UDP length
+        elif proto == 1 and p[20] == 8:
+            ports = ()
+            l4 = p[20:22]                                  # echo request, its code
+        else:
+            return None
+        saddr, daddr = _addrs(p, 12)
+        return (dev.name, frame.ifname, frame.dst_mac, frame.pkt_type, len(p), p[:4], p[6:10], l4,
+                c.addr(saddr), c.addr(daddr), ports)
+
+    # ---- learning -------------------------------------------------------------------------
+    def learn(self, frame: Frame, ctx: Any, skb: Any, rec: Any, effects: tuple) -> str | None:
+        """Remember the path of a new connection's first packet; returns why not, None when learned."""
+        why = self._refusal(frame, ctx, skb, rec)
+        if why is not None:
+            self.refused[why] = self.refused.get(why, 0) + 1
+            return why
+        learn = ctx.learn
+        ct = learn.ct
+        n = learn.neigh
+        counted, devs, rdeltas = effects
+        key = self.key(frame, self.net.devices[rec.ingress])
+        if key is None:
+            return "no key"
+        if len(self.entries) >= _MEMO_MAX:
+            return "full"
+        self.entries[key] = MegaEntry(
+            tracker_state=getattr(ct.proto, "state", None),
+            recipe=tuple(learn.recipe), confirm=bool(ct.status & IPS_CONFIRMED),
+            neigh=n, neigh_key=(n.addr, n.dev) if n is not None else None, neigh_sig=learn.neigh_sig,
+            neigh_touch=n is not None and learn.neigh_sig[1] and learn.neigh_sig[0] in _connected(),
+            tot_len=struct.unpack_from("!H", frame.payload, 2)[0], counted=counted, dev_deltas=devs,
+            replayer_deltas=rdeltas, verdict=rec.verdict, reason=rec.reason,
+            emitted=[Emitted(o.dev, b"", "", o.kind) for o in rec.emitted])
+        return None
+
+    def _refusal(self, frame: Frame, ctx: Any, skb: Any, rec: Any) -> str | None:
+        if self.off is not None:
+            return self.off
+        if self.net.tcp_conns:
+            return "local TCP sockets"
+        learn = ctx.learn
+        ct = learn.ct
+        if ct is None or learn.ct_found:
+            return "not a new connection"
+        why = path_refusal(self.view, ctx.counted or ())
+        if why is not None:
+            return why
+        if ct.status & ~_RECIPE_STATUS:
+            return "conntrack status"        # a bit the tracker or a target set: not made by the recipe
+        p = frame.payload
+        if p[9] == 1 and p[20] != 8:
+            return "not an echo request"
+        for op in learn.recipe:
+            if op[0] == "null":
+                if op[2] != NF_ACCEPT:
+                    return "null binding refused"
+            elif op[2] == NF_NAT_MANIP_DST:
+                rng = op[1]
+                if rng.min_addr != rng.max_addr or (rng.flags & NF_NAT_RANGE_PROTO_SPECIFIED
+                                                    and rng.min_proto != rng.max_proto):
+                    return "DNAT to a range"
+        n = learn.neigh
+        if learn.neigh_seen:
+            if n is None:
+                return "neighbour created"
+            if n.addr == struct.unpack_from("!I", p, 16)[0]:
+                return "next hop is the destination"
+            from pathtrace.flowcache import _neigh_sig
+            if _neigh_sig(n) != learn.neigh_sig:
+                return "neighbour state changed"
+        if rec.verdict == "FORWARD" and not ct.status & IPS_CONFIRMED:
+            return "forwarded without confirmation"
+        return None
+
+    # ---- serving --------------------------------------------------------------------------
+    def serve(self, frame: Frame, dev: Any, now: float) -> MegaEntry | None:
+        """Make this frame's new connection as its megaflow's path does and count the hit; None (nothing
+        shared changed) when the frame has no megaflow or a guard fails: then it runs the model."""
+        key = self.key(frame, dev)
+        if key is None:
+            return None
+        e = self.entries.get(key)
+        if e is None or self.net.tcp_conns:
+            return None
+        p = frame.payload
+        if int.from_bytes(p[:20], "big") % 0xFFFF:
+            return None                                  # ip_rcv_core: bad header checksum
+        n = e.neigh
+        if n is not None:
+            state, hh, lladdr, timer = e.neigh_sig
+            if (n.state != state or n.hh_cached != hh or n.lladdr != lladdr or n.timer != timer
+                    or self.net.neigh.entries.get(e.neigh_key) is not n):
+                return None
+        table = self.table
+        table.now = now
+        table.gc(now)                                    # as nf_conntrack_in does first
+        tot_len = e.tot_len
+        saddr, daddr = _addrs(p, 12)
+        proto = p[9]
+        payload = bytearray(p[20:tot_len])
+        t = _l4_tuple(saddr, daddr, proto, payload, 0)
+        if t is None or table.find(t, now) is not None:
+            return None
+        reply = nf_ct_invert_tuple(t)
+        if reply is None:
+            return None
+        ctx = PacketContext(now, record=False, emit_frames=False, net=self.net)
+        skb = SkBuff(ctx=ctx, dev=dev, iif=dev, tstamp=now, payload=payload)
+        skb.iph = Iphdr(4, 5, p[1], tot_len, 0, 0, p[8], proto, 0, saddr, daddr)
+        if proto == 1:
+            from pathtrace.net.netfilter.nf_conntrack_proto_icmp import nf_conntrack_icmpv4_error
+            if nf_conntrack_icmpv4_error(table, skb, NF_INET_PRE_ROUTING) != NF_ACCEPT or skb.ct is not None:
+                return None
+        ct = NfConn(orig=t, reply=reply, table=table)
+        if (nf_conntrack_handle_packet(table, ct, skb, IP_CT_NEW, NF_INET_PRE_ROUTING) != NF_ACCEPT
+                or getattr(ct.proto, "state", None) != e.tracker_state or ct.status):
+            return None
+        # from here on the path is the learned one: shared state changes as the model makes them
+        skb.ct, skb.ctinfo = ct, IP_CT_NEW
+        for op in e.recipe:
+            if op[0] == "null":
+                nf_nat_alloc_null_binding(ct, op[1])
+            else:
+                ct.masq_index = op[3]
+                nf_nat_setup_info(ct, op[1], op[2])
+        if e.confirm and nf_conntrack_confirm(table, skb) != NF_ACCEPT:
+            raise RuntimeError("megaflow: a confirmation the learned path passed failed")   # pragma: no cover
+        if e.neigh_touch:
+            n.updated = now
+        e.hits += 1
+        self.hits += 1
+        return e
+
+
+def _connected() -> Any:
+    from pathtrace.net.core.neighbour import NUD_CONNECTED
+    return NUD_CONNECTED

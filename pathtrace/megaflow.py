@@ -42,9 +42,12 @@ from pathtrace.capture.frame import Frame
 from pathtrace.lib.inet import prefix_mask
 from pathtrace.net.core.skbuff import Iphdr, SkBuff
 from pathtrace.net.netfilter.nf_conntrack_core import (
-    IP_CT_NEW, IPS_CONFIRMED, IPS_DST_NAT, IPS_DST_NAT_DONE, IPS_SRC_NAT, IPS_SRC_NAT_DONE, NF_ACCEPT, NF_INET_PRE_ROUTING, NfConn,
-    nf_conntrack_handle_packet,
+    IP_CT_NEW, IPS_CONFIRMED, IPS_DST_NAT, IPS_DST_NAT_DONE, IPS_SRC_NAT, IPS_SRC_NAT_DONE, NF_ACCEPT,
+    NF_INET_PRE_ROUTING, NfConn,
 )
+from pathtrace.net.netfilter.nf_conntrack_proto_icmp import nf_conntrack_icmp_packet, nf_conntrack_icmpv4_error
+from pathtrace.net.netfilter.nf_conntrack_proto_tcp import nf_conntrack_tcp_packet
+from pathtrace.net.netfilter.nf_conntrack_proto_udp import nf_conntrack_udp_packet
 from pathtrace.net.netfilter.nf_conntrack_core import (  # name-mangled inside a class otherwise
     __nf_conntrack_confirm as nf_conntrack_confirm,
 )
@@ -243,6 +246,9 @@ class MegaflowCache:
         self.classes: AddressClasses | None = None if self.off else view.classes
         self.table = net.nf.conntrack if self.off is None else None
         self.entries: dict[tuple, MegaEntry] = {}
+        # nf_conntrack_handle_packet's choice, made once (the learned key holds the protocol)
+        self.trackers = {6: nf_conntrack_tcp_packet, 17: nf_conntrack_udp_packet, 1: nf_conntrack_icmp_packet}
+        self.ctx = PacketContext(0.0, record=False, emit_frames=False, net=net)   # steps off: stays empty
         self.hits = 0
         self.refused: dict[str, int] = {}
 
@@ -364,15 +370,15 @@ class MegaflowCache:
         reply = nf_ct_invert_tuple(t)
         if reply is None:
             return None
-        ctx = PacketContext(now, record=False, emit_frames=False, net=self.net)
+        ctx = self.ctx
+        ctx.now = now
         skb = SkBuff(ctx=ctx, dev=dev, iif=dev, tstamp=now, payload=payload)
         skb.iph = Iphdr(4, 5, p[1], tot_len, 0, 0, p[8], proto, 0, saddr, daddr)
         if proto == 1:
-            from pathtrace.net.netfilter.nf_conntrack_proto_icmp import nf_conntrack_icmpv4_error
             if nf_conntrack_icmpv4_error(table, skb, NF_INET_PRE_ROUTING) != NF_ACCEPT or skb.ct is not None:
                 return None
         ct = NfConn(orig=t, reply=reply, table=table)
-        if (nf_conntrack_handle_packet(table, ct, skb, IP_CT_NEW, NF_INET_PRE_ROUTING) != NF_ACCEPT
+        if (self.trackers[proto](table, ct, skb, IP_CT_NEW, NF_INET_PRE_ROUTING) != NF_ACCEPT
                 or getattr(ct.proto, "state", None) != e.tracker_state or ct.status):
             return None
         # from here on the path is the learned one: shared state changes as the model makes them

@@ -7,6 +7,7 @@ that connection is unknown or the outer destination does not match it.
 """
 from __future__ import annotations
 
+from pathtrace.net.netfilter.nf_conntrack_checksum import nf_ip_checksum
 from pathtrace.net.netfilter.nf_conntrack_core import (
     CTINFO_NAMES, IP_CT_DIR_REPLY, IP_CT_IS_REPLY, IP_CT_RELATED, IPS_CONFIRMED, NF_ACCEPT, NF_INET_PRE_ROUTING,
     ConntrackTable, NfConn,
@@ -41,7 +42,6 @@ def nf_conntrack_icmpv4_error(table: ConntrackTable, skb, hook: int) -> int:
     if len(payload) < 8:
         return _invalid(ctx, "short packet")
     if table.sysctl["nf_conntrack_checksum"] and hook == NF_INET_PRE_ROUTING:
-        from pathtrace.net.netfilter.nf_conntrack_checksum import nf_ip_checksum
         if nf_ip_checksum(skb, 1):
             return _invalid(ctx, "bad hw icmp checksum")
     itype = payload[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from pathtrace.net.netfilter.nf_conntrack_checksum import nf_ip_checksum
 from pathtrace.net.netfilter.nf_conntrack_core import (
     IP_CT_DIR_ORIGINAL, IP_CT_DIR_REPLY, IPS_ASSURED, IPS_CONFIRMED, IPS_SEEN_REPLY, NF_ACCEPT, NF_DROP,
     NF_INET_PRE_ROUTING, NF_REPEAT, ConntrackTable, NfConn, ctinfo2dir,
@@ -99,6 +100,13 @@ class TcpState:
     last_win: int = 0
     last_wscale: int = 0
     last_flags: int = 0
+
+
+def tcp_can_early_drop(ct: NfConn) -> bool:
+    """tcp_can_early_drop: an ASSURED connection that is closing may still be evicted (gc_worker
+    when the table is nearly full)."""
+    st = ct.proto
+    return st is not None and st.state in (FIN_WAIT, LAST_ACK, TIME_WAIT, CLOSE, CLOSE_WAIT)
 
 
 def get_conntrack_index(flags: int) -> int:
@@ -202,7 +210,6 @@ def tcp_error(table: ConntrackTable, skb, th: _Th, hook: int) -> str | None:
     if th.doff < 20 or len(skb.payload) < th.doff:
         return "truncated packet"
     if table.sysctl["nf_conntrack_checksum"] and hook == NF_INET_PRE_ROUTING:
-        from pathtrace.net.netfilter.nf_conntrack_checksum import nf_ip_checksum
         if nf_ip_checksum(skb, 6):
             return "bad checksum"
     if (th.flags & ~(TH_ECE | TH_CWR | TH_PSH)) not in TCP_VALID_FLAGS:

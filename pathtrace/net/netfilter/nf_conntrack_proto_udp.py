@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from pathtrace.net.netfilter.nf_conntrack_checksum import nf_ip_checksum
 from pathtrace.net.netfilter.nf_conntrack_core import (
     IPS_ASSURED, IPS_CONFIRMED, IPS_NAT_CLASH, IPS_SEEN_REPLY, NF_ACCEPT, NF_INET_PRE_ROUTING,
     ConntrackTable, NfConn,
@@ -31,7 +32,6 @@ def udp_error(table: ConntrackTable, skb, hook: int) -> str | None:
     if not check:
         return None
     if hook == NF_INET_PRE_ROUTING and table.sysctl["nf_conntrack_checksum"]:
-        from pathtrace.net.netfilter.nf_conntrack_checksum import nf_ip_checksum
         if nf_ip_checksum(skb, 17):
             return "bad checksum"
     return None

@@ -112,8 +112,16 @@ def nf_in_range(t: Tuple, rng: "NatRange") -> bool:
 
 
 def nf_nat_used_tuple(t: Tuple, ct: "NfConn") -> bool:
-    reply = nf_ct_invert_tuple(t)
-    return reply is not None and ct.table.tuple_taken(reply, ct, ct.table.now)
+    """nf_nat_used_tuple: is the reply of tuple t some other confirmed connection's?  (The inverse
+    of a ported tuple is built here directly: this runs for every candidate of a port search.)"""
+    if t.proto in _PORTED:
+        reply = Tuple(t.dst, t.src, t.proto, t.dport, t.sport)
+    else:
+        reply = nf_ct_invert_tuple(t)
+        if reply is None:
+            return False
+    table = ct.table
+    return table.tuple_taken(reply, ct, table.now)
 
 
 def find_appropriate_src(ct: "NfConn", t: Tuple, rng: "NatRange") -> Tuple | None:
@@ -143,8 +151,8 @@ def find_best_ips_proto(t: Tuple, rng: "NatRange", maniptype: int, zone: int = 0
         dist = (rng.max_addr - rng.min_addr + 1) & M32
         addr = (rng.min_addr + reciprocal_scale(j, dist)) & M32
     if maniptype == NF_NAT_MANIP_SRC:
-        return t._replace(src=addr)
-    return t._replace(dst=addr)
+        return Tuple(addr, t.dst, t.proto, t.sport, t.dport)
+    return Tuple(t.src, addr, t.proto, t.sport, t.dport)
 
 
 def nf_nat_l4proto_unique_tuple(t: Tuple, rng: "NatRange", maniptype: int, ct: "NfConn") -> Tuple:
@@ -183,7 +191,7 @@ def nf_nat_l4proto_unique_tuple(t: Tuple, rng: "NatRange", maniptype: int, ct: "
     while True:
         for _ in range(attempts):
             value = lo + off % size
-            cand = t._replace(sport=value) if key_src else t._replace(dport=value)
+            cand = Tuple(t.src, t.dst, proto, value, t.dport) if key_src else Tuple(t.src, t.dst, proto, t.sport, value)
             off = (off + 1) & 0xFFFF
             if not nf_nat_used_tuple(cand, ct):
                 return cand

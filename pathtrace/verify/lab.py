@@ -84,8 +84,8 @@ class Lab:
                     if (ntoa(addr), plen) != ("127.0.0.1", 8):
                         self._ip("addr", "add", f"{ntoa(addr)}/{plen}", "dev", "lo")
         for key, value in self.host.sysctl.items():
-            # nf_conntrack_max is read-only outside init_net: the lab's namespace keeps the machine's
-            write_sysctl(self.host_ns, key, value, check=not key.endswith("nf_conntrack_max"))
+            # nf_conntrack_max and _buckets are read-only outside init_net: the lab keeps the machine's
+            write_sysctl(self.host_ns, key, value, check=not key.endswith(("nf_conntrack_max", "nf_conntrack_buckets")))
         for route in self.host.routes:
             self._ip("route", "add", *route.text.split())
         for rule in self.host.rules:

@@ -329,25 +329,46 @@ def _first_match_recording(chain: Chain, k: int, skb: "SkBuff", par: XtParam, mi
 
     A rule the chain's index leaves out because its first check - an ip_packet_match field,
     the index's dimension - fails is noted without running that check: it is the check that
-    fails first, and it has no effects.  Every other rule is evaluated (every rule: `linear`)."""
+    fails first, and it has no effects.  Every other rule is evaluated (every rule: `linear`).
+    The notes of a run of such rules differ only in their rule's "CHAIN#n: field " head (kept
+    per chain, _lead_heads) and share the packet's side, so a run is written in one step."""
     rules = chain.rules
     append = misses.append
     texts: dict[str, str] = {}
-    known: frozenset[int] = frozenset()
     cands = candidates(chain, skb, par) if skb.iph is not None and not linear else None
-    if cands is not None:
-        known = chain.xt_index.lead().difference(cands)
     n = len(rules)
+    heads: list[str | None] = []
+    lead_text = ""
+    if cands is not None:
+        heads = _lead_heads(chain)
+        dim = chain.xt_index.dim
+        first = next((rules[i].checks[0] for i, h in enumerate(heads) if h is not None), None)
+        if first is not None:
+            lead_text = texts[dim] = first.reason[2](skb, par)
+    ci = bisect_left(cands, k) if cands is not None else 0
     while k < n:
+        if cands is not None:
+            # the rules up to the next candidate: the index's lead rules are known misses
+            stop = cands[ci] if ci < len(cands) else n
+            while k < stop:
+                head = heads[k]
+                if head is None:
+                    break
+                j = k + 1
+                while j < stop and heads[j] is not None:
+                    j += 1
+                misses.extend([h + lead_text for h in heads[k:j]])
+                k = j
+            if k >= n:
+                break
+            if k == stop:
+                ci += 1
         rule = rules[k]
-        if k in known:
-            m = rule.checks[0]
-        else:
-            m = _failing_check(rule, skb, par)
-            if m is None:
-                return k, rule, False
-            if par.hotdrop:
-                return k, rule, True
+        m = _failing_check(rule, skb, par)
+        if m is None:
+            return k, rule, False
+        if par.hotdrop:
+            return k, rule, True
         label = rule.label
         if not label:
             label = rule.label = f"{chain.name}#{rule.num}: "
@@ -361,6 +382,25 @@ def _first_match_recording(chain: Chain, k: int, skb: "SkBuff", par: XtParam, mi
             append(label + reason[0] + text)
         k += 1
     return k, None, False
+
+
+def _lead_heads(chain: Chain) -> list[str | None]:
+    """Per rule of an indexed chain, "CHAIN#n: " and its first check's head when that check is on
+    the index's dimension (a rule the index can leave out), else None; kept on the chain's index."""
+    ix = chain.xt_index
+    heads = ix.heads
+    if heads is None or len(heads) != len(chain.rules):
+        lead = ix.lead()
+        heads = []
+        for i, rule in enumerate(chain.rules):
+            if i in lead:
+                if not rule.label:
+                    rule.label = f"{chain.name}#{rule.num}: "
+                heads.append(rule.label + rule.checks[0].reason[0])
+            else:
+                heads.append(None)
+        ix.heads = heads
+    return heads
 
 
 def _policy(table: Table, par: XtParam, chain: Chain, length: int, path: list[str],

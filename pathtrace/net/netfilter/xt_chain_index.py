@@ -56,7 +56,7 @@ class ChainIndex:
     """The index of one chain: `lookup(skb, par)` -> candidate rule positions (0-based, ascending),
     or None when this packet must walk the chain linearly."""
 
-    __slots__ = ("rules", "n", "dim", "score", "lookup", "wild", "buckets", "_lead")
+    __slots__ = ("rules", "n", "dim", "score", "lookup", "wild", "buckets", "_lead", "heads")
 
     def __init__(self, rules: list, dim: str | None, score: float, lookup: Lookup | None,
                  wild: list[int] | None = None, buckets: int = 0):
@@ -68,6 +68,7 @@ class ChainIndex:
         self.wild = wild
         self.buckets = buckets
         self._lead: frozenset[int] | None = None
+        self.heads: list[str | None] | None = None     # x_tables._lead_heads: miss-note heads of lead rules
 
     def lead(self) -> frozenset[int]:
         """Positions of the rules whose first check is the indexed ip_packet_match field: left out

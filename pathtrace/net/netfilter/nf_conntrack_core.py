@@ -8,12 +8,20 @@ INVALID is `skb.ct is None` after conntrack ran (the kernel's skb->_nfct == 0).
 
 Time is the capture's (skb.ctx.now, seconds).  Entries expire lazily when a lookup
 meets them (____nf_conntrack_find -> nf_ct_gc_expired) and in a periodic sweep
-(gc_worker), which keeps memory bounded over long replays.
+(gc_worker), which keeps memory bounded over long replays.  The sweep deletes exactly the
+entries whose timeout has passed, as a walk over the whole hash would, but finds them in an
+expiry queue (a heap keyed by a lower bound of each entry's timeout), so its cost follows the
+entries that expire, not the size of the table.
+
+nf_conntrack_max is enforced as __nf_conntrack_alloc does: a new entry beyond the limit
+first tries early_drop (evict the entries that are not ASSURED from the first of 8 hash
+buckets, from the new tuple's on, that has any), else the packet is dropped.
 """
 from __future__ import annotations
 
+import heapq
 import random
-from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, Callable
 
 from pathtrace.net.netfilter.nf_conntrack_tuple import (
@@ -95,29 +103,56 @@ SYSCTL_DEFAULTS: dict[str, int] = {
     "nf_conntrack_udp_timeout_stream": 120,
     "nf_conntrack_icmp_timeout": 30,
     "nf_conntrack_generic_timeout": 600,
+    # __nf_conntrack_alloc's limit and the hash size: both 262144 on a 64-bit machine with more than
+    # 4 GiB of memory (nf_conntrack_init_start: buckets = 262144, max = 1 x buckets); 65536 for
+    # 1-4 GiB, RAM / 16384 / 8 below that
     "nf_conntrack_max": 262144,
+    "nf_conntrack_buckets": 262144,
 }
 
 GC_INTERVAL = 5.0   # seconds of capture time between full sweeps
+NF_CT_EVICTION_RANGE = 8   # buckets early_drop looks at
+_NEVER = float("inf")      # the expiry-queue key of an entry that is not in a table
 
 
-@dataclass(slots=True, eq=False)
 class NfConn:
-    """struct nf_conn: both tuples, status bits, protocol state, absolute expiry time."""
+    """struct nf_conn: both tuples, status bits, protocol state, absolute expiry time.
 
-    orig: Tuple
-    reply: Tuple
-    status: int = 0
-    mark: int = 0
-    timeout: float = 0.0          # capture time at which the entry expires
-    proto: Any = None             # TcpState / UdpState, per protocol
-    masq_index: int = 0           # nf_conn_nat.masq_index (MASQUERADE's out ifindex)
-    table: Any = None             # nf_ct_net: the ConntrackTable that tracks it
-    nat_trace: Any = None         # last binding made by nf_nat_setup_info, for the path
-    seq: int = 0                  # creation order, for listings
-    zone: int = 0
-    secmark: int = 0
-    labels: int = 0
+    A plain slotted class rather than a dataclass because `timeout` is a property: any code
+    may assign it (the trackers, the replay cache's fast lanes in Python and C), and a timeout
+    that moves below the entry's place in its table's expiry queue must move it up there."""
+
+    __slots__ = ("orig", "reply", "status", "mark", "_timeout", "proto", "masq_index", "table", "nat_trace",
+                 "seq", "zone", "secmark", "labels", "_gc_key")
+
+    def __init__(self, orig: Tuple, reply: Tuple, status: int = 0, mark: int = 0, timeout: float = 0.0,
+                 proto: Any = None, masq_index: int = 0, table: Any = None, nat_trace: Any = None,
+                 seq: int = 0, zone: int = 0, secmark: int = 0, labels: int = 0):
+        self.orig = orig
+        self.reply = reply
+        self.status = status
+        self.mark = mark
+        self._timeout = timeout       # capture time at which the entry expires
+        self.proto = proto            # TcpState / UdpState, per protocol
+        self.masq_index = masq_index  # nf_conn_nat.masq_index (MASQUERADE's out ifindex)
+        self.table = table            # nf_ct_net: the ConntrackTable that tracks it
+        self.nat_trace = nat_trace    # last binding made by nf_nat_setup_info, for the path
+        self.seq = seq                # creation order, for listings
+        self.zone = zone
+        self.secmark = secmark
+        self.labels = labels
+        self._gc_key = _NEVER         # its key in the table's expiry queue (never above the timeout)
+
+    def _set_timeout(self, value: float) -> None:
+        self._timeout = value
+        if value < self._gc_key:
+            self.table._expire_sooner(self, value)
+
+    timeout = property(attrgetter("_timeout"), _set_timeout)
+
+    def __repr__(self) -> str:
+        return (f"NfConn(orig={self.orig!r}, reply={self.reply!r}, status={self.status:#x}, "
+                f"timeout={self._timeout!r}, seq={self.seq})")
 
     def tuple(self, direction: int) -> Tuple:
         return self.reply if direction else self.orig
@@ -148,7 +183,11 @@ def ctinfo2dir(ctinfo: int) -> int:
 
 
 class ConntrackTable:
-    """Per-namespace conntrack state: the tuple hash, NAT's by-source index, sysctls, RNG."""
+    """Per-namespace conntrack state: the tuple hash, NAT's by-source index, sysctls, RNG.
+
+    `hash` maps each tuple to (conntrack, direction); `conns` holds every conntrack in the
+    hash by creation number (so in creation order), `_expiry` is the gc's queue of
+    (key, seq) with key <= that entry's timeout."""
 
     def __init__(self, net: Any = None, seed: int = 0, **sysctl: int):
         self.net = net
@@ -157,12 +196,17 @@ class ConntrackTable:
             self.set_sysctl(key, value)
         self.hash: dict[Tuple, tuple[NfConn, int]] = {}
         self.bysource: dict[tuple[int, int, int], list[NfConn]] = {}
+        self.conns: dict[int, NfConn] = {}
+        self._unlisted: set[int] = set()      # seqs whose original tuple's hash entry says REPLY (orig == reply)
+        self._expiry: list[tuple[float, int]] = []
+        self._buckets: dict[int, list[NfConn]] | None = None   # early_drop's hash chains, built when first needed
+        self.early_drop_pending = False      # conntrack_gc_work.early_drop: an allocation failed
         self.rng = random.Random(seed)   # get_random_u16 for NAT port search
         self.last_gc = 0.0
         self.now = 0.0               # capture time of the packet being tracked
         self.next_seq = 0
         self.stats: dict[str, int] = {"found": 0, "invalid": 0, "insert": 0, "insert_failed": 0,
-                                      "drop": 0, "delete": 0, "expired": 0}
+                                      "drop": 0, "delete": 0, "expired": 0, "early_drop": 0}
 
     # ---- sysctls --------------------------------------------------------------------------
     def set_sysctl(self, name: str, value: int) -> None:
@@ -173,17 +217,23 @@ class ConntrackTable:
             raise KeyError(name)
         value = int(value)
         # measured on 6.18 in a new namespace: timeouts are proc_dointvec_jiffies (HZ=250), the
-        # switches proc_dou8vec_minmax 0..1, max_retrans a u8; nf_conntrack_max is 0..INT_MAX
+        # switches proc_dou8vec_minmax 0..1, max_retrans a u8; nf_conntrack_max is 0..INT_MAX;
+        # nf_conntrack_buckets (init_net only) refuses 0 and is rounded up to a page of heads (512)
         if "timeout" in key:
             low, high = -((2**31 - 1) // 250), (2**31 - 1) // 250
         elif key == "nf_conntrack_tcp_max_retrans":
             low, high = 0, 255
         elif key == "nf_conntrack_max":
             low, high = 0, 2**31 - 1
+        elif key == "nf_conntrack_buckets":
+            low, high = 1, (2**31 - 1) // 8
         else:
             low, high = 0, 1
         if not low <= value <= high:
             raise ValueError(f"{name} must be between {low} and {high} (kernel: EINVAL)")
+        if key == "nf_conntrack_buckets":
+            value = -(-value // 512) * 512
+            self._buckets = None
         self.sysctl[key] = value
 
     # ---- lookup / insertion -----------------------------------------------------------------
@@ -193,7 +243,7 @@ class ConntrackTable:
         if hit is None:
             return None
         ct = hit[0]
-        if ct.timeout <= now or ct.status & IPS_DYING:
+        if ct._timeout <= now or ct.status & IPS_DYING:
             self.delete(ct, expired=True)
             return None
         return hit
@@ -204,11 +254,20 @@ class ConntrackTable:
         return hit is not None and hit[0] is not ignored
 
     def insert(self, ct: NfConn) -> None:
+        """__nf_conntrack_hash_insert: the caller has checked that neither tuple is in the table."""
         self.hash[ct.orig] = (ct, IP_CT_DIR_ORIGINAL)
         self.hash[ct.reply] = (ct, IP_CT_DIR_REPLY)
-        ct.seq = self.next_seq
+        seq = ct.seq = self.next_seq
         self.next_seq += 1
         self.stats["insert"] += 1
+        self.conns[seq] = ct
+        if ct.orig == ct.reply:
+            self._unlisted.add(seq)
+        key = ct._gc_key = ct._timeout
+        self._push(key, seq)
+        if self._buckets is not None:
+            for t in (ct.orig, ct.reply):
+                self._buckets.setdefault(self._bucket(t), []).append(ct)
 
     def delete(self, ct: NfConn, expired: bool = False) -> bool:
         """nf_ct_delete: unhash (and drop from NAT's by-source index)."""
@@ -219,6 +278,17 @@ class ConntrackTable:
             hit = self.hash.get(t)
             if hit is not None and hit[0] is ct:
                 del self.hash[t]
+        if self.conns.get(ct.seq) is ct:
+            del self.conns[ct.seq]
+            self._unlisted.discard(ct.seq)
+            ct._gc_key = _NEVER
+            if self._buckets is not None:
+                for t in (ct.orig, ct.reply):
+                    chain = self._buckets.get(self._bucket(t))
+                    if chain is not None and ct in chain:
+                        chain.remove(ct)
+                        if not chain:
+                            del self._buckets[self._bucket(t)]
         if ct.status & IPS_SRC_NAT_DONE:
             key = (ct.orig.proto, ct.orig.src, ct.orig.sport)
             lst = self.bysource.get(key)
@@ -231,26 +301,116 @@ class ConntrackTable:
         self.stats["expired" if expired else "delete"] += 1
         return True
 
+    # ---- expiry ------------------------------------------------------------------------------
+    def _push(self, key: float, seq: int) -> None:
+        heap = self._expiry
+        heapq.heappush(heap, (key, seq))
+        if len(heap) > 2 * len(self.conns) + 1024:
+            # superseded and deleted entries' keys outnumber the live ones: rebuild (amortised O(1))
+            heap[:] = [(ct._gc_key, s) for s, ct in self.conns.items()]
+            heapq.heapify(heap)
+
+    def _expire_sooner(self, ct: NfConn, timeout: float) -> None:
+        """ct.timeout moved below its key: queue it again under the new, lower one."""
+        ct._gc_key = timeout
+        self._push(timeout, ct.seq)
+
     def gc(self, now: float, force: bool = False) -> int:
-        """gc_worker: sweep expired entries every GC_INTERVAL seconds of capture time."""
+        """gc_worker: every GC_INTERVAL seconds of capture time, delete every entry whose timeout
+        has passed.  Keys below `now` are popped; an entry whose timeout moved past its key since
+        goes back in the queue under its timeout, a key that is no longer its entry's is dropped."""
         if not force and now - self.last_gc < GC_INTERVAL:
             return 0
         self.last_gc = now
-        dead = {id(ct): ct for ct, _ in self.hash.values() if ct.timeout <= now}
-        for ct in dead.values():
-            self.delete(ct, expired=True)
-        return len(dead)
+        heap, conns = self._expiry, self.conns
+        dead = 0
+        while heap and heap[0][0] <= now:
+            key, seq = heapq.heappop(heap)
+            ct = conns.get(seq)
+            if ct is None or ct._gc_key != key:
+                continue
+            timeout = ct._timeout
+            if timeout <= now:
+                self.delete(ct, expired=True)
+                dead += 1
+            else:
+                ct._gc_key = timeout
+                heapq.heappush(heap, (timeout, seq))
+        if self.early_drop_pending:
+            self._gc_early_drop()
+        return dead
 
+    # ---- nf_conntrack_max ---------------------------------------------------------------------
+    def _bucket(self, t: Tuple) -> int:
+        """The stand-in for hash_conntrack(): the kernel's siphash has a random seed, the model
+        takes the tuple's own (deterministic) hash, scaled to the table's bucket count."""
+        return ((hash(t) & 0xFFFFFFFF) * self.sysctl["nf_conntrack_buckets"]) >> 32
+
+    def _chains(self) -> dict[int, list[NfConn]]:
+        if self._buckets is None:
+            buckets: dict[int, list[NfConn]] = {}
+            for ct in self.conns.values():
+                for t in (ct.orig, ct.reply):
+                    buckets.setdefault(self._bucket(t), []).append(ct)
+            self._buckets = buckets
+        return self._buckets
+
+    def early_drop(self, t: Tuple, now: float) -> list[NfConn]:
+        """early_drop: from the new tuple's bucket on, at most NF_CT_EVICTION_RANGE buckets; in the
+        first whose chain holds entries that are not ASSURED, all of them are deleted (expired
+        entries met on the way are reaped and do not count).  Returns the evicted entries."""
+        chains = self._chains()
+        size = self.sysctl["nf_conntrack_buckets"]
+        bucket = self._bucket(t)
+        for i in range(NF_CT_EVICTION_RANGE):
+            chain = chains.get((bucket + i) % size)
+            if not chain:
+                continue
+            dropped = []
+            for ct in reversed(chain[:]):          # hlist_nulls_add_head: the newest first
+                if ct.status & IPS_DYING:
+                    continue
+                if ct._timeout <= now:
+                    self.delete(ct, expired=True)
+                    continue
+                if ct.status & IPS_ASSURED:
+                    continue
+                self.delete(ct)
+                dropped.append(ct)
+            if dropped:
+                self.stats["early_drop"] += len(dropped)
+                return dropped
+        return []
+
+    def _gc_early_drop(self) -> None:
+        """gc_worker after an allocation failed: while the table holds 95% of nf_conntrack_max,
+        kill the entries gc_worker_can_early_drop allows (not ASSURED, or a TCP connection that is
+        closing), in bucket order."""
+        self.early_drop_pending = False
+        limit = self.sysctl["nf_conntrack_max"] // 100 * 95
+        if not limit or len(self.conns) < limit:
+            return
+        from pathtrace.net.netfilter.nf_conntrack_proto_tcp import tcp_can_early_drop
+        chains = self._chains()
+        for bucket in sorted(chains):
+            for ct in list(chains.get(bucket, ())):
+                if len(self.conns) < limit:
+                    return
+                if ct.status & IPS_DYING:
+                    continue
+                if not ct.status & IPS_ASSURED or (ct.orig.proto == IPPROTO_TCP and tcp_can_early_drop(ct)):
+                    self.delete(ct)
+
+    # ---- listing ------------------------------------------------------------------------------
     def entries(self, now: float | None = None) -> list[NfConn]:
         """Live conntracks (conntrack -L), oldest first."""
-        seen: dict[int, NfConn] = {}
-        for ct, direction in self.hash.values():
-            if direction == IP_CT_DIR_ORIGINAL and (now is None or ct.timeout > now):
-                seen[id(ct)] = ct
-        return sorted(seen.values(), key=lambda c: c.seq)
+        unlisted = self._unlisted
+        return [ct for seq, ct in self.conns.items()
+                if (now is None or ct._timeout > now) and (not unlisted or seq not in unlisted)]
 
     def __len__(self) -> int:
-        return sum(1 for _, d in self.hash.values() if d == IP_CT_DIR_ORIGINAL)
+        """Entries listed (the hash's original-direction entries)."""
+        return len(self.conns) - len(self._unlisted)
 
     def refresh(self, ct: NfConn, now: float, extra: float) -> None:
         """nf_ct_refresh_acct: extend the expiry unless the timeout is fixed."""
@@ -318,6 +478,9 @@ def nf_conntrack_in(nf, skb, hook: int, entry: str = "ipv4_conntrack_in") -> int
             reply = nf_ct_invert_tuple(t)
             if reply is None:
                 return _invalid(table, skb, "cannot invert tuple (no reply type)")
+            limit = table.sysctl["nf_conntrack_max"]
+            if limit and len(table.conns) >= limit and not _conntrack_alloc_room(table, skb, t, limit):
+                return NF_DROP
             ct = NfConn(orig=t, reply=reply, table=table)
             ctinfo = IP_CT_NEW
             direction = IP_CT_DIR_ORIGINAL
@@ -355,6 +518,26 @@ def nf_conntrack_in(nf, skb, hook: int, entry: str = "ipv4_conntrack_in") -> int
         ctx.step("nf_conntrack_in", state=CTINFO_NAMES[ctinfo], tuple=fmt_tuple(t),
                  dir="reply" if direction else "original", status=",".join(ct.status_names()) or "-")
     return NF_ACCEPT
+
+
+def _conntrack_alloc_room(table: ConntrackTable, skb, t: Tuple, limit: int) -> bool:
+    """__nf_conntrack_alloc with the table at nf_conntrack_max: room made by early_drop, or the
+    allocation fails (-ENOMEM) and nf_conntrack_in drops the packet ("Too stressed to deal")."""
+    ctx = skb.ctx
+    ctx.uncacheable("conntrack: table full")
+    count = len(table.conns) + 1
+    evicted = table.early_drop(t, ctx.now)
+    if evicted:
+        if ctx.record:
+            ctx.step("early_drop", count=count, max=limit,
+                     evicted="; ".join(fmt_tuple(ct.orig) for ct in evicted))
+        return True
+    table.early_drop_pending = True
+    table.stats["drop"] += 1
+    if ctx.record:
+        ctx.step("__nf_conntrack_alloc", count=count, max=limit, tuple=fmt_tuple(t),
+                 result="nf_conntrack: table full, dropping packet")
+    return False
 
 
 def _invalid(table: ConntrackTable, skb, why: str) -> int:
@@ -415,7 +598,15 @@ def __nf_conntrack_confirm(table: ConntrackTable, skb) -> int:
     ct.status |= IPS_CONFIRMED
     table.insert(ct)
     if ct.status & IPS_SRC_NAT_DONE:
-        table.bysource.setdefault((ct.orig.proto, ct.orig.src, ct.orig.sport), []).append(ct)
+        key = (ct.orig.proto, ct.orig.src, ct.orig.sport)
+        same = table.bysource.get(key)
+        if same is None:
+            table.bysource[key] = [ct]     # a list of one, not setdefault's over-allocated four
+        else:
+            same.append(ct)
+    # NAT bindings are made before the confirm and never after it: the binding's record (two
+    # tuples, for the path's nf_nat_setup_info step) is done with - a quarter of an entry's memory
+    ct.nat_trace = None
     if ctx.record:
         ctx.step("__nf_conntrack_confirm", tuple=fmt_tuple(ct.orig), reply=fmt_tuple(ct.reply),
                  timeout=round(ct.timeout - now, 3))

@@ -161,7 +161,7 @@ class FlowCache:
         # PATHTRACE_PURE_PYTHON=1 runs the Python closures instead of the C accelerator (same output)
         self.accel = None if os.environ.get("PATHTRACE_PURE_PYTHON") == "1" else _fastpath
         # new connections' paths across flows (counts-only replays); PATHTRACE_MEGAFLOW=0 turns it off
-        self.mega = MegaflowCache(self.net) if self.table is not None and \
+        self.mega = MegaflowCache(self.net, self._flush_entry) if self.table is not None and \
             os.environ.get("PATHTRACE_MEGAFLOW") != "0" else None
 
     # ---- lookup ---------------------------------------------------------------------------

@@ -238,8 +238,9 @@ class MegaEntry:
 class MegaflowCache:
     """Per-replay megaflow entries; `off` is None when the host allows them, else the reason."""
 
-    def __init__(self, net: Any):
+    def __init__(self, net: Any, flush_entry: Any):
         self.net = net
+        self.flush_entry = flush_entry          # FlowCache._flush_entry: applies an entry's pending hits
         view = host_view(net)
         self.off: str | None = view if isinstance(view, str) else None
         self.view: HostView | None = None if self.off else view
@@ -250,6 +251,7 @@ class MegaflowCache:
         self.trackers = {6: nf_conntrack_tcp_packet, 17: nf_conntrack_udp_packet, 1: nf_conntrack_icmp_packet}
         self.ctx = PacketContext(0.0, record=False, emit_frames=False, net=net)   # steps off: stays empty
         self.hits = 0
+        self.relearned = 0
         self.refused: dict[str, int] = {}
 
     def key(self, frame: Frame, dev: Any) -> tuple | None:
@@ -287,8 +289,14 @@ class MegaflowCache:
         key = self.key(frame, self.net.devices[rec.ingress])
         if key is None:
             return "no key"
-        if len(self.entries) >= _MEMO_MAX:
-            return "full"
+        if len(self.entries) >= _MEMO_MAX:      # bounded memory: apply every entry's hits, start again
+            for e in self.entries.values():
+                self.flush_entry(e)
+            self.entries.clear()
+        old = self.entries.get(key)
+        if old is not None:                     # learned again (a timer was due, a guard failed): its
+            self.flush_entry(old)               # hits so far stay counted
+            self.relearned += 1
         self.entries[key] = MegaEntry(
             tracker_state=getattr(ct.proto, "state", None),
             recipe=tuple(learn.recipe), confirm=bool(ct.status & IPS_CONFIRMED),
@@ -370,6 +378,9 @@ class MegaflowCache:
         reply = nf_ct_invert_tuple(t)
         if reply is None:
             return None
+        limit = table.sysctl["nf_conntrack_max"]
+        if limit and len(table.conns) >= limit:
+            return None                                  # __nf_conntrack_alloc at the limit: the model decides
         ctx = self.ctx
         ctx.now = now
         skb = SkBuff(ctx=ctx, dev=dev, iif=dev, tstamp=now, payload=payload)

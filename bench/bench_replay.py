@@ -23,8 +23,9 @@ loop on the same file gives the reference ratio.  Figures:
   workloads issue 14: the traffic a per-flow cache cannot serve, next to the conversations above, on the
             same router - `scan` (every packet a new flow: SYNs to ever new server:port pairs),
             `midstream` (one-way TCP picked up mid-stream, 2,000 uploads), `udp` (one-way UDP from
-            2,000 clients), `ping` (unanswered echo requests, 2,000 clients; no target of its own).  Each: --summary three times and --format jsonl once (the scan's first
-            20,000 packets: each runs the whole model, ~1 ms with its JSON path), packets/s and the
+            2,000 clients), `ping` (unanswered echo requests, 2,000 clients).  Each: --summary three
+            times (--runs) and --format jsonl and --format text once each (--format-runs; the scan's
+            first 20,000 packets: each runs the whole model, ~1 ms with its JSON path), packets/s and the
             ratio to dpkt's read loop timed in the same run, peak RSS; and the first --identical
             packets replayed with and without the cache (--format jsonl, then --summary --counters)
             must give the same bytes.  Run alone with --only workloads [--workloads scan,udp].
@@ -121,13 +122,13 @@ def load() -> str:
 
 
 def bench_workload(name: str, out: Path, host_file: Path, packets: int, runs: int, identical: int,
-                   jsonl_packets: int) -> dict:
-    """One issue-14 workload: --summary `runs` times and --format jsonl once (its first `jsonl_packets`),
-    each against dpkt's read loop timed just before it; then cache against --no-cache on the first
-    `identical` packets."""
+                   jsonl_packets: int, format_runs: int = 1) -> dict:
+    """One issue-14 workload: --summary `runs` times, then --format jsonl and --format text
+    `format_runs` times each (their first `jsonl_packets`, to /dev/null), each against dpkt's read
+    loop timed just before it; then cache against --no-cache on the first `identical` packets."""
     cap = workload_capture(out, name, packets)
     target = WORKLOADS[name][1]
-    res: dict = {"packets": packets, "summary": [], "jsonl": None}
+    res: dict = {"packets": packets, "summary": [], "jsonl": [], "text": []}
     for i in range(runs):
         bare = dpkt_read_loop(cap)
         r = replay([str(host_file), str(cap), "--summary", "--no-progress"])
@@ -137,15 +138,20 @@ def bench_workload(name: str, out: Path, host_file: Path, packets: int, runs: in
         print(f"{name} summary run {i + 1}: {packets:,} packets in {r['elapsed']:.1f}s = {pps:,.0f} packets/s "
               f"(target >= {target:,}); dpkt {bare:,.0f}/s, ratio {pps / bare:.3f}; "
               f"peak RSS {r['maxrss_kb'] / 1024:.0f} MiB; {load()}", flush=True)
-    bare = dpkt_read_loop(cap)
-    with open("/dev/null", "w") as null:
-        r = replay([str(host_file), str(cap), "--format", "jsonl", "--no-progress", "--limit", str(jsonl_packets)],
-                   stdout=null)
-    pps = jsonl_packets / r["elapsed"]
-    res["jsonl"] = {"packets": jsonl_packets, "pps": round(pps), "dpkt_read_pps": round(bare),
-                    "ratio": round(pps / bare, 3), "load": load()}
-    print(f"{name} jsonl ({jsonl_packets:,} packets): {pps:,.0f} packets/s (target >= {JSONL_TARGET:,}); dpkt {bare:,.0f}/s, "
-          f"ratio {pps / bare:.3f}; {load()}", flush=True)
+    for fmt in ("jsonl", "text"):
+        for i in range(format_runs):
+            bare = dpkt_read_loop(cap)
+            with open("/dev/null", "w") as null:
+                r = replay([str(host_file), str(cap), "--format", fmt, "--no-progress", "--limit", str(jsonl_packets)],
+                           stdout=null)
+            pps = jsonl_packets / r["elapsed"]
+            res[fmt].append({"packets": jsonl_packets, "pps": round(pps), "dpkt_read_pps": round(bare),
+                             "ratio": round(pps / bare, 3), "peak_rss_mib": round(r["maxrss_kb"] / 1024, 1),
+                             "load": load()})
+            aim = f" (target >= {JSONL_TARGET:,})" if fmt == "jsonl" else ""
+            print(f"{name} {fmt} run {i + 1} ({jsonl_packets:,} packets): {r['elapsed']:.1f}s = {pps:,.0f} packets/s"
+                  f"{aim}; dpkt {bare:,.0f}/s, ratio {pps / bare:.3f}; peak RSS {r['maxrss_kb'] / 1024:.0f} MiB; "
+                  f"{load()}", flush=True)
     if identical:
         same = True
         for fmt in (["--format", "jsonl"], ["--summary", "--counters"]):
@@ -169,6 +175,8 @@ def main() -> None:
     ap.add_argument("--jsonl-packets", type=int, default=0,
                     help="packets of each workload's capture replayed with --format jsonl (default: all; the "
                          "scan's first 20,000 - every packet runs the whole model, its rate does not depend on N)")
+    ap.add_argument("--format-runs", type=int, default=1,
+                    help="--format jsonl and --format text runs per workload (three for the issue's figures)")
     ap.add_argument("--identical", type=int, default=20_000,
                     help="packets compared with and without the cache per workload (0: skip)")
     args = ap.parse_args()
@@ -276,7 +284,8 @@ def main() -> None:
         results["workloads"] = {}
         for name in args.workloads.split(","):
             jsonl_n = args.jsonl_packets or (min(n, 20_000) if name == "scan" else n)
-            results["workloads"][name] = bench_workload(name, args.out, h1000, n, args.runs, args.identical, jsonl_n)
+            results["workloads"][name] = bench_workload(name, args.out, h1000, n, args.runs, args.identical, jsonl_n,
+                                                        args.format_runs)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
 

@@ -20,6 +20,9 @@
 #include <structmember.h>
 #include <stdint.h>
 #include <string.h>
+#include <errno.h>
+#include <poll.h>
+#include <sys/uio.h>
 
 #define TH_SYN 0x02
 #define TH_ACK 0x10
@@ -46,7 +49,7 @@ enum {
 };
 
 static PyObject *s_timeout, *s_state, *s_gc, *s_fast, *s_earliest, *s_new_state, *s_assured, *s_ESTABLISHED, *s_render;
-static PyObject *s_emit_dev, *s_emit_kind, *s_mangle, *s_l2_out, *i_ETH_P_IP;
+static PyObject *s_emit_dev, *s_emit_kind, *s_mangle, *s_l2_out, *s_fd, *s_flush, *i_ETH_P_IP;
 
 typedef struct {
     PyObject_HEAD
@@ -757,57 +760,151 @@ static int buf_put(Buf *b, const char *s, Py_ssize_t n) {
     return 0;
 }
 
-enum { T_FLATS, T_TCP, T_HLEN, T_TRACKER, T_TIMEFMT, T_L2OUT, T_MANGLE, T_TOTLEN, T_COUNT };
+/* Where a lane's lines go.  Without a descriptor into `buf`, returned to Python as bytes.  With
+ * one (render/template.py DirectLines) written there with writev: literal pieces by reference to
+ * the flats' own UTF-8 texts (each flat held in `held` until written), the per-packet values
+ * copied to `scratch`; Python's `flush` is called before the call's first write, so the lines
+ * stay in order with what Python wrote to the same stream. */
+#define OUT_IOV 1024                    /* IOV_MAX on Linux */
+typedef struct {
+    Buf buf;
+    int fd;
+    PyObject *flush, *held;
+    struct iovec iov[OUT_IOV];
+    int niov, flushed;
+    Buf scratch;                        /* not reallocated while iov points into it */
+    Py_ssize_t size;                    /* bytes of lines in this call */
+} Out;
+
+static int out_flush(Out *o) {
+    if (o->niov == 0) return 0;
+    if (!o->flushed) {
+        PyObject *r = PyObject_CallNoArgs(o->flush);
+        if (r == NULL) return -1;
+        Py_DECREF(r);
+        o->flushed = 1;
+    }
+    struct iovec *v = o->iov;
+    int n = o->niov;
+    while (n > 0) {
+        ssize_t w;
+        int err;
+        Py_BEGIN_ALLOW_THREADS
+        w = writev(o->fd, v, n);
+        err = errno;
+        Py_END_ALLOW_THREADS
+        if (w < 0) {
+            if (err == EINTR) {                 /* replay's SIGINT handler only sets a flag */
+                if (PyErr_CheckSignals() < 0) return -1;
+                continue;
+            }
+            if (err == EAGAIN || err == EWOULDBLOCK) {
+                struct pollfd pfd = {o->fd, POLLOUT, 0};
+                Py_BEGIN_ALLOW_THREADS
+                poll(&pfd, 1, -1);
+                Py_END_ALLOW_THREADS
+                continue;
+            }
+            errno = err;
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        while (n > 0 && (size_t)w >= v->iov_len) { w -= (ssize_t)v->iov_len; v++; n--; }
+        if (n > 0) { v->iov_base = (char *)v->iov_base + w; v->iov_len -= (size_t)w; }
+    }
+    o->niov = 0;
+    o->scratch.len = 0;
+    return PyList_SetSlice(o->held, 0, PyList_GET_SIZE(o->held), NULL);
+}
+
+/* A piece of a line: `value` pieces live only for this call (copied when written later). */
+static inline int out_put(Out *o, const char *s, Py_ssize_t n, int value) {
+    if (n == 0) return 0;
+    o->size += n;
+    if (o->fd < 0) return buf_put(&o->buf, s, n);
+    if (value) {
+        char *d = o->scratch.data + o->scratch.len;     /* room made by out_room */
+        memcpy(d, s, n);
+        o->scratch.len += n;
+        s = d;
+    }
+    o->iov[o->niov].iov_base = (void *)s;
+    o->iov[o->niov].iov_len = (size_t)n;
+    o->niov++;
+    return 0;
+}
+
+/* Room for a line of `pieces` pieces, `values` bytes of them per-packet values, and its flat held. */
+static int out_room(Out *o, PyObject *flat, Py_ssize_t pieces, Py_ssize_t values) {
+    if (o->fd < 0) return 0;
+    if (o->niov + pieces > OUT_IOV || o->scratch.len + values > o->scratch.cap) {
+        if (out_flush(o) < 0) return -1;
+        if (pieces > OUT_IOV) { PyErr_SetString(PyExc_ValueError, "template flat too long"); return -1; }
+        if (values > o->scratch.cap && buf_reserve(&o->scratch, values) < 0) return -1;
+    }
+    return PyList_Append(o->held, flat);
+}
+
+/* FlowTemplate.numbers (render/template.py) */
+enum { NUM_NONE = 0, NUM_TCP = 1, NUM_ECHO = 2 };
+enum { T_FLATS, T_NUMBERS, T_HLEN, T_TRACKER, T_TIMEFMT, T_L2OUT, T_MANGLE, T_TOTLEN, T_COUNT };
 static PyObject *tpl_name[T_COUNT];
 
 typedef struct { PyTypeObject *type; Py_ssize_t off[T_COUNT]; } TplLayout;
 
+/* tpl.<attr>, borrowed (the template is held by the caller). */
 static PyObject *tget(TplLayout *lay, PyObject *tpl, int a) {
     Py_ssize_t off = lay->off[a];
-    if (off < 0) return PyObject_GetAttr(tpl, tpl_name[a]);
+    if (off < 0) {
+        PyObject *v = PyObject_GetAttr(tpl, tpl_name[a]);
+        Py_XDECREF(v);                  /* a plain attribute: the template's __dict__ holds it */
+        return v;
+    }
     PyObject *v = *(PyObject **)((char *)tpl + off);
-    if (v == NULL) { PyErr_SetObject(PyExc_AttributeError, tpl_name[a]); return NULL; }
-    return Py_NewRef(v);
+    if (v == NULL) PyErr_SetObject(PyExc_AttributeError, tpl_name[a]);
+    return v;
 }
 
 static Py_ssize_t tget_ssize(TplLayout *lay, PyObject *tpl, int a) {
     PyObject *v = tget(lay, tpl, a);
-    if (v == NULL) return -1;
-    Py_ssize_t x = PyLong_AsSsize_t(v);
-    Py_DECREF(v);
-    return x;
+    return v == NULL ? -1 : PyLong_AsSsize_t(v);
 }
 
 /* FlowTemplate.line (render/template.py) for a served record: the template's flat for the
  * tracker's detail, with index, time, sequence and acknowledgement numbers and the emitted
  * frame's hex spliced in.  `flat_for(template, detail)` gives a flat the template lacks. */
-static int append_line(Buf *out, TplLayout *lay, PyObject *tpl, PyObject *detail, Py_ssize_t index, double now,
+static int append_line(Out *out, TplLayout *lay, PyObject *tpl, PyObject *detail, Py_ssize_t index, double now,
                        const unsigned char *p, PyObject *flat_for) {
-    char num[4][32];
-    const char *vals[6] = {num[0], NULL, num[2], num[3], "", ""};
+    char num[4][32], timebuf[64];
+    const char *vals[6] = {num[0], timebuf, num[2], num[3], "", ""};
     Py_ssize_t vlen[6] = {0, 0, 0, 0, 0, 0};
-    PyObject *flat = NULL, *l2 = NULL, *mangle = NULL, *key = NULL, *flats = NULL, *tf = NULL;
-    char *timestr = NULL, *hex = NULL;
+    PyObject *flat = NULL, *key = NULL;
+    char *hex = NULL;
     int rc = -1;
     vlen[0] = snprintf(num[0], 32, "%zd", index);
-    tf = tget(lay, tpl, T_TIMEFMT);
+    PyObject *tf = tget(lay, tpl, T_TIMEFMT);
     if (tf == NULL) goto out;
-    if (PyUnicode_CompareWithASCIIString(tf, "f") == 0)
-        timestr = PyOS_double_to_string(now, 'f', 6, 0, NULL);
-    else
-        timestr = PyOS_double_to_string(now, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+    char *timestr = PyUnicode_CompareWithASCIIString(tf, "f") == 0
+        ? PyOS_double_to_string(now, 'f', 6, 0, NULL)
+        : PyOS_double_to_string(now, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
     if (timestr == NULL) goto out;
-    vals[1] = timestr;
     vlen[1] = (Py_ssize_t)strlen(timestr);
+    if (vlen[1] >= (Py_ssize_t)sizeof(timebuf)) { PyMem_Free(timestr); PyErr_SetString(PyExc_ValueError, "time"); goto out; }
+    memcpy(timebuf, timestr, vlen[1] + 1);
+    PyMem_Free(timestr);
     Py_ssize_t hlen = tget_ssize(lay, tpl, T_HLEN);
     if (hlen == -1 && PyErr_Occurred()) goto out;
-    PyObject *tcp = tget(lay, tpl, T_TCP);
-    if (tcp == NULL) goto out;
-    int is_tcp = tcp == Py_True;
-    Py_DECREF(tcp);
-    if (is_tcp) {
+    Py_ssize_t numbers = tget_ssize(lay, tpl, T_NUMBERS);
+    if (numbers == -1 && PyErr_Occurred()) goto out;
+    if (numbers == NUM_TCP) {
         vlen[2] = snprintf(num[2], 32, "%u", be32(p + hlen + 4));
         vlen[3] = snprintf(num[3], 32, "%u", be32(p + hlen + 8));
+    } else if (numbers == NUM_ECHO) {
+        vlen[2] = snprintf(num[2], 32, "%u", (unsigned)((p[hlen + 6] << 8) | p[hlen + 7]));
+        vlen[3] = snprintf(num[3], 32, "0");
+    } else {
+        vlen[2] = vlen[3] = 1;
+        num[2][0] = num[3][0] = '0';
     }
     Py_ssize_t tracker = tget_ssize(lay, tpl, T_TRACKER);
     if (tracker == -1 && PyErr_Occurred()) goto out;
@@ -819,7 +916,7 @@ static int append_line(Buf *out, TplLayout *lay, PyObject *tpl, PyObject *detail
         key = PyTuple_New(0);
     }
     if (key == NULL) goto out;
-    flats = tget(lay, tpl, T_FLATS);
+    PyObject *flats = tget(lay, tpl, T_FLATS);
     if (flats == NULL) goto out;
     flat = PyDict_GetItemWithError(flats, key);
     Py_XINCREF(flat);
@@ -832,12 +929,12 @@ static int append_line(Buf *out, TplLayout *lay, PyObject *tpl, PyObject *detail
         if (flat == NULL) goto out;
     }
     if (!PyTuple_Check(flat)) { PyErr_SetString(PyExc_TypeError, "template flat"); goto out; }
-    l2 = tget(lay, tpl, T_L2OUT);
+    PyObject *l2 = tget(lay, tpl, T_L2OUT);
     if (l2 == NULL) goto out;
     if (l2 != Py_None) {
         Py_ssize_t tot_len = tget_ssize(lay, tpl, T_TOTLEN);
         if (tot_len == -1 && PyErr_Occurred()) goto out;
-        mangle = tget(lay, tpl, T_MANGLE);
+        PyObject *mangle = tget(lay, tpl, T_MANGLE);
         if (mangle == NULL || !PyBytes_Check(l2) || !PyTuple_Check(mangle)) {
             if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "template l2_out/mangle");
             goto out;
@@ -858,28 +955,35 @@ static int append_line(Buf *out, TplLayout *lay, PyObject *tpl, PyObject *detail
         vals[5] = hex;
         vlen[5] = 2 * n;
     }
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(flat); i++) {
+    Py_ssize_t pieces = PyTuple_GET_SIZE(flat), values = 0;
+    for (Py_ssize_t i = 0; i < pieces; i++) {
         PyObject *x = PyTuple_GET_ITEM(flat, i);
         if (PyLong_CheckExact(x)) {
             long k = PyLong_AsLong(x);
             if (k < 0 || k > 5) { PyErr_SetString(PyExc_ValueError, "template slot"); goto out; }
-            if (buf_put(out, vals[k], vlen[k]) < 0) goto out;
+            values += vlen[k];
+        } else if (!PyUnicode_Check(x)) {
+            PyErr_SetString(PyExc_TypeError, "template flat");
+            goto out;
+        }
+    }
+    if (out_room(out, flat, pieces, values) < 0) goto out;
+    for (Py_ssize_t i = 0; i < pieces; i++) {
+        PyObject *x = PyTuple_GET_ITEM(flat, i);
+        if (PyLong_CheckExact(x)) {
+            long k = PyLong_AsLong(x);
+            if (out_put(out, vals[k], vlen[k], 1) < 0) goto out;
         } else {
             Py_ssize_t n;
-            const char *t = PyUnicode_AsUTF8AndSize(x, &n);
-            if (t == NULL || buf_put(out, t, n) < 0) goto out;
+            const char *t = PyUnicode_AsUTF8AndSize(x, &n);     /* kept by the str, held by the flat */
+            if (t == NULL || out_put(out, t, n, 0) < 0) goto out;
         }
     }
     rc = 0;
 out:
-    PyMem_Free(timestr);
     PyMem_Free(hex);
-    Py_XDECREF(tf);
     Py_XDECREF(key);
-    Py_XDECREF(flats);
     Py_XDECREF(flat);
-    Py_XDECREF(l2);
-    Py_XDECREF(mangle);
     return rc;
 }
 
@@ -893,7 +997,7 @@ static inline uint32_t rd32(const unsigned char *p, int little) {
  * for per-packet output the renderer's template type; `foreign`: keys of other workers' flows. */
 typedef struct {
     PyObject *entries, *clock, *flat_for, *foreign;
-    Buf lines;
+    Out out;
     TplLayout lay;
     Py_ssize_t clock_off, fast_off, render_off, dev_off, kind_off, mangle_off, l2_off;
     PyTypeObject *entry_type;
@@ -909,6 +1013,7 @@ enum { R_SERVED, R_SKIPPED, R_STOP, R_ERROR };
 static int lane_open(Lane *L, PyObject *entries, PyObject *clock, PyObject *template_type, PyObject *flat_for,
                      PyObject *foreign, PyObject *agree) {
     memset(L, 0, sizeof(*L));
+    L->out.fd = -1;
     L->entries = entries;
     L->clock = clock;
     L->flat_for = flat_for;
@@ -933,23 +1038,51 @@ static int lane_open(Lane *L, PyObject *entries, PyObject *clock, PyObject *temp
         }
         L->lay.type = (PyTypeObject *)template_type;
         for (int a = 0; a < T_COUNT; a++) L->lay.off[a] = type_slot_offset(L->lay.type, tpl_name[a]);
+        /* render/template.py DirectLines: the lines go straight to its descriptor */
+        PyObject *fd = PyObject_GetAttr(flat_for, s_fd);
+        if (fd == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_AttributeError)) return -1;
+            PyErr_Clear();
+        } else {
+            long v = PyLong_Check(fd) ? PyLong_AsLong(fd) : -1;
+            Py_DECREF(fd);
+            if (v == -1 && PyErr_Occurred()) return -1;
+            if (v >= 0 && v <= INT_MAX) {
+                L->out.flush = PyObject_GetAttr(flat_for, s_flush);
+                if (L->out.flush == NULL) return -1;
+                L->out.held = PyList_New(0);
+                if (L->out.held == NULL) { Py_CLEAR(L->out.flush); return -1; }
+                L->out.fd = (int)v;
+            }
+        }
     }
     L->clock_off = slot_offset(clock, s_earliest);
     return 0;
 }
 
-/* (off, index, served, lines) and the lane's buffer freed. */
+/* Whether the lane may serve another record before handing back to Python (which checks for
+ * SIGINT and shows progress between calls): up to about 1 MiB of lines to copy, 16 MiB to write. */
+static inline int lane_room(Lane *L) {
+    return L->out.size < (L->out.fd >= 0 ? (16 << 20) : (1 << 20));
+}
+
+/* (off, index, served, lines) and the lane's buffers freed; lines written to a descriptor are b"". */
 static PyObject *lane_close(Lane *L, Py_ssize_t off, Py_ssize_t index, Py_ssize_t served, int ok) {
     PyObject *result = NULL;
+    Out *o = &L->out;
+    if (ok && o->fd >= 0 && out_flush(o) < 0) ok = 0;
     if (ok) {
         if (L->lay.type != NULL) {
-            PyObject *text = PyBytes_FromStringAndSize(L->lines.data ? L->lines.data : "", L->lines.len);
+            PyObject *text = PyBytes_FromStringAndSize(o->buf.data ? o->buf.data : "", o->buf.len);
             if (text != NULL) result = Py_BuildValue("nnnN", off, index, served, text);
         } else {
             result = Py_BuildValue("nnnO", off, index, served, Py_None);
         }
     }
-    PyMem_Free(L->lines.data);
+    PyMem_Free(o->buf.data);
+    PyMem_Free(o->scratch.data);
+    Py_XDECREF(o->flush);
+    Py_XDECREF(o->held);
     return result;
 }
 
@@ -1213,7 +1346,7 @@ static int lane_frame(Lane *L, const unsigned char *name, Py_ssize_t nlen, const
     FastEntry *fe = (FastEntry *)fast;
     PyObject *r = fast_run(fe, p, plen, now);
     int hit = r != NULL && r != Py_None, failed = r == NULL;
-    if (hit && tpl != NULL && append_line(&L->lines, &L->lay, tpl, r, index, now, p, L->flat_for) < 0) failed = 1;
+    if (hit && tpl != NULL && append_line(&L->out, &L->lay, tpl, r, index, now, p, L->flat_for) < 0) failed = 1;
     Py_XDECREF(r);
     Py_XDECREF(tpl);
     if (hit && !failed) {
@@ -1262,7 +1395,7 @@ static PyObject *serve_pcap(PyObject *self, PyObject *args) {
     }
     const unsigned char *buf = view.buf;
     Py_ssize_t len = view.len;
-    while (consumed < count && off + rec_hlen <= len && L.lines.len < (1 << 20)) {
+    while (consumed < count && off + rec_hlen <= len && lane_room(&L)) {
         const unsigned char *h = buf + off;
         uint32_t sec = rd32(h, little), frac = rd32(h + 4, little), caplen = rd32(h + 8, little);
         if (caplen > MAX_RECORD || off + rec_hlen + (Py_ssize_t)caplen > len) break;
@@ -1321,7 +1454,7 @@ static PyObject *serve_pcapng(PyObject *self, PyObject *args) {
     }
     const unsigned char *buf = view.buf;
     Py_ssize_t len = view.len, nif = PyTuple_GET_SIZE(ifaces);
-    while (consumed < count && off + 32 <= len && L.lines.len < (1 << 20)) {
+    while (consumed < count && off + 32 <= len && lane_room(&L)) {
         const unsigned char *h = buf + off;
         uint32_t btype = rd32(h, little), blen = rd32(h + 4, little);
         if (btype != 6 || blen < 32 || (blen & 3) || blen > MAX_RECORD || off + (Py_ssize_t)blen > len) break;
@@ -1379,7 +1512,7 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     INTERN(s_earliest, "earliest"); INTERN(s_new_state, "new_state"); INTERN(s_assured, "assured");
     INTERN(s_ESTABLISHED, "ESTABLISHED"); INTERN(s_render, "render");
     INTERN(s_emit_dev, "emit_dev"); INTERN(s_emit_kind, "emit_kind"); INTERN(s_mangle, "mangle");
-    INTERN(s_l2_out, "l2_out");
+    INTERN(s_l2_out, "l2_out"); INTERN(s_fd, "fd"); INTERN(s_flush, "flush");
     if (!(i_ETH_P_IP = PyLong_FromLong(0x0800))) return NULL;
     static const char *names[A_COUNT] = {
         "timeout", "status", "mark", "labels",
@@ -1389,7 +1522,7 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
         "now", "last_gc",
     };
     for (int a = 0; a < A_COUNT; a++) INTERN(attr_name[a], names[a]);
-    static const char *tnames[T_COUNT] = {"flats", "tcp", "hlen", "tracker", "time_format", "l2_out", "mangle",
+    static const char *tnames[T_COUNT] = {"flats", "numbers", "hlen", "tracker", "time_format", "l2_out", "mangle",
                                           "tot_len"};
     for (int a = 0; a < T_COUNT; a++) INTERN(tpl_name[a], tnames[a]);
     if (PyType_Ready(&FastEntryType) < 0) return NULL;

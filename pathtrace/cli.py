@@ -473,13 +473,13 @@ def _replay_one(replayer, frames, fmt: str, verbose: bool, limit: int, writer, c
         lines = None
         if fmt in ("jsonl", "text") and writer is None and pcapng is None and _utf8(out) and (fmt == "jsonl" or look is None or look.plain):
             # cached frames' output comes from their flows' templates (written by the C lane when built)
-            from pathtrace.render.template import FlowTemplate, flat_for
+            from pathtrace.render.template import FlowTemplate, lane_flat_for
             write_bytes = _bytes_writer(out)
 
             def write_lines(data: bytes) -> None:
                 write_bytes(data)
                 stop.check()
-            lines = LineLane(FlowTemplate, flat_for, write_lines)
+            lines = LineLane(FlowTemplate, lane_flat_for(out), write_lines)
         try:
             replayer.stream(frames, counter, limit, tick, emit, lines)
         except PathtraceError as exc:

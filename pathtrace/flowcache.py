@@ -13,7 +13,7 @@ re-done here with the model's own functions.  That includes flows that never get
 TCP picked up mid-stream ([UNREPLIED], liberal window tracking: out-of-window segments are
 accepted unchanged, the refresh is held to the unacknowledged timeout), one-way UDP and
 ICMP queries (echo requests with or without replies: keyed on type, code and id, not on the
-sequence number, so renderers' per-flow templates are off for them).
+sequence number, which renderers' per-flow templates take as a per-packet value).
 
 Anything that could make the next packet differ makes a path uncacheable: rate limits
 (ICMP, limit, hashlimit), packet-counting matches (statistic, quota, recent, connbytes,
@@ -53,18 +53,6 @@ _MAX_ENTRIES = 65536      # the cache is cleared when it grows past this (memory
 _TRACKER_STEPS = {"tcp": "nf_conntrack_tcp_packet", "udp": "nf_conntrack_udp_packet",
                   "icmp": "nf_conntrack_icmp_packet"}
 _KINDS = {"udp": 1, "tcp": 2, "icmp": 3}      # _fastpath.c's K_UDP, K_TCP, K_ICMP
-
-
-class _Untemplated:
-    """FlowEntry.render of an ICMP entry: an echo's summary shows its sequence number, which is not
-    in the key, so renderers' per-flow templates (render/template.py) must not be used for it
-    (`templated` takes an object whose format is not theirs as no template; so does the C lane)."""
-
-    __slots__ = ()
-    fmt = None
-
-
-_UNTEMPLATED = _Untemplated()
 
 
 @dataclass(slots=True)
@@ -334,8 +322,6 @@ class FlowCache:
             steps=list(rec.path) if rec.path else None, tracker_step=tracker_step,
             l2_out=l2_out, mangle=mangle, emit_kind=emit_kind, emit_dev=emit_dev)
         entry.fast = _compile(entry, self.net.neigh.entries, self.accel)
-        if entry.proto == 1:
-            entry.render = _UNTEMPLATED
 
     def _effects(self, ctx: PacketContext, before: dict) -> tuple[tuple, tuple, tuple[int, int]]:
         """What the learning run added that later packets of the path add again: the x_tables counters

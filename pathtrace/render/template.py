@@ -1,14 +1,16 @@
 """Per-flow templates of `replay`'s output, for the records the replay cache serves.
 
 Records the cache serves for one flow entry differ only in index, time, the TCP sequence
-and acknowledgement numbers (in the input and emitted summaries), the detail of the
-conntrack tracker's step and the emitted frame's bytes (FlowCache.replay).  A template is
+and acknowledgement numbers or the ICMP echo sequence number (in the input and emitted
+summaries), the detail of the conntrack tracker's step and the emitted frame's bytes
+(FlowCache.replay).  A template is
 the entry's output - a JSON line or a text block - rendered by the format's own writer
 with markers in those places, cut at the markers.  It is used only if it gives the first
 record's output exactly.  Per tracker detail (a flow has few: the timeout it refreshed to)
 the template keeps one `flat`: literal text alternating with value numbers, 0 index,
-1 time, 2 seq, 3 ack, 5 frame hex; the C accelerator fills flats the same way for the
-packets it serves (_fastpath.serve_pcap / serve_pcapng).
+1 time, 2 seq (TCP's, or an echo's), 3 ack, 5 frame hex; the C accelerator fills flats the
+same way for the packets it serves (_fastpath.serve_pcap / serve_pcapng), and writes them to
+the output's file descriptor itself when given one (DirectLines).
 """
 from __future__ import annotations
 
@@ -27,6 +29,9 @@ from pathtrace.trace import PacketRecord, Step
 _MARK_INDEX = -731_048_591_247_113
 _MARK_SEQ, _MARK_ACK, _MARK_HEX = "\ue000", "\ue001", "\ue002"
 _SEQ_ACK = struct.Struct("!II").unpack_from
+_U16 = struct.Struct("!H").unpack_from
+# FlowTemplate.numbers: which per-packet numbers a flow's summaries show (read by _fastpath too)
+NO_NUMBERS, TCP_SEQ_ACK, ECHO_SEQ = 0, 1, 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +61,7 @@ class _Bytes(bytes):
 class FlowTemplate:
     """One flow entry's output with the per-packet parts cut out (see the module docstring)."""
 
-    __slots__ = ("flats", "desc", "tcp", "hlen", "tracker", "l2_out", "mangle", "tot_len", "time_format",
+    __slots__ = ("flats", "desc", "numbers", "hlen", "tracker", "l2_out", "mangle", "tot_len", "time_format",
                  "fmt", "proto", "marks")
 
     @classmethod
@@ -64,13 +69,14 @@ class FlowTemplate:
         e = record.flow
         p = frame.payload
         t = cls()
-        t.hlen = (p[0] & 0x0F) * 4
-        t.tcp = p[9] == 6
-        seq, ack = _SEQ_ACK(p, t.hlen + 4) if t.tcp else (0, 0)
-        has_ack = t.tcp and bool(p[t.hlen + 13] & 0x10)
+        t.hlen = hlen = (p[0] & 0x0F) * 4
+        t.numbers = _numbers(p, hlen)
+        seq, ack = _numbers_of(t, p)
+        has_ack = t.numbers == TCP_SEQ_ACK and bool(p[hlen + 13] & 0x10)
         desc = describe_frame(frame)
-        marked_desc = _mark(desc, seq, ack, t.tcp, has_ack)
-        emitted = [replace(out, frame=_Bytes(out.frame), summary=_mark(emitted_summary(out), seq, ack, t.tcp, has_ack))
+        marked_desc = _mark(desc, seq, ack, t.numbers, has_ack)
+        emitted = [replace(out, frame=_Bytes(out.frame), summary=_mark(emitted_summary(out), seq, ack, t.numbers,
+                                                                       has_ack))
                    for out in record.emitted]
         if marked_desc is None or any(x.summary is None for x in emitted) or len(emitted) > 1:
             return None
@@ -79,7 +85,7 @@ class FlowTemplate:
         t.mangle, t.tot_len = e.mangle, e.tot_len
         t.proto = replace(record, index=_MARK_INDEX, time=fmt.time_mark, packet=marked_desc, emitted=emitted,
                           path=list(record.path))
-        t.marks = {str(_MARK_INDEX): 0, fmt.time_text(fmt.time_mark): 1, _MARK_SEQ: 2, _MARK_ACK: 3, _MARK_HEX: 5}
+        t.marks = {str(_MARK_INDEX): 0, fmt.time_text(fmt.time_mark): 1, **_CHAR_MARKS}
         t.desc = _split_marks(marked_desc, t.marks)
         record.packet = desc
         buf = io.StringIO()
@@ -88,7 +94,7 @@ class FlowTemplate:
 
     def line(self, record: PacketRecord, frame: Any) -> str:
         """This record's output (record.packet is set to its summary, as render_record does)."""
-        seq, ack = _SEQ_ACK(frame.payload, self.hlen + 4) if self.tcp else (0, 0)
+        seq, ack = _numbers_of(self, frame.payload)
         detail = record.path[self.tracker].detail if self.tracker >= 0 else {}
         flat = self.flats.get(tuple(detail.values())) or flat_for(self, detail)
         emitted = record.emitted
@@ -109,38 +115,70 @@ def flat_for(t: FlowTemplate, detail: dict) -> tuple:
         proto = replace(proto, path=path)
     buf = io.StringIO()
     t.fmt.write(proto, buf)
-    text = buf.getvalue()
-    for mark in (_MARK_SEQ, _MARK_ACK, _MARK_HEX):
-        text = text.replace(_dumps(mark)[1:-1], mark)     # JSON escapes them
-    flat = t.flats[tuple(detail.values())] = _split_marks(text, t.marks)
+    flat = t.flats[tuple(detail.values())] = _split_marks(buf.getvalue(), t.marks)
     return flat
 
 
 def _split_marks(text: str, marks: dict[str, int]) -> tuple:
-    """text cut at its markers: literal pieces alternating with value numbers."""
-    pattern = re.compile("|".join(re.escape(m) for m in marks))
+    """text cut at its markers: literal pieces alternating with value numbers (str.find per
+    marker: a flat's text is tens of kilobytes with a handful of markers)."""
+    found: list[tuple[int, int, int]] = []
+    for mark, value in marks.items():
+        at = text.find(mark)
+        while at >= 0:
+            found.append((at, -len(mark), value))
+            at = text.find(mark, at + len(mark))
+    found.sort()
     flat: list = []
     pos = 0
-    for m in pattern.finditer(text):
-        flat += [text[pos:m.start()], marks[m.group()]]
-        pos = m.end()
+    for at, neg_len, value in found:
+        if at < pos:        # inside a longer marker found at the same place or before
+            continue
+        flat += [text[pos:at], value]
+        pos = at - neg_len
     flat.append(text[pos:])
     return tuple(flat)
 
 
-def _mark(desc: str, seq: int, ack: int, tcp: bool, has_ack: bool) -> str | None:
-    """desc with its sequence and acknowledgement numbers replaced by markers; None if not found."""
-    if not tcp:
+def _numbers(p: bytes, hlen: int) -> int:
+    """Which per-packet numbers the summaries of this IPv4 packet's flow show (FlowCache.key
+    leaves them out): TCP's sequence and acknowledgement, an ICMP echo's sequence, or none."""
+    if p[9] == 6:
+        return TCP_SEQ_ACK
+    if p[9] == 1 and len(p) >= hlen + 8 and p[hlen] in (0, 8):
+        return ECHO_SEQ
+    return NO_NUMBERS
+
+
+def _numbers_of(t: "FlowTemplate", p: bytes) -> tuple[int, int]:
+    """This packet's (seq, ack) as its template's summaries show them."""
+    if t.numbers == TCP_SEQ_ACK:
+        return _SEQ_ACK(p, t.hlen + 4)
+    if t.numbers == ECHO_SEQ:
+        return _U16(p, t.hlen + 6)[0], 0
+    return 0, 0
+
+
+def _mark(desc: str, seq: int, ack: int, numbers: int, has_ack: bool) -> str | None:
+    """desc with its sequence (and TCP's acknowledgement) numbers replaced by markers; None if not
+    found exactly once (an echo's: `seq N`, as packet/decode.py _icmp writes it)."""
+    if numbers == NO_NUMBERS:
         return desc
     head, sep, rest = desc.partition(f" seq {seq}")
-    if not sep:
+    if not sep or (rest[:1].isdigit()) or f" seq {seq}" in rest:
         return None
+    if numbers == ECHO_SEQ:
+        return f"{head} seq {_MARK_SEQ}{rest}"
     if has_ack:
         if not rest.startswith(f" ack {ack}"):
             return None
         rest = f" ack {_MARK_ACK}" + rest[len(f" ack {ack}"):]
     return f"{head} seq {_MARK_SEQ}{rest}"
 
+
+# the one-character markers, and as JSON writes them (escaped)
+_CHAR_MARKS = {m: v for mark, v in ((_MARK_SEQ, 2), (_MARK_ACK, 3), (_MARK_HEX, 5))
+               for m in (mark, _dumps(mark)[1:-1])}
 
 _NOT_TEMPLATED = object()
 
@@ -157,3 +195,26 @@ def templated(record: PacketRecord, frame: Any, fmt: Format) -> str | None:
     if t is _NOT_TEMPLATED or t.fmt is not fmt:
         return None
     return t.line(record, frame)
+
+
+@dataclass(frozen=True, slots=True)
+class DirectLines:
+    """flat_for for the C lane, with the file descriptor the lane writes its lines to itself
+    (writev of the flats' own texts: no copy into a Python bytes object).  `flush` empties the
+    output's Python buffers first, so lines keep their order with those Python writes."""
+
+    fd: int
+    flush: Callable[[], Any]
+
+    def __call__(self, t: FlowTemplate, detail: dict) -> tuple:
+        return flat_for(t, detail)
+
+
+def lane_flat_for(out: Any) -> Callable[[FlowTemplate, dict], tuple]:
+    """The flat_for to give the C lane (replay.LineLane) for output stream `out`: DirectLines when
+    `out` is a file with a descriptor, else flat_for (lines come back as bytes)."""
+    try:
+        fd = out.fileno()
+    except (AttributeError, OSError, ValueError):      # io.UnsupportedOperation is an OSError
+        return flat_for
+    return DirectLines(fd, out.flush) if isinstance(fd, int) and fd >= 0 else flat_for

@@ -34,7 +34,7 @@ except ImportError:  # pragma: no cover - no compiler at install time
     _fastpath = None
 
 from pathtrace.capture.frame import Frame
-from pathtrace.megaflow import MegaflowCache
+from pathtrace.megaflow import LEARN_FOUND as _MEGA_FOUND, MegaflowCache
 from pathtrace.net.core.neighbour import NUD_CONNECTED
 from pathtrace.net.core.skbuff import Iphdr, SkBuff
 from pathtrace.net.netfilter.nf_conntrack_core import GC_INTERVAL
@@ -276,13 +276,16 @@ class FlowCache:
         """Remember the path when nothing it did depends on more than the key and the guarded state;
         the first packet of a new connection may give a megaflow instead (pathtrace/megaflow.py)."""
         why = self._refusal(ctx, skb, rec, frame)
-        if why == "new conntrack entry" and self.mega is not None and self.mega.off is None:
+        if (why == "new conntrack entry" or why in _MEGA_FOUND) and self.mega is not None and self.mega.off is None:
             if self.mega.learn(frame, ctx, skb, rec, self._effects(ctx, before)) is None:
-                why = "new conntrack entry (megaflow learned)"
+                why += " (megaflow learned)"
         if why is not None:
             self.refused[why] = self.refused.get(why, 0) + 1
             return
         learn = ctx.learn
+        if learn.ct_found and self.mega is not None and self.mega.off is None:
+            # the steady state of this flow is this entry's; other flows' first packets in it, the megaflow's
+            self.mega.learn(frame, ctx, skb, rec, self._effects(ctx, before))
         p = frame.payload
         hlen = (p[0] & 0x0F) * 4
         tot_len = struct.unpack_from("!H", p, 2)[0]

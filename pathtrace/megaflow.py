@@ -1,35 +1,42 @@
-"""The megaflow cache: one learned path for every new connection the model cannot tell apart.
+"""The megaflow cache: one learned path for every connection the model cannot tell apart.
 
-The replay cache (flowcache.py) reuses a path for later packets of the same flow; the first
-packet of each connection still runs the whole model, so a SYN scan or a flood of short
-connections - every packet a new conntrack entry - ran at the model's speed.  Open vSwitch
-meets the same problem with its megaflow cache: key a path only on what its decisions read.
+The replay cache (flowcache.py) reuses a path for later packets of the same flow; the packets
+that open a connection or change its state (the SYN, the first reply, the ACK that establishes
+it, each side's first data) still ran the whole model, so a SYN scan or a flood of short
+connections ran at the model's speed.  Open vSwitch meets the same problem with its megaflow
+cache: key a path only on what its decisions read.
 
-What the model's decisions read of the addresses and ports of a new connection is bounded by the
-host: routing, policy rules, local and broadcast addresses, martian checks and the rules' -s/-d
-compare an address with the prefixes the host file and ruleset name; the rules' port matches
-compare a port with their ranges.  So two addresses contained in exactly the same of those
-prefixes (the same longest one: prefixes nest) take the same decisions everywhere, and so do two
-ports between the same range boundaries (AddressClasses).  A megaflow key is everything the
-replay cache keys on, with each address and port replaced by its class; the TCP sequence
-numbers, window and options, the IP ID and the ICMP echo id and sequence are left out: only the
-connection's own state depends on them, and that state is made per packet.
+What the model's decisions read of a packet's addresses and ports is bounded by the host:
+routing, policy rules, local and broadcast addresses, martian checks and the rules' -s/-d compare
+an address with the prefixes the host file and ruleset name; the rules' port matches compare a
+port with their ranges.  So two addresses contained in exactly the same of those prefixes (the
+same longest one: prefixes nest) take the same decisions everywhere, and so do two ports between
+the same range boundaries (AddressClasses).  A megaflow key is everything the replay cache keys
+on, with each address and port replaced by its class; the TCP sequence numbers, window and
+options, the IP ID and the ICMP echo id and sequence are left out: only the connection's own
+state depends on them, and that state is made per packet.  For a packet of a known connection
+the key adds what its path reads of the conntrack entry: the direction, status bits, marks, TCP
+state, MASQUERADE's device and the classes of both tuples (NAT rewrites the packet from them, and
+routing follows the rewritten header).  A next hop that is the packet's own (rewritten)
+destination is looked up per packet; a gateway is the learned one.
 
 Per packet, the path's state changes are made by the model's own functions, in the order the
-learning run made them: the conntrack entry and its tracker (nf_conntrack_handle_packet), the NAT
-bindings (nf_nat_alloc_null_binding, nf_nat_setup_info with the range the rule gave: port search
-and RNG draws as the model makes them), the confirmation (__nf_conntrack_confirm); counters are
-added in bulk as for the replay cache.  Everything that could fail is checked before any shared
-state changes (header checksum, the neighbour, no entry for the tuple, the tracker's verdict);
-a packet that fails a check runs the whole model.
+learning run made them: for a new connection the conntrack entry and its tracker
+(nf_conntrack_*_packet), the NAT bindings (nf_nat_alloc_null_binding, nf_nat_setup_info with the
+range the rule gave: port search and RNG draws as the model makes them) and the confirmation
+(__nf_conntrack_confirm); for a known one its tracker, whose result must be the learned one (else
+its run is undone and the model runs).  Counters are added in bulk as for the replay cache.
+Everything that could fail is checked before shared state changes; a packet that fails a check
+runs the whole model.
 
 The megaflow cache is used only where its soundness argument holds.  For the host (else
 `MegaflowCache.off` says why): iptables, not nftables; no ipset or xfrm; single-path routes.
 For a path (else `refused` counts why): every chain it went through has only rules whose
 matches read the packet as above (no recent, limit, iprange, set, u32-like matches) and every
 rule whose target ran is ACCEPT, DROP, a jump, LOG, SNAT, MASQUERADE or DNAT to one address and
-port; the packet was received and forwarded or dropped, its next hop is a gateway (not its own
-destination), no ICMP error, fragment, IP option or local TCP socket was involved.  Counts-only replays (--summary, --counters) use it; records with paths do not.
+port; the packet was received and forwarded or dropped, no ICMP error, fragment, IP option,
+related packet or local TCP socket was involved.  Counts-only replays (--summary, --counters)
+use it; records with paths do not.
 """
 from __future__ import annotations
 
@@ -42,11 +49,11 @@ from pathtrace.capture.frame import Frame
 from pathtrace.lib.inet import prefix_mask
 from pathtrace.net.core.skbuff import Iphdr, SkBuff
 from pathtrace.net.netfilter.nf_conntrack_core import (
-    IP_CT_NEW, IPS_CONFIRMED, IPS_DST_NAT, IPS_DST_NAT_DONE, IPS_SRC_NAT, IPS_SRC_NAT_DONE, NF_ACCEPT,
+    IP_CT_ESTABLISHED, IP_CT_ESTABLISHED_REPLY, IP_CT_NEW, IPS_CONFIRMED, IPS_DYING, IPS_SEEN_REPLY, IPS_DST_NAT, IPS_DST_NAT_DONE, IPS_SRC_NAT, IPS_SRC_NAT_DONE, NF_ACCEPT,
     NF_INET_PRE_ROUTING, NfConn,
 )
 from pathtrace.net.netfilter.nf_conntrack_proto_icmp import nf_conntrack_icmp_packet, nf_conntrack_icmpv4_error
-from pathtrace.net.netfilter.nf_conntrack_proto_tcp import nf_conntrack_tcp_packet
+from pathtrace.net.netfilter.nf_conntrack_proto_tcp import TIME_WAIT, nf_conntrack_tcp_packet
 from pathtrace.net.netfilter.nf_conntrack_proto_udp import nf_conntrack_udp_packet
 from pathtrace.net.netfilter.nf_conntrack_core import (  # name-mangled inside a class otherwise
     __nf_conntrack_confirm as nf_conntrack_confirm,
@@ -212,13 +219,18 @@ def path_refusal(view: HostView, counted: Any) -> str | None:
 
 @dataclass(slots=True, eq=False)
 class MegaEntry:
-    """A learned new-connection path: its guards, the state changes to make and its bulk effects
-    (the fields FlowCache._flush_entry applies, as for a FlowEntry)."""
+    """A learned path: its guards, the state changes to make and its bulk effects (the fields
+    FlowCache._flush_entry applies, as for a FlowEntry)."""
 
-    tracker_state: Any                  # the TCP state the tracker gave the new entry (None: UDP, ICMP)
-    recipe: tuple                       # ("null", hook, ret) | ("setup", range, manip, masq_index)
+    found: bool                         # a packet of a known connection (else the first of a new one)
+    ctinfo: int                         # what nf_conntrack_in made of it
+    tracker_state: Any                  # the TCP state after the tracker (None: UDP, ICMP)
+    status: int                         # the entry's status bits after the packet (known connections)
+    recipe: tuple                       # new: ("null", hook, ret) | ("setup", range, manip, masq_index)
     confirm: bool
-    neigh: Any
+    neigh_seen: bool
+    onlink: bool                        # the next hop is the packet's destination after NAT
+    neigh: Any                          # the gateway's entry (onlink: looked up per packet)
     neigh_key: tuple | None
     neigh_sig: tuple
     neigh_touch: bool
@@ -229,10 +241,15 @@ class MegaEntry:
     verdict: str
     reason: str | None
     emitted: list
-    ct: Any = None                      # never a found entry: no "found" statistics to add
+    ct: Any = None                      # known connections: set, so that flushing adds "found" statistics
+    table: Any = None
     fast: Any = None
     hits: int = 0
     tallied: int = 0
+
+
+_NEW = (None,)                          # the key suffix of new connections' entries
+LEARN_FOUND = frozenset({"conntrack state changed", "conntrack tracker state", "tcp not established"})
 
 
 class MegaflowCache:
@@ -255,7 +272,8 @@ class MegaflowCache:
         self.refused: dict[str, int] = {}
 
     def key(self, frame: Frame, dev: Any) -> tuple | None:
-        """The megaflow key of a received Ethernet/IPv4 TCP, UDP or ICMP echo frame, None otherwise."""
+        """The megaflow key of a received Ethernet/IPv4 TCP, UDP or ICMP echo frame, None otherwise
+        (a known connection's entries add the connection's signature, _found_sig)."""
         if frame.ethertype != 0x0800 or frame.vlan or frame.error is not None:
             return None
         p = frame.payload
@@ -266,18 +284,29 @@ class MegaflowCache:
         if proto == 6 or proto == 17:
             ports = c.ports(*_ports(p, 20))
             l4 = p[32:34] if proto == 6 else p[24:26]     # TCP data offset and flags; the UDP length
-        elif proto == 1 and p[20] == 8:
+        elif proto == 1 and (p[20] == 8 or p[20] == 0):
             ports = ()
-            l4 = p[20:22]                                  # echo request, its code
+            l4 = p[20:22]                                  # echo request or reply, its code
         else:
             return None
         saddr, daddr = _addrs(p, 12)
         return (dev.name, frame.ifname, frame.dst_mac, frame.pkt_type, len(p), p[:4], p[6:10], l4,
                 c.addr(saddr), c.addr(daddr), ports)
 
+    def _found_sig(self, ct: NfConn, direction: int) -> tuple:
+        """What a known connection's path may depend on: the packet's direction, the entry's status,
+        marks and TCP state before the packet, MASQUERADE's device, and the classes of both tuples
+        (NAT rewrites the packet from them; routing and the next hop follow the rewritten header)."""
+        c = self.classes
+        o, r = ct.orig, ct.reply
+        ports = (c.ports(o.sport, o.dport), c.ports(r.sport, r.dport)) if o.proto != 1 else ()
+        return (direction, ct.status, ct.mark, ct.labels, getattr(ct.proto, "state", None), ct.masq_index,
+                c.addr(o.src), c.addr(o.dst), c.addr(r.src), c.addr(r.dst), ports)
+
     # ---- learning -------------------------------------------------------------------------
     def learn(self, frame: Frame, ctx: Any, skb: Any, rec: Any, effects: tuple) -> str | None:
-        """Remember the path of a new connection's first packet; returns why not, None when learned."""
+        """Remember the path of a new connection's first packet, or of a known connection's packet that
+        changed its state; returns why not, None when learned."""
         why = self._refusal(frame, ctx, skb, rec)
         if why is not None:
             self.refused[why] = self.refused.get(why, 0) + 1
@@ -289,6 +318,12 @@ class MegaflowCache:
         key = self.key(frame, self.net.devices[rec.ingress])
         if key is None:
             return "no key"
+        found = learn.ct_found
+        if found:
+            status0, mark0, labels0, state0 = learn.ct_sig
+            key += (learn.ct_dir, status0, mark0, labels0, state0) + self._found_sig(ct, learn.ct_dir)[5:]
+        else:
+            key += _NEW
         if len(self.entries) >= _MEMO_MAX:      # bounded memory: apply every entry's hits, start again
             for e in self.entries.values():
                 self.flush_entry(e)
@@ -298,13 +333,16 @@ class MegaflowCache:
             self.flush_entry(old)               # hits so far stay counted
             self.relearned += 1
         self.entries[key] = MegaEntry(
-            tracker_state=getattr(ct.proto, "state", None),
-            recipe=tuple(learn.recipe), confirm=bool(ct.status & IPS_CONFIRMED),
+            found=found, ctinfo=skb.ctinfo if skb.ct is ct else IP_CT_NEW,
+            tracker_state=getattr(ct.proto, "state", None), status=ct.status,
+            recipe=tuple(learn.recipe), confirm=bool(ct.status & IPS_CONFIRMED) and not found,
+            neigh_seen=learn.neigh_seen, onlink=n is not None and n.addr == _out_daddr(ct, learn.ct_dir),
             neigh=n, neigh_key=(n.addr, n.dev) if n is not None else None, neigh_sig=learn.neigh_sig,
             neigh_touch=n is not None and learn.neigh_sig[1] and learn.neigh_sig[0] in _connected(),
             tot_len=struct.unpack_from("!H", frame.payload, 2)[0], counted=counted, dev_deltas=devs,
             replayer_deltas=rdeltas, verdict=rec.verdict, reason=rec.reason,
-            emitted=[Emitted(o.dev, b"", "", o.kind) for o in rec.emitted])
+            emitted=[Emitted(o.dev, b"", "", o.kind) for o in rec.emitted],
+            ct=ct if found else None, table=self.table)
         return None
 
     def _refusal(self, frame: Frame, ctx: Any, skb: Any, rec: Any) -> str | None:
@@ -314,66 +352,104 @@ class MegaflowCache:
             return "local TCP sockets"
         learn = ctx.learn
         ct = learn.ct
-        if ct is None or learn.ct_found:
-            return "not a new connection"
+        if ct is None:
+            return "no conntrack entry"
         why = path_refusal(self.view, ctx.counted or ())
         if why is not None:
             return why
-        if ct.status & ~_RECIPE_STATUS:
-            return "conntrack status"        # a bit the tracker or a target set: not made by the recipe
+        if skb.ct is not ct:
+            return "conntrack entry dropped on the way"
         p = frame.payload
-        if p[9] == 1 and p[20] != 8:
-            return "not an echo request"
-        for op in learn.recipe:
-            if op[0] == "null":
-                if op[2] != NF_ACCEPT:
-                    return "null binding refused"
-            elif op[2] == NF_NAT_MANIP_DST:
-                rng = op[1]
-                if rng.min_addr != rng.max_addr or (rng.flags & NF_NAT_RANGE_PROTO_SPECIFIED
-                                                    and rng.min_proto != rng.max_proto):
-                    return "DNAT to a range"
+        if learn.ct_found:
+            if learn.recipe:
+                return "NAT binding of a known connection"
+            if ct.status & IPS_DYING or not ct.status & IPS_CONFIRMED:
+                return "connection ended"
+            if skb.ctinfo not in (IP_CT_NEW, IP_CT_ESTABLISHED, IP_CT_ESTABLISHED_REPLY):
+                return "related packet"
+        else:
+            if ct.status & ~_RECIPE_STATUS:
+                return "conntrack status"        # a bit the tracker or a target set: not made by the recipe
+            if p[9] == 1 and p[20] != 8:
+                return "not an echo request"
+            for op in learn.recipe:
+                if op[0] == "null":
+                    if op[2] != NF_ACCEPT:
+                        return "null binding refused"
+                elif op[2] == NF_NAT_MANIP_DST:
+                    rng = op[1]
+                    if rng.min_addr != rng.max_addr or (rng.flags & NF_NAT_RANGE_PROTO_SPECIFIED
+                                                        and rng.min_proto != rng.max_proto):
+                        return "DNAT to a range"
+            if rec.verdict == "FORWARD" and not ct.status & IPS_CONFIRMED:
+                return "forwarded without confirmation"
         n = learn.neigh
         if learn.neigh_seen:
             if n is None:
                 return "neighbour created"
-            if n.addr == struct.unpack_from("!I", p, 16)[0]:
-                return "next hop is the destination"
             from pathtrace.flowcache import _neigh_sig
             if _neigh_sig(n) != learn.neigh_sig:
                 return "neighbour state changed"
-        if rec.verdict == "FORWARD" and not ct.status & IPS_CONFIRMED:
-            return "forwarded without confirmation"
         return None
 
     # ---- serving --------------------------------------------------------------------------
     def serve(self, frame: Frame, dev: Any, now: float) -> MegaEntry | None:
-        """Make this frame's new connection as its megaflow's path does and count the hit; None (nothing
+        """Run this frame's connection state as its megaflow's path does and count the hit; None (nothing
         shared changed) when the frame has no megaflow or a guard fails: then it runs the model."""
         key = self.key(frame, dev)
-        if key is None:
-            return None
-        e = self.entries.get(key)
-        if e is None or self.net.tcp_conns:
+        if key is None or self.net.tcp_conns:
             return None
         p = frame.payload
         if int.from_bytes(p[:20], "big") % 0xFFFF:
             return None                                  # ip_rcv_core: bad header checksum
-        n = e.neigh
-        if n is not None:
-            state, hh, lladdr, timer = e.neigh_sig
-            if (n.state != state or n.hh_cached != hh or n.lladdr != lladdr or n.timer != timer
-                    or self.net.neigh.entries.get(e.neigh_key) is not n):
-                return None
         table = self.table
         table.now = now
         table.gc(now)                                    # as nf_conntrack_in does first
-        tot_len = e.tot_len
         saddr, daddr = _addrs(p, 12)
         proto = p[9]
+        tot_len = struct.unpack_from("!H", p, 2)[0]
         payload = bytearray(p[20:tot_len])
         t = _l4_tuple(saddr, daddr, proto, payload, 0)
-        if t is None or table.find(t, now) is not None:
+        if t is None:
+            return None
+        hit = table.find(t, now)
+        if hit is None:
+            e = self.entries.get(key + _NEW)
+            return None if e is None else self._serve_new(e, t, dev, now, p, payload)
+        ct, direction = hit
+        e = self.entries.get(key + self._found_sig(ct, direction))
+        return None if e is None else self._serve_found(e, ct, direction, dev, now, p, payload)
+
+    def _skb(self, dev: Any, now: float, p: bytes, payload: bytearray) -> SkBuff:
+        ctx = self.ctx
+        ctx.now = now
+        skb = SkBuff(ctx=ctx, dev=dev, iif=dev, tstamp=now, payload=payload)
+        skb.iph = Iphdr(4, 5, p[1], len(payload) + 20, 0, 0, p[8], p[9], 0, *_addrs(p, 12))
+        return skb
+
+    def _neighbour(self, e: MegaEntry, nexthop: int) -> Any:
+        """The next hop's entry when it is as learned (None: no next hop on the path), False otherwise.
+        A learned on-link next hop is the packet's own (rewritten) destination, looked up here; its
+        link-layer address only goes into the frame's bytes, which counts-only replays do not build."""
+        if not e.neigh_seen:
+            return None
+        state, hh, lladdr, timer = e.neigh_sig
+        if e.onlink:
+            n = self.net.neigh.entries.get((nexthop, e.neigh_key[1]))
+            if n is None or n.state != state or n.hh_cached != hh or n.timer != timer:
+                return False
+            return n
+        n = e.neigh
+        if (n.state != state or n.hh_cached != hh or n.lladdr != lladdr or n.timer != timer
+                or self.net.neigh.entries.get(e.neigh_key) is not n):
+            return False
+        return n
+
+    def _serve_new(self, e: MegaEntry, t: Any, dev: Any, now: float, p: bytes, payload: bytearray) -> MegaEntry | None:
+        table = self.table
+        out = next((op[1].min_addr for op in e.recipe if op[0] == "setup" and op[2] == NF_NAT_MANIP_DST), t.dst)
+        n = self._neighbour(e, out)
+        if n is False:
             return None
         reply = nf_ct_invert_tuple(t)
         if reply is None:
@@ -381,10 +457,8 @@ class MegaflowCache:
         limit = table.sysctl["nf_conntrack_max"]
         if limit and len(table.conns) >= limit:
             return None                                  # __nf_conntrack_alloc at the limit: the model decides
-        ctx = self.ctx
-        ctx.now = now
-        skb = SkBuff(ctx=ctx, dev=dev, iif=dev, tstamp=now, payload=payload)
-        skb.iph = Iphdr(4, 5, p[1], tot_len, 0, 0, p[8], proto, 0, saddr, daddr)
+        skb = self._skb(dev, now, p, payload)
+        proto = t.proto
         if proto == 1:
             if nf_conntrack_icmpv4_error(table, skb, NF_INET_PRE_ROUTING) != NF_ACCEPT or skb.ct is not None:
                 return None
@@ -402,11 +476,62 @@ class MegaflowCache:
                 nf_nat_setup_info(ct, op[1], op[2])
         if e.confirm and nf_conntrack_confirm(table, skb) != NF_ACCEPT:
             raise RuntimeError("megaflow: a confirmation the learned path passed failed")   # pragma: no cover
+        return self._hit(e, n, now)
+
+    def _serve_found(self, e: MegaEntry, ct: NfConn, direction: int, dev: Any, now: float, p: bytes,
+                     payload: bytearray) -> MegaEntry | None:
+        n = self._neighbour(e, _out_daddr(ct, direction))
+        if n is False:
+            return None
+        st = ct.proto
+        if p[9] == 6 and p[33] & 0x02 and getattr(st, "state", 0) >= TIME_WAIT:
+            return None         # a SYN may reopen a closed connection (kill + repeat): not undoable
+        skb = self._skb(dev, now, p, payload)
+        saved = (ct.status, ct.timeout, _snapshot(st))
+        ret = self.trackers[ct.orig.proto](self.table, ct, skb, e.ctinfo, NF_INET_PRE_ROUTING)
+        if ret == NF_ACCEPT and e.ctinfo == IP_CT_ESTABLISHED_REPLY:
+            ct.status |= IPS_SEEN_REPLY                  # nf_conntrack_in, after the tracker
+        if ret != NF_ACCEPT or ct.status != e.status or getattr(st, "state", None) != e.tracker_state \
+                or ct.proto is not st:
+            # the tracker took another turn than the learned packet's: undo it, the model runs instead
+            ct.status, ct.timeout = saved[0], saved[1]
+            ct.proto = st
+            _restore(st, saved[2])
+            return None
+        return self._hit(e, n, now)
+
+    def _hit(self, e: MegaEntry, n: Any, now: float) -> MegaEntry:
         if e.neigh_touch:
             n.updated = now
         e.hits += 1
         self.hits += 1
         return e
+
+
+def _out_daddr(ct: NfConn, direction: int) -> int:
+    """The destination of a packet of `ct` in `direction` once NAT has rewritten it: the source of the
+    other direction's tuple."""
+    return ct.reply.src if direction == 0 else ct.orig.src
+
+
+def _snapshot(st: Any) -> tuple | None:
+    """The tracker state's fields (and its per-direction TcpSeen's), to undo a tracker run."""
+    if st is None:
+        return None
+    seen = getattr(st, "seen", None)
+    return (tuple(getattr(st, f) for f in st.__slots__),
+            tuple(tuple(getattr(s, f) for f in s.__slots__) for s in seen) if seen else None)
+
+
+def _restore(st: Any, snap: tuple | None) -> None:
+    if st is None or snap is None:
+        return
+    for f, v in zip(st.__slots__, snap[0]):
+        setattr(st, f, v)
+    if snap[1] is not None:
+        for s, vals in zip(st.seen, snap[1]):
+            for f, v in zip(s.__slots__, vals):
+                setattr(s, f, v)
 
 
 def _connected() -> Any:

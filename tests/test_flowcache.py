@@ -138,14 +138,14 @@ WAN_HEADER = build.mac_bytes(workload.ROUTER_WAN_MAC) + build.mac_bytes(workload
 
 # ---- guards: whatever could change the path sends the packet through the model -----------------------
 
-def _conversation(events, t0=1000.0, options: bool = False, isn: tuple[int, int] = (1000, 5000)):
+def _conversation(events, t0=1000.0, options: bool = False, isn: tuple[int, int] = (1000, 5000),
+                  client: str = "192.168.1.7", server: str = "203.0.113.9", sport: int = 40000):
     """Frames of one masqueraded TCP connection through bench/workload's router; `events`
     is a list of (direction, flags, seq_delta, ack_delta, payload_len, gap, corrupt[, sack]).
     options=True negotiates SACK and window scaling; an event's `sack` (None: no option)
     then adds a SACK block whose right edge is that far past the acknowledged sequence."""
     c_isn, s_isn = isn
     lan, wan = LAN_HEADER, WAN_HEADER
-    client, server, sport = "192.168.1.7", "203.0.113.9", 40000
     syn_opts = b"\x04\x02\x01\x03\x03\x02" + b"\x00\x00" if options else b""   # SACK_PERM, NOP, WS 2
     frames = [lan + build.tcp_packet(client, server, sport, 443, "S", seq=c_isn, window=65535, options=syn_opts),
               wan + build.tcp_packet(server, workload.PUBLIC, 443, sport, "SA", seq=s_isn, ack=c_isn + 1,

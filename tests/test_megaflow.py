@@ -262,3 +262,39 @@ def test_full_table_runs_the_model():
     assert sum(n for (verdict, _), n in counts.verdicts.items() if verdict == "DROP") > 0 or \
         net.nf.conntrack.stats["early_drop"] > 0
     compare(host, frames)
+
+
+# ---- known connections: handshakes, first replies, state changes ---------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from test_flowcache import EVENT, _conversation  # noqa: E402
+
+CONVERSATION = st.tuples(st.lists(EVENT, min_size=0, max_size=12), st.integers(2, 9), st.booleans())
+
+
+def _conversations(drawn: list, t0: float = 1000.0) -> list:
+    """Masqueraded TCP connections through the bench router (test_flowcache's conversation builder),
+    each from its own client port, interleaved by time."""
+    frames = []
+    for k, (events, host, options) in enumerate(drawn):
+        frames += _conversation(events, t0 + k * 0.0003, options=options, isn=(1000 + 7919 * k, 5000 + 104729 * k),
+                                client=f"192.168.1.{host}", sport=40000 + k)
+    frames.sort(key=lambda f: f.ts)
+    return [dataclasses.replace(f, index=i) for i, f in enumerate(frames)]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(CONVERSATION, min_size=2, max_size=8))
+def test_random_conversations_same_with_and_without_megaflow(drawn):
+    compare(workload.host_yaml(60), _conversations(drawn))
+
+
+def test_handshakes_are_served():
+    """2,000 conversations' handshakes and first data: after the first few connections, the SYN, the
+    SYN-ACK (de-masqueraded to an on-link client: its own neighbour entry), the ACK and each side's first
+    data segment are megaflow hits."""
+    events = [(0, "PA", 0, 0, 100, 0.001, 0), (1, "PA", 0, 0, 100, 0.001, 0), (0, "A", 0, 0, 0, 0.001, 0)]
+    frames = _conversations([(events, 2 + k % 20, False) for k in range(300)])
+    hits = compare(workload.host_yaml(60), frames)
+    assert hits > 0.9 * len(frames)

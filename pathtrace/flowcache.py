@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 try:   # the optional C accelerator (pathtrace/_fastpath.c): the same hot path, built by setup.py
@@ -131,6 +131,7 @@ class FlowEntry:
     tallied: int = 0                    # of those, replays counted here instead of by a record (tally)
     fast: Any = None                    # the compiled guards + per-packet work (_compile)
     render: Any = None                  # renderers' cache for this entry's records (render/jsonl.py's template)
+    bytes_known: bool = True            # False: made from another flow's entry (promote); counts only
 
 
 class FlowCache:
@@ -196,6 +197,8 @@ class FlowCache:
 
     def replay(self, key: tuple, frame: Frame, now: float, record: bool, emit: bool) -> PacketRecord | None:
         """The cached path of this frame as its record, or None when it must run the model."""
+        if (record or emit) and key in self.entries and not self.entries[key].bytes_known:
+            return None                 # a promoted entry has no path or bytes: the model runs, learns it
         e, detail = self.serve(key, frame, now)
         if e is None:
             return None
@@ -283,9 +286,6 @@ class FlowCache:
             self.refused[why] = self.refused.get(why, 0) + 1
             return
         learn = ctx.learn
-        if learn.ct_found and self.mega is not None and self.mega.off is None:
-            # the steady state of this flow is this entry's; other flows' first packets in it, the megaflow's
-            self.mega.learn(frame, ctx, skb, rec, self._effects(ctx, before))
         p = frame.payload
         hlen = (p[0] & 0x0F) * 4
         tot_len = struct.unpack_from("!H", p, 2)[0]
@@ -325,6 +325,35 @@ class FlowCache:
             steps=list(rec.path) if rec.path else None, tracker_step=tracker_step,
             l2_out=l2_out, mangle=mangle, emit_kind=emit_kind, emit_dev=emit_dev)
         entry.fast = _compile(entry, self.net.neigh.entries, self.accel)
+        if learn.ct_found and self.mega is not None and self.mega.off is None:
+            # other flows' first packets in this steady state: the megaflow's, then an entry of their own
+            self.mega.learn(frame, ctx, skb, rec, (entry.counted, entry.dev_deltas, entry.replayer_deltas),
+                            prototype=entry)
+
+    def promote(self, key: tuple, m: Any, ct: Any, n: Any) -> None:
+        """After a megaflow served a packet of a known connection in a steady state (m.prototype: the
+        entry another flow learned in it), this flow's own entry, made from the prototype with this
+        flow's conntrack entry and next hop: its next packets take the replay cache's (and the C lane's)
+        path.  It serves counts only (no path steps, no bytes: bytes_known False)."""
+        proto = m.prototype
+        if len(self.entries) >= _MAX_ENTRIES:
+            self.flush()
+            self.entries.clear()
+        old = self.entries.get(key)
+        if old is not None:
+            self._flush_entry(old)
+        if n is None or not m.onlink:
+            n = proto.neigh
+        entry = self.entries[key] = replace(
+            proto, ct=ct, ct_sig=_ct_sig(ct), neigh=n, neigh_key=(n.addr, n.dev) if n is not None else None,
+            neigh_sig=_neigh_sig(n) if n is not None else (), steps=None, tracker_step=-1, l2_out=b"", mangle=(),
+            hits=0, tallied=0, fast=None, render=None, bytes_known=False)
+        entry.fast = _compile(entry, self.net.neigh.entries, self.accel)
+
+    def drop_promoted(self) -> None:
+        """Forget the promoted entries (the replay now needs every frame's bytes), their counts applied."""
+        for key in [k for k, e in self.entries.items() if not e.bytes_known]:
+            self._flush_entry(self.entries.pop(key))
 
     def _effects(self, ctx: PacketContext, before: dict) -> tuple[tuple, tuple, tuple[int, int]]:
         """What the learning run added that later packets of the path add again: the x_tables counters

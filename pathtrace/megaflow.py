@@ -243,6 +243,7 @@ class MegaEntry:
     emitted: list
     ct: Any = None                      # known connections: set, so that flushing adds "found" statistics
     table: Any = None
+    prototype: Any = None               # a steady state's FlowEntry: served flows get one like it (promote)
     fast: Any = None
     hits: int = 0
     tallied: int = 0
@@ -269,6 +270,7 @@ class MegaflowCache:
         self.ctx = PacketContext(0.0, record=False, emit_frames=False, net=net)   # steps off: stays empty
         self.hits = 0
         self.relearned = 0
+        self.served: tuple = (None, None)       # the last known connection served and its next hop
         self.refused: dict[str, int] = {}
 
     def key(self, frame: Frame, dev: Any) -> tuple | None:
@@ -304,7 +306,7 @@ class MegaflowCache:
                 c.addr(o.src), c.addr(o.dst), c.addr(r.src), c.addr(r.dst), ports)
 
     # ---- learning -------------------------------------------------------------------------
-    def learn(self, frame: Frame, ctx: Any, skb: Any, rec: Any, effects: tuple) -> str | None:
+    def learn(self, frame: Frame, ctx: Any, skb: Any, rec: Any, effects: tuple, prototype: Any = None) -> str | None:
         """Remember the path of a new connection's first packet, or of a known connection's packet that
         changed its state; returns why not, None when learned."""
         why = self._refusal(frame, ctx, skb, rec)
@@ -342,7 +344,7 @@ class MegaflowCache:
             tot_len=struct.unpack_from("!H", frame.payload, 2)[0], counted=counted, dev_deltas=devs,
             replayer_deltas=rdeltas, verdict=rec.verdict, reason=rec.reason,
             emitted=[Emitted(o.dev, b"", "", o.kind) for o in rec.emitted],
-            ct=ct if found else None, table=self.table)
+            ct=ct if found else None, table=self.table, prototype=prototype)
         return None
 
     def _refusal(self, frame: Frame, ctx: Any, skb: Any, rec: Any) -> str | None:
@@ -412,6 +414,10 @@ class MegaflowCache:
         t = _l4_tuple(saddr, daddr, proto, payload, 0)
         if t is None:
             return None
+        if proto == 1:                                   # nf_conntrack_in checks ICMP before the lookup
+            skb = self._skb(dev, now, p, payload)
+            if nf_conntrack_icmpv4_error(table, skb, NF_INET_PRE_ROUTING) != NF_ACCEPT or skb.ct is not None:
+                return None
         hit = table.find(t, now)
         if hit is None:
             e = self.entries.get(key + _NEW)
@@ -459,9 +465,6 @@ class MegaflowCache:
             return None                                  # __nf_conntrack_alloc at the limit: the model decides
         skb = self._skb(dev, now, p, payload)
         proto = t.proto
-        if proto == 1:
-            if nf_conntrack_icmpv4_error(table, skb, NF_INET_PRE_ROUTING) != NF_ACCEPT or skb.ct is not None:
-                return None
         ct = NfConn(orig=t, reply=reply, table=table)
         if (self.trackers[proto](table, ct, skb, IP_CT_NEW, NF_INET_PRE_ROUTING) != NF_ACCEPT
                 or getattr(ct.proto, "state", None) != e.tracker_state or ct.status):
@@ -498,6 +501,7 @@ class MegaflowCache:
             ct.proto = st
             _restore(st, saved[2])
             return None
+        self.served = (ct, n)
         return self._hit(e, n, now)
 
     def _hit(self, e: MegaEntry, n: Any, now: float) -> MegaEntry:

@@ -85,6 +85,8 @@ class Replayer:
         self.sent_seen = True
         self.options.emit_frames = True
         self.agreement.take_stash()
+        if self.cache is not None:
+            self.cache.drop_promoted()
 
     def choose_ingress(self, frame: Frame) -> tuple[NetDevice, str]:
         """--in, then the pcapng interface name, then the destination MAC, then the first interface."""
@@ -210,7 +212,9 @@ class Replayer:
             key = cache.key(frame, dev)
             e = cache.serve(key, frame, now)[0] if key is not None else None
             if e is None and cache.mega is not None and cache.mega.off is None:
-                e = cache.mega.serve(frame, dev, now)      # a new connection on a learned path
+                e = cache.mega.serve(frame, dev, now)      # a connection's packet on another's learned path
+                if e is not None and e.prototype is not None and key is not None:
+                    cache.promote(key, e, *cache.mega.served)
             if e is not None:
                 self.count += 1
                 e.tallied += 1

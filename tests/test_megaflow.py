@@ -298,3 +298,12 @@ def test_handshakes_are_served():
     frames = _conversations([(events, 2 + k % 20, False) for k in range(300)])
     hits = compare(workload.host_yaml(60), frames)
     assert hits > 0.9 * len(frames)
+
+
+def test_bad_icmp_checksum_of_a_known_ping_is_not_served():
+    """Regression (hypothesis, test_flowcache_oneway): nf_conntrack_in checks an ICMP message
+    (nf_conntrack_icmpv4_error) before looking its connection up, so a known ping's corrupted request
+    is INVALID; the megaflow of the ping's steady state must not count it as the others."""
+    from test_flowcache_oneway import _icmp_frames
+    frames = _icmp_frames([(0, 0.001, 0, 0, 7), (0, 0.001, 0, 0, 7), (0, 0.001, 2, 0, 7)])
+    compare(workload.host_yaml(60), frames)

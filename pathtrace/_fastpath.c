@@ -762,9 +762,9 @@ static int buf_put(Buf *b, const char *s, Py_ssize_t n) {
 
 /* Where a lane's lines go.  Without a descriptor into `buf`, returned to Python as bytes.  With
  * one (render/template.py DirectLines) written there with writev: literal pieces by reference to
- * the flats' own UTF-8 texts (each flat held in `held` until written), the per-packet values
- * copied to `scratch`; Python's `flush` is called before the call's first write, so the lines
- * stay in order with what Python wrote to the same stream. */
+ * the flats' own UTF-8 texts (each flat held in `held` until the call ends), the per-packet
+ * values copied to `scratch`; Python's `flush` is called before the call's first write, so the
+ * lines stay in order with what Python wrote to the same stream. */
 #define OUT_IOV 1024                    /* IOV_MAX on Linux */
 typedef struct {
     Buf buf;
@@ -814,7 +814,7 @@ static int out_flush(Out *o) {
     }
     o->niov = 0;
     o->scratch.len = 0;
-    return PyList_SetSlice(o->held, 0, PyList_GET_SIZE(o->held), NULL);
+    return 0;
 }
 
 /* A piece of a line: `value` pieces live only for this call (copied when written later). */
@@ -822,6 +822,7 @@ static inline int out_put(Out *o, const char *s, Py_ssize_t n, int value) {
     if (n == 0) return 0;
     o->size += n;
     if (o->fd < 0) return buf_put(&o->buf, s, n);
+    if (o->niov == OUT_IOV && out_flush(o) < 0) return -1;     /* a line of more pieces than that */
     if (value) {
         char *d = o->scratch.data + o->scratch.len;     /* room made by out_room */
         memcpy(d, s, n);
@@ -834,14 +835,16 @@ static inline int out_put(Out *o, const char *s, Py_ssize_t n, int value) {
     return 0;
 }
 
-/* Room for a line of `pieces` pieces, `values` bytes of them per-packet values, and its flat held. */
+/* Room for a line of `pieces` pieces, `values` bytes of them per-packet values (a flush
+ * in the middle of the line leaves room for the rest: scratch starts again), and its flat held. */
 static int out_room(Out *o, PyObject *flat, Py_ssize_t pieces, Py_ssize_t values) {
     if (o->fd < 0) return 0;
     if (o->niov + pieces > OUT_IOV || o->scratch.len + values > o->scratch.cap) {
         if (out_flush(o) < 0) return -1;
-        if (pieces > OUT_IOV) { PyErr_SetString(PyExc_ValueError, "template flat too long"); return -1; }
         if (values > o->scratch.cap && buf_reserve(&o->scratch, values) < 0) return -1;
     }
+    Py_ssize_t held = PyList_GET_SIZE(o->held);
+    if (held && PyList_GET_ITEM(o->held, held - 1) == flat) return 0;     /* the same flow again */
     return PyList_Append(o->held, flat);
 }
 

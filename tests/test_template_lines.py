@@ -120,6 +120,30 @@ def test_echoes_and_datagrams_are_written_by_the_lane(files, tmp_path, name):
     assert (tmp_path / "out.jsonl").read_bytes() == expected.stdout
 
 
+def test_lines_of_more_pieces_than_one_writev_takes(files, tmp_path, monkeypatch):
+    """Flats cut into thousands of pieces (more than IOV_MAX, 1024, per line): the lane writes a
+    line over several writev calls, with the same bytes."""
+    pytest.importorskip("pathtrace._fastpath")
+    split = T._split_marks
+
+    def chopped(text: str, marks: dict) -> tuple:
+        flat: list = []
+        for x in split(text, marks):
+            if x.__class__ is str:
+                pieces = [x[i:i + 7] for i in range(0, len(x), 7)] or [""]
+                flat += [y for piece in pieces for y in (piece, "")][:-1]   # literal pieces side by side
+            else:
+                flat.append(x)
+        return tuple(flat)
+    monkeypatch.setattr(T, "_split_marks", chopped)
+    with open(tmp_path / "out.jsonl", "w", encoding="utf-8") as out:
+        rendered, returned = _stream(files["host"], files["udp"], out, T.JSONL, limit=600)
+    assert not any(returned) and rendered < 600
+    expected = _replay(files["host"], files["udp"], "--format", "jsonl", "--no-cache", "--limit", "600",
+                       stdout=subprocess.PIPE)
+    assert (tmp_path / "out.jsonl").read_bytes() == expected.stdout
+
+
 def test_lines_come_back_as_bytes_without_a_descriptor(files):
     """An output stream without a file descriptor (io.StringIO, click's test runner): flat_for itself,
     and the lane returns its lines to Python."""

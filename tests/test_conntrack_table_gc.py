@@ -214,6 +214,18 @@ def test_queue_stays_proportional_to_the_live_entries() -> None:
     assert len(table) == 199
 
 
+def test_only_confirmed_entries_are_queued(tmp_path) -> None:
+    """A new flow's entry gets its timeout before it is confirmed: that is not a queue entry;
+    the queue holds one key per entry until a timeout moves down."""
+    from helpers import Rig
+    rig = Rig(tmp_path, HOST)
+    for i in range(50):
+        rig.send("lan0", build.tcp_packet(f"192.168.1.{2 + i}", "203.0.113.5", 40000 + i, 80, "S", seq=i,
+                                          window=64240))
+    table = rig.net.nf.conntrack
+    assert len(table) == 50 and len(table._expiry) == 50
+
+
 def test_gc_visits_only_what_expires(monkeypatch) -> None:
     """The sweep's cost: with 20,000 entries that live for 120 s, a gc every 5 s looks at the
     keys that came due, not at the 20,000 entries."""

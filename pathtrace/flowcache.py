@@ -307,12 +307,7 @@ class FlowCache:
             tracker_step = next((i for i, s in enumerate(rec.path) if s.fn == fn), -1)
         counted, devs, rdeltas = self._effects(ctx, before)
         table = self.table
-        if len(self.entries) >= _MAX_ENTRIES:
-            self.flush()
-            self.entries.clear()
-        old = self.entries.get(key)
-        if old is not None:
-            self._flush_entry(old)
+        self._make_room(key)
         entry = self.entries[key] = FlowEntry(
             ct=learn.ct, ct_dir=learn.ct_dir, ct_sig=learn.ct_sig, tracker=learn.tracker, table=table,
             check_l4=bool(table is not None and table.sysctl["nf_conntrack_checksum"]),
@@ -336,12 +331,7 @@ class FlowCache:
         flow's conntrack entry and next hop: its next packets take the replay cache's (and the C lane's)
         path.  It serves counts only (no path steps, no bytes: bytes_known False)."""
         proto = m.prototype
-        if len(self.entries) >= _MAX_ENTRIES:
-            self.flush()
-            self.entries.clear()
-        old = self.entries.get(key)
-        if old is not None:
-            self._flush_entry(old)
+        self._make_room(key)
         if n is None or not m.onlink:
             n = proto.neigh
         entry = self.entries[key] = replace(
@@ -349,6 +339,16 @@ class FlowCache:
             neigh_sig=_neigh_sig(n) if n is not None else (), steps=None, tracker_step=-1, l2_out=b"", mangle=(),
             hits=0, tallied=0, fast=None, render=None, bytes_known=False)
         entry.fast = _compile(entry, self.net.neigh.entries, self.accel)
+
+    def _make_room(self, key: tuple) -> None:
+        """Before an entry is stored under `key`: the one it replaces has its pending counts applied;
+        past _MAX_ENTRIES every entry's are, and the cache starts again (memory stays flat)."""
+        if len(self.entries) >= _MAX_ENTRIES:
+            self.flush()
+            self.entries.clear()
+        old = self.entries.get(key)
+        if old is not None:
+            self._flush_entry(old)
 
     def drop_promoted(self) -> None:
         """Forget the promoted entries (the replay now needs every frame's bytes), their counts applied."""
@@ -393,13 +393,19 @@ class FlowCache:
                 return "conntrack tracker state"
             if learn.tracker == "tcp" and learn.ct_sig[3] != _ESTABLISHED:
                 return "tcp not established"
-        n = learn.neigh
-        if learn.neigh_seen:
-            if n is None:
-                return "neighbour created"
-            if _neigh_sig(n) != learn.neigh_sig:
-                return "neighbour state changed"
-        return None
+        return neighbour_refusal(learn)
+
+
+def neighbour_refusal(learn: Learning) -> str | None:
+    """Why a learned path's next hop makes it unfit to reuse: the path created the neighbour entry, or
+    changed its state (a reused path must find it as the learning run left it)."""
+    n = learn.neigh
+    if learn.neigh_seen:
+        if n is None:
+            return "neighbour created"
+        if _neigh_sig(n) != learn.neigh_sig:
+            return "neighbour state changed"
+    return None
 
 
 def _compile(e: FlowEntry, neigh_entries: dict, accel: Any = None) -> Any:

@@ -385,14 +385,8 @@ class MegaflowCache:
                         return "DNAT to a range"
             if rec.verdict == "FORWARD" and not ct.status & IPS_CONFIRMED:
                 return "forwarded without confirmation"
-        n = learn.neigh
-        if learn.neigh_seen:
-            if n is None:
-                return "neighbour created"
-            from pathtrace.flowcache import _neigh_sig
-            if _neigh_sig(n) != learn.neigh_sig:
-                return "neighbour state changed"
-        return None
+        from pathtrace.flowcache import neighbour_refusal
+        return neighbour_refusal(learn)
 
     # ---- serving --------------------------------------------------------------------------
     def serve(self, frame: Frame, dev: Any, now: float) -> MegaEntry | None:

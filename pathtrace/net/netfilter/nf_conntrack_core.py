@@ -10,8 +10,8 @@ Time is the capture's (skb.ctx.now, seconds).  Entries expire lazily when a look
 meets them (____nf_conntrack_find -> nf_ct_gc_expired) and in a periodic sweep
 (gc_worker), which keeps memory bounded over long replays.  The sweep deletes exactly the
 entries whose timeout has passed, as a walk over the whole hash would, but finds them in an
-expiry queue (a heap keyed by a lower bound of each entry's timeout), so its cost follows the
-entries that expire, not the size of the table.
+expiry queue (one-second buckets by a lower bound of each entry's timeout), so its cost follows
+the entries that expire, not the size of the table.
 
 nf_conntrack_max is enforced as __nf_conntrack_alloc does: a new entry beyond the limit
 first tries early_drop (evict the entries that are not ASSURED from the first of 8 hash
@@ -19,8 +19,8 @@ buckets, from the new tuple's on, that has any), else the packet is dropped.
 """
 from __future__ import annotations
 
-import heapq
 import random
+from math import floor
 from operator import attrgetter
 from typing import Any, Callable
 
@@ -189,8 +189,9 @@ class ConntrackTable:
     """Per-namespace conntrack state: the tuple hash, NAT's by-source index, sysctls, RNG.
 
     `hash` maps each tuple to (conntrack, direction); `conns` holds every conntrack in the
-    hash by creation number (so in creation order), `_expiry` is the gc's queue of
-    (key, seq) with key <= that entry's timeout."""
+    hash by creation number (so in creation order); `_wheel` is the gc's queue: one-second
+    buckets of entries by their `_gc_key`, a lower bound of their timeout (an entry whose key is
+    below the first bucket gc has not finished, `_wheel_pos`, waits in that one)."""
 
     def __init__(self, net: Any = None, seed: int = 0, **sysctl: int):
         self.net = net
@@ -201,7 +202,9 @@ class ConntrackTable:
         self.bysource: dict[tuple[int, int, int], list[NfConn]] = {}
         self.conns: dict[int, NfConn] = {}
         self._unlisted: set[int] = set()      # seqs whose original tuple's hash entry says REPLY (orig == reply)
-        self._expiry: list[tuple[float, int]] = []
+        self._wheel: dict[int, list[NfConn]] = {}
+        self._wheel_pos: int | None = None   # buckets before it are done (gone)
+        self._queued = 0                     # entries in the wheel's lists, superseded ones included
         self._buckets: dict[int, list[NfConn]] | None = None   # early_drop's hash chains, built when first needed
         self.early_drop_pending = False      # conntrack_gc_work.early_drop: an allocation failed
         self.rng = random.Random(seed)   # get_random_u16 for NAT port search
@@ -267,7 +270,8 @@ class ConntrackTable:
         if ct.orig == ct.reply:
             self._unlisted.add(seq)
         key = ct._gc_key = ct._timeout
-        self._push(key, seq)
+        self._push(ct, key)
+        self._compact()
         if self._buckets is not None:
             for t in (ct.orig, ct.reply):
                 self._buckets.setdefault(self._bucket(t), []).append(ct)
@@ -305,40 +309,79 @@ class ConntrackTable:
         return True
 
     # ---- expiry ------------------------------------------------------------------------------
-    def _push(self, key: float, seq: int) -> None:
-        heap = self._expiry
-        heapq.heappush(heap, (key, seq))
-        if len(heap) > 2 * len(self.conns) + 1024:
-            # superseded and deleted entries' keys outnumber the live ones: rebuild (amortised O(1))
-            heap[:] = [(ct._gc_key, s) for s, ct in self.conns.items()]
-            heapq.heapify(heap)
+    def _push(self, ct: NfConn, key: float) -> None:
+        b = floor(key)
+        pos = self._wheel_pos
+        if pos is not None and b < pos:
+            b = pos
+        lst = self._wheel.get(b)
+        if lst is None:
+            self._wheel[b] = [ct]
+        else:
+            lst.append(ct)
+        self._queued += 1
+
+    def _compact(self) -> None:
+        """Superseded and deleted entries' copies outnumber the live entries: rebuild the wheel
+        (amortised O(1) a push; never during a gc, which holds the wheel)."""
+        if self._queued > 2 * len(self.conns) + 1024:
+            self._wheel, self._queued = {}, 0
+            for ct in self.conns.values():
+                self._push(ct, ct._gc_key)
 
     def requeue(self, ct: NfConn, timeout: float) -> None:
         """ct.timeout moved below its key: queue it again under the new, lower one."""
         ct._gc_key = timeout
-        self._push(timeout, ct.seq)
+        self._push(ct, timeout)
+        self._compact()
 
     def gc(self, now: float, force: bool = False) -> int:
         """gc_worker: every GC_INTERVAL seconds of capture time, delete every entry whose timeout
-        has passed.  Keys below `now` are popped; an entry whose timeout moved past its key since
-        goes back in the queue under its timeout, a key that is no longer its entry's is dropped."""
+        has passed.  The buckets up to now's are emptied: an entry whose key has come is deleted
+        if its timeout has too, else queued again under its timeout; a copy whose entry has since
+        been queued under another key, or deleted, is dropped."""
         if not force and now - self.last_gc < GC_INTERVAL:
             return 0
         self.last_gc = now
-        heap, conns = self._expiry, self.conns
+        wheel, conns = self._wheel, self.conns
+        last = floor(now)
+        pos = self._wheel_pos
+        if pos is None:
+            pos = min(min(wheel, default=last), last)
+        if last < pos:                       # time went back: only the bucket of the early keys
+            due = [pos]
+        elif last - pos <= len(wheel):
+            due = range(pos, last + 1)
+        else:                                # a long silence: visit the buckets there are
+            due = sorted(b for b in wheel if b <= last)
         dead = 0
-        while heap and heap[0][0] <= now:
-            key, seq = heapq.heappop(heap)
-            ct = conns.get(seq)
-            if ct is None or ct._gc_key != key:
+        for b in due:
+            lst = wheel.pop(b, None)
+            if lst is None:
                 continue
-            timeout = ct._timeout
-            if timeout <= now:
-                self.delete(ct, expired=True)
-                dead += 1
-            else:
-                ct._gc_key = timeout
-                heapq.heappush(heap, (timeout, seq))
+            self._queued -= len(lst)
+            keep = []
+            for ct in lst:
+                if conns.get(ct.seq) is not ct:
+                    continue                 # deleted
+                key = ct._gc_key
+                if key > now:
+                    if b >= last and floor(key) <= b:
+                        keep.append(ct)      # its own bucket, not due yet
+                    continue                 # else a copy: the entry waits in a later bucket
+                timeout = ct._timeout
+                if timeout <= now:
+                    self.delete(ct, expired=True)
+                    dead += 1
+                else:
+                    ct._gc_key = timeout
+                    self._push(ct, timeout)
+            if keep:
+                wheel.setdefault(b, []).extend(keep)
+                self._queued += len(keep)
+        if last > pos:
+            pos = last
+        self._wheel_pos = pos
         if self.early_drop_pending:
             self._gc_early_drop()
         return dead

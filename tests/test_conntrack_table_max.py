@@ -203,3 +203,32 @@ def test_live_dense_table_evicts_like_the_model(tmp_path) -> None:
     # the model (which ones differs: the kernel's hash is seeded at random)
     passed, model = _live_run(tmp_path, 400, 512, 450)
     assert all(passed) and model == ["FORWARD"] * 450
+
+
+def test_early_drop_reaps_expired_entries_without_counting_them() -> None:
+    """early_drop_list: an expired entry met in a chain is reaped (nf_ct_gc_expired) and does not
+    count as a drop; an ASSURED one is skipped; the non-ASSURED ones of that chain all go."""
+    from pathtrace.net.netfilter.nf_conntrack_core import IPS_ASSURED, IPS_CONFIRMED, NfConn
+    from pathtrace.net.netfilter.nf_conntrack_tuple import Tuple
+    table = ConntrackTable(nf_conntrack_buckets=512)
+    new = Tuple(1, 2, 6, 1000, 80)
+    home = table._bucket(new)
+    same = []                                      # tuples whose original direction lands in `home`
+    port = 1
+    while len(same) < 4:
+        t = Tuple(10, 20, 17, port, 53)
+        if table._bucket(t) == home and table._bucket(Tuple(20, 10, 17, 53, port)) != home:
+            same.append(t)
+        port += 1
+    cts = []
+    for t, (status, timeout) in zip(same, [(0, 50.0), (IPS_ASSURED, 500.0), (0, 500.0), (0, 600.0)]):
+        ct = NfConn(t, Tuple(t.dst, t.src, t.proto, t.dport, t.sport), status=IPS_CONFIRMED | status,
+                    timeout=timeout, table=table)
+        table.insert(ct)
+        cts.append(ct)
+    evicted = table.early_drop(new, 100.0)
+    assert evicted == [cts[3], cts[2]]             # newest first, as the chain is walked
+    assert table.stats["early_drop"] == 2 and table.stats["expired"] == 1
+    assert table.entries() == [cts[1]]
+    # nothing left to evict near `new`: the caller drops the packet
+    assert table.early_drop(new, 100.0) == [] and table.stats["early_drop"] == 2

@@ -39,7 +39,7 @@ enum { K_PLAIN = 0, K_UDP = 1, K_TCP = 2, K_ICMP = 3 };
  * object's class (the model's dataclasses use slots=True) are resolved once to the member's
  * offset and accessed in place, as the member descriptor itself does; others by name. */
 enum {
-    A_CT_TIMEOUT, A_CT_STATUS, A_CT_MARK, A_CT_LABELS,
+    A_CT_TIMEOUT, A_CT_GC_KEY, A_CT_STATUS, A_CT_MARK, A_CT_LABELS,
     A_ST_STATE, A_ST_LAST_SEQ, A_ST_LAST_ACK, A_ST_LAST_END, A_ST_LAST_WIN, A_ST_LAST_DIR, A_ST_RETRANS,
     A_ST_LAST_INDEX, A_ST_STREAM_TS,
     A_TD_END, A_TD_MAXEND, A_TD_MAXWIN, A_TD_MAXACK, A_TD_SCALE, A_TD_FLAGS,
@@ -129,6 +129,20 @@ static int set_double(FastEntry *fe, PyObject *o, int a, double value) {
     int r = aset(fe, o, a, v);
     Py_DECREF(v);
     return r;
+}
+
+/* ct.timeout = value, as NfConn's setter does it: the `_timeout` slot, and when the value is below the
+ * entry's key in the table's expiry queue (`_gc_key`), table.requeue(ct, value) - a timeout moved down. */
+static int set_ct_timeout(FastEntry *fe, double value) {
+    double key;
+    if (set_double(fe, fe->ct, A_CT_TIMEOUT, value) < 0) return -1;
+    if (get_double(fe, fe->ct, A_CT_GC_KEY, &key) < 0) return -1;
+    if (value < key) {
+        PyObject *r = PyObject_CallMethod(fe->table, "requeue", "Od", fe->ct, value);
+        if (r == NULL) return -1;
+        Py_DECREF(r);
+    }
+    return 0;
 }
 
 static int set_u64(FastEntry *fe, PyObject *o, int a, unsigned long long value) {
@@ -424,7 +438,7 @@ static PyObject *tcp_accept(FastEntry *fe, double now, uint64_t seen_flags, long
         timeout = fe->t_retrans; tval = fe->v_retrans;
     }
     long long refresh = (!fe->seen_reply && tval > fe->v_unack) ? fe->v_unack : tval;
-    if (!fe->fixed && set_double(fe, fe->ct, A_CT_TIMEOUT, now + (double)refresh) < 0) return NULL;
+    if (!fe->fixed && set_ct_timeout(fe, now + (double)refresh) < 0) return NULL;
     if (!fe->detail) return Py_NewRef(fe->no_detail);
     PyObject *d = PyDict_New();
     if (d == NULL) return NULL;
@@ -452,7 +466,7 @@ static PyObject *udp_fast(FastEntry *fe, const unsigned char *p, double now) {
     if (!fe->fixed) {
         double x = PyFloat_AsDouble(extra);
         if (x == -1.0 && PyErr_Occurred()) return NULL;
-        if (set_double(fe, fe->ct, A_CT_TIMEOUT, now + x) < 0) return NULL;
+        if (set_ct_timeout(fe, now + x) < 0) return NULL;
     }
     PyObject *d = PyDict_New();
     if (d == NULL) return NULL;
@@ -470,7 +484,7 @@ static PyObject *icmp_fast(FastEntry *fe, const unsigned char *p, double now) {
     if (!fe->fixed) {
         double x = PyFloat_AsDouble(fe->icmp_timeout);
         if (x == -1.0 && PyErr_Occurred()) return NULL;
-        if (set_double(fe, fe->ct, A_CT_TIMEOUT, now + x) < 0) return NULL;
+        if (set_ct_timeout(fe, now + x) < 0) return NULL;
     }
     PyObject *d = PyDict_New();
     if (d == NULL) return NULL;
@@ -1518,7 +1532,7 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     INTERN(s_l2_out, "l2_out"); INTERN(s_fd, "fd"); INTERN(s_flush, "flush");
     if (!(i_ETH_P_IP = PyLong_FromLong(0x0800))) return NULL;
     static const char *names[A_COUNT] = {
-        "timeout", "status", "mark", "labels",
+        "_timeout", "_gc_key", "status", "mark", "labels",
         "state", "last_seq", "last_ack", "last_end", "last_win", "last_dir", "retrans", "last_index", "stream_ts",
         "td_end", "td_maxend", "td_maxwin", "td_maxack", "td_scale", "flags",
         "state", "hh_cached", "lladdr", "_timer", "updated",

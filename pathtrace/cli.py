@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import time
+from typing import TextIO
 
 import click
 
@@ -100,6 +101,19 @@ class _Interrupt:
     def check(self) -> None:
         if self.hit:
             raise KeyboardInterrupt
+
+    def write(self, out: "TextIO", text: str) -> None:
+        """out.write(text) with SIGINT held back until it returns: a record longer than the stream's
+        buffer is written in pieces, and a ^C between two pieces (a write to a full pipe interrupted)
+        would leave half a line before the summary."""
+        if self._old is None:
+            out.write(text)
+            return
+        signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT,))
+        try:
+            out.write(text)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGINT,))
 
 
 def _packet_count(text: str | None) -> int:
@@ -460,10 +474,10 @@ def _replay_one(replayer, frames, fmt: str, verbose: bool, limit: int, writer, c
                 pcapng.write_record(record, frame)
             if fmt == "brief":
                 record.packet = describe_frame(frame)
-                out.write(look.brief.line(record))
+                stop.write(out, look.brief.line(record))
             elif fmt != "none":
                 text = render_record(record, frame, fmt, verbose)
-                out.write(look.text(text) if look is not None and fmt == "text" and not look.plain else text)
+                stop.write(out, look.text(text) if look is not None and fmt == "text" and not look.plain else text)
             stop.check()
 
         def tick(n: int) -> None:

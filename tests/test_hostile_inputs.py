@@ -388,6 +388,29 @@ def test_sigint_partial_summary_exit_130(tmp_path: Path) -> None:
     assert b"Traceback" not in err and b"interrupted (SIGINT) after" in out
 
 
+def test_sigint_never_cuts_a_long_record(tmp_path: Path) -> None:
+    """Records longer than the output's buffer (one-way UDP through ~300 rules: every rule that did not
+    match is listed, ~8 KB a line) are written in pieces; a ^C while the pipe is full must not leave
+    half a line before the summary (found by the JSON-lines helper: it cut record 4 at 8,224 bytes)."""
+    import json
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import workload
+    host = tmp_path / "host.yaml"
+    host.write_text(workload.host_yaml(300))
+    cap = tmp_path / "udp.pcap"
+    workload.write_udp(cap, 20000, 200)
+    for extra in (["--no-cache"], []):
+        code, out, err = _interrupt(_cli("replay", "--summary", "--format", "jsonl", "--no-progress", *extra,
+                                         str(host), str(cap)))
+        assert code == 130, err
+        lines = out.decode().splitlines()
+        records = [json.loads(line) for line in lines if line.startswith("{")]     # each one whole
+        assert max(len(line) for line in lines) > 8192
+        head = next(line for line in lines if line.endswith("packets (partial: interrupted)"))
+        assert 0 < len(records) == int(head.split()[0]) < 20000, head
+
+
 def test_sigint_pcap_and_jsonl_agree(tmp_path: Path) -> None:
     import json
     from pathtrace.capture import read_frames

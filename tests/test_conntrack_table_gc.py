@@ -30,6 +30,17 @@ from pathtrace.packet import build
 
 
 # ---- the reference: the table before the expiry queue ----------------------------------------
+def _sweep_gc(self, now: float, force: bool = False) -> int:
+    """The old gc: every hash entry looked at, every GC_INTERVAL seconds."""
+    if not force and now - self.last_gc < GC_INTERVAL:
+        return 0
+    self.last_gc = now
+    dead = {id(ct): ct for ct, _ in self.hash.values() if ct.timeout <= now}
+    for ct in dead.values():
+        self.delete(ct, expired=True)
+    return len(dead)
+
+
 class RefConn:
     __slots__ = ("orig", "reply", "status", "timeout", "seq")
 
@@ -82,14 +93,7 @@ class RefTable:
         self.stats["expired" if expired else "delete"] += 1
         return True
 
-    def gc(self, now, force=False) -> int:
-        if not force and now - self.last_gc < GC_INTERVAL:
-            return 0
-        self.last_gc = now
-        dead = {id(ct): ct for ct, _ in self.hash.values() if ct.timeout <= now}
-        for ct in dead.values():
-            self.delete(ct, expired=True)
-        return len(dead)
+    gc = _sweep_gc
 
     def entries(self, now=None):
         seen = {}
@@ -328,17 +332,6 @@ def _capture(path, seed: int) -> None:
         w = dpkt.pcap.Writer(fh)
         for ts, frame in frames:
             w.writepkt(frame, ts=ts)
-
-
-def _sweep_gc(self, now: float, force: bool = False) -> int:
-    """The old gc: every hash entry looked at, every GC_INTERVAL seconds."""
-    if not force and now - self.last_gc < GC_INTERVAL:
-        return 0
-    self.last_gc = now
-    dead = {id(ct): ct for ct, _ in self.hash.values() if ct.timeout <= now}
-    for ct in dead.values():
-        self.delete(ct, expired=True)
-    return len(dead)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -17,7 +17,7 @@ from pathtrace.capture.linktypes import frame_from_ethernet
 import tempfile
 
 from pathtrace.host.loader import load_host
-from pathtrace.megaflow import AddressClasses, host_view, path_refusal
+from pathtrace.megaflow import AddressClasses
 from pathtrace.packet import build
 from pathtrace.render.summary import SummaryCounter
 from pathtrace.replay import Replayer, ReplayOptions, create_namespace

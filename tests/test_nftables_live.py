@@ -224,7 +224,22 @@ def test_generated_scenario_as_nftables_agrees_with_the_kernel(path: Path, tmp_p
         # (seed11 #33: an ARP failure's ICMP at the window's edge, recorded in it, mostly after it live)
         k_ipt = run_kernel(sc_ipt.host(), sc_ipt.injections(), wait=WAIT)
         live_wrong -= {n for n, (k, m) in enumerate(zip(k_ipt, model_ipt)) if core_differences(k, m)}
+        # nor is the same fate with only an ARP failure's host-unreachable landing in this packet's window
+        # or the next one's: the neighbour timer's phase against the lab's clock (every run differs)
+        live_wrong -= {n for n in live_wrong if _arp_failure_edge(kernel[n], model_nft[n])}
     assert not live_wrong, [f"#{n} kernel {kernel[n]} model {model_nft[n]}" for n in sorted(live_wrong)]
+
+
+def _arp_failure_edge(k, m) -> bool:
+    """The same fate on both sides, the frames sent differing only in ICMP host-unreachable messages
+    (type 3 code 1: neigh_timer_handler failing an entry after its probes, on the timer wheel)."""
+    from collections import Counter
+    from tests.differential.generate import fate
+    if k is None or fate(k) != fate(m):
+        return False
+    a, b = Counter(k.emitted), Counter(m.emitted)
+    diff = list(((a - b) + (b - a)).elements())
+    return bool(diff) and all(" ICMP 3/1 " in e for e in diff)
 
 
 @pytest.mark.parametrize("host", ["mixed", "equal-priority"])

@@ -48,8 +48,10 @@ from typing import Any
 from pathtrace.capture.frame import Frame
 from pathtrace.lib.inet import prefix_mask
 from pathtrace.net.core.skbuff import Iphdr, SkBuff
+from pathtrace.net.core.neighbour import NUD_CONNECTED
 from pathtrace.net.netfilter.nf_conntrack_core import (
-    IP_CT_ESTABLISHED, IP_CT_ESTABLISHED_REPLY, IP_CT_NEW, IPS_CONFIRMED, IPS_DYING, IPS_SEEN_REPLY, IPS_DST_NAT, IPS_DST_NAT_DONE, IPS_SRC_NAT, IPS_SRC_NAT_DONE, NF_ACCEPT,
+    IP_CT_ESTABLISHED, IP_CT_ESTABLISHED_REPLY, IP_CT_NEW, IPS_CONFIRMED, IPS_DST_NAT, IPS_DST_NAT_DONE,
+    IPS_DYING, IPS_SEEN_REPLY, IPS_SRC_NAT, IPS_SRC_NAT_DONE, NF_ACCEPT,
     NF_INET_PRE_ROUTING, NfConn,
 )
 from pathtrace.net.netfilter.nf_conntrack_proto_icmp import nf_conntrack_icmp_packet, nf_conntrack_icmpv4_error
@@ -335,12 +337,12 @@ class MegaflowCache:
             self.flush_entry(old)               # hits so far stay counted
             self.relearned += 1
         self.entries[key] = MegaEntry(
-            found=found, ctinfo=skb.ctinfo if skb.ct is ct else IP_CT_NEW,
+            found=found, ctinfo=skb.ctinfo,
             tracker_state=getattr(ct.proto, "state", None), status=ct.status,
             recipe=tuple(learn.recipe), confirm=bool(ct.status & IPS_CONFIRMED) and not found,
             neigh_seen=learn.neigh_seen, onlink=n is not None and n.addr == _out_daddr(ct, learn.ct_dir),
             neigh=n, neigh_key=(n.addr, n.dev) if n is not None else None, neigh_sig=learn.neigh_sig,
-            neigh_touch=n is not None and learn.neigh_sig[1] and learn.neigh_sig[0] in _connected(),
+            neigh_touch=n is not None and learn.neigh_sig[1] and learn.neigh_sig[0] in NUD_CONNECTED,
             tot_len=struct.unpack_from("!H", frame.payload, 2)[0], counted=counted, dev_deltas=devs,
             replayer_deltas=rdeltas, verdict=rec.verdict, reason=rec.reason,
             emitted=[Emitted(o.dev, b"", "", o.kind) for o in rec.emitted],
@@ -408,24 +410,20 @@ class MegaflowCache:
         t = _l4_tuple(saddr, daddr, proto, payload, 0)
         if t is None:
             return None
+        ctx = self.ctx
+        ctx.now = now
+        skb = SkBuff(ctx=ctx, dev=dev, iif=dev, tstamp=now, payload=payload)
+        skb.iph = Iphdr(4, 5, p[1], tot_len, 0, 0, p[8], proto, 0, saddr, daddr)
         if proto == 1:                                   # nf_conntrack_in checks ICMP before the lookup
-            skb = self._skb(dev, now, p, payload)
             if nf_conntrack_icmpv4_error(table, skb, NF_INET_PRE_ROUTING) != NF_ACCEPT or skb.ct is not None:
                 return None
         hit = table.find(t, now)
         if hit is None:
             e = self.entries.get(key + _NEW)
-            return None if e is None else self._serve_new(e, t, dev, now, p, payload)
+            return None if e is None else self._serve_new(e, t, skb, now)
         ct, direction = hit
         e = self.entries.get(key + self._found_sig(ct, direction))
-        return None if e is None else self._serve_found(e, ct, direction, dev, now, p, payload)
-
-    def _skb(self, dev: Any, now: float, p: bytes, payload: bytearray) -> SkBuff:
-        ctx = self.ctx
-        ctx.now = now
-        skb = SkBuff(ctx=ctx, dev=dev, iif=dev, tstamp=now, payload=payload)
-        skb.iph = Iphdr(4, 5, p[1], len(payload) + 20, 0, 0, p[8], p[9], 0, *_addrs(p, 12))
-        return skb
+        return None if e is None else self._serve_found(e, ct, direction, skb, now, p)
 
     def _neighbour(self, e: MegaEntry, nexthop: int) -> Any:
         """The next hop's entry when it is as learned (None: no next hop on the path), False otherwise.
@@ -445,7 +443,7 @@ class MegaflowCache:
             return False
         return n
 
-    def _serve_new(self, e: MegaEntry, t: Any, dev: Any, now: float, p: bytes, payload: bytearray) -> MegaEntry | None:
+    def _serve_new(self, e: MegaEntry, t: Any, skb: SkBuff, now: float) -> MegaEntry | None:
         table = self.table
         out = next((op[1].min_addr for op in e.recipe if op[0] == "setup" and op[2] == NF_NAT_MANIP_DST), t.dst)
         n = self._neighbour(e, out)
@@ -457,7 +455,6 @@ class MegaflowCache:
         limit = table.sysctl["nf_conntrack_max"]
         if limit and len(table.conns) >= limit:
             return None                                  # __nf_conntrack_alloc at the limit: the model decides
-        skb = self._skb(dev, now, p, payload)
         proto = t.proto
         ct = NfConn(orig=t, reply=reply, table=table)
         if (self.trackers[proto](table, ct, skb, IP_CT_NEW, NF_INET_PRE_ROUTING) != NF_ACCEPT
@@ -475,15 +472,14 @@ class MegaflowCache:
             raise RuntimeError("megaflow: a confirmation the learned path passed failed")   # pragma: no cover
         return self._hit(e, n, now)
 
-    def _serve_found(self, e: MegaEntry, ct: NfConn, direction: int, dev: Any, now: float, p: bytes,
-                     payload: bytearray) -> MegaEntry | None:
+    def _serve_found(self, e: MegaEntry, ct: NfConn, direction: int, skb: SkBuff, now: float,
+                     p: bytes) -> MegaEntry | None:
         n = self._neighbour(e, _out_daddr(ct, direction))
         if n is False:
             return None
         st = ct.proto
         if p[9] == 6 and p[33] & 0x02 and getattr(st, "state", 0) >= TIME_WAIT:
             return None         # a SYN may reopen a closed connection (kill + repeat): not undoable
-        skb = self._skb(dev, now, p, payload)
         saved = (ct.status, ct.timeout, _snapshot(st))
         ret = self.trackers[ct.orig.proto](self.table, ct, skb, e.ctinfo, NF_INET_PRE_ROUTING)
         if ret == NF_ACCEPT and e.ctinfo == IP_CT_ESTABLISHED_REPLY:
@@ -530,8 +526,3 @@ def _restore(st: Any, snap: tuple | None) -> None:
         for s, vals in zip(st.seen, snap[1]):
             for f, v in zip(s.__slots__, vals):
                 setattr(s, f, v)
-
-
-def _connected() -> Any:
-    from pathtrace.net.core.neighbour import NUD_CONNECTED
-    return NUD_CONNECTED

@@ -6,4 +6,5 @@ hot path in Python (pathtrace/flowcache.py), with identical output, only slower.
 from setuptools import Extension, setup
 
 setup(ext_modules=[Extension("pathtrace._fastpath", ["pathtrace/_fastpath.c"], optional=True,
+                             depends=["pathtrace/_megalane.c"],
                              extra_compile_args=["-O2"])])

@@ -1018,6 +1018,7 @@ typedef struct {
     TplLayout lay;
     Py_ssize_t clock_off, fast_off, render_off, dev_off, kind_off, mangle_off, l2_off;
     PyTypeObject *entry_type;
+    struct MegaLane_ *mega;     /* the megaflow cache's new TCP connections (_megalane.c), or NULL */
     /* capture agreement (bidirectional captures; agreement.py Agreement.lane_args): None when off */
     PyObject *agree, *macs, *devnames, *fastp, *made, *sent_kinds, *sent_devices;
     double ttl;
@@ -1257,6 +1258,8 @@ out:
     return r;
 }
 
+#include "_megalane.c"
+
 static int lane_frame(Lane *L, const unsigned char *name, Py_ssize_t nlen, const unsigned char *f,
                       Py_ssize_t caplen, double now, Py_ssize_t index, int dir) {
     unsigned char keybuf[256 + 38];
@@ -1298,7 +1301,11 @@ static int lane_frame(Lane *L, const unsigned char *name, Py_ssize_t nlen, const
         if (!PyErr_Occurred() && L->foreign != Py_None) skip = PySet_Contains(L->foreign, k);
         Py_DECREF(k);
         if (PyErr_Occurred()) return R_ERROR;
-        return skip ? R_SKIPPED : R_STOP;       /* skipped: another worker's flow (replay --jobs) */
+        if (skip) return R_SKIPPED;             /* skipped: another worker's flow (replay --jobs) */
+        if (L->mega == NULL) return R_STOP;
+        int due = timers_due(L, now);           /* the megaflow cache's new connections (_megalane.c) */
+        if (due) return due < 0 ? R_ERROR : R_STOP;
+        return mega_serve((MegaLane *)L->mega, f, caplen, now);
     }
     Py_DECREF(k);
     int due = timers_due(L, now);
@@ -1395,20 +1402,32 @@ done:
  * `agree` (agreement.py Agreement.lane_args; bidirectional captures, counts only): a served
  * entry whose path sends a frame registers that frame's IPv4 bytes as a prediction in
  * Agreement.fast, and a frame the host sent (direction.py's rules) is served when it is
- * exactly such a prediction - consumed and counted as a predicted sent frame. */
+ * exactly such a prediction - consumed and counted as a predicted sent frame.
+ *
+ * `mega` (a MegaLane, counts only): a record the cache has no entry for may be a new TCP
+ * connection the megaflow cache serves (_megalane.c). */
 static PyObject *serve_pcap(PyObject *self, PyObject *args) {
     Py_buffer view;
     Py_ssize_t off, index, count, served = 0, consumed = 0;
     int little, rec_hlen, ok = 1;
     double divisor;
     PyObject *entries, *clock, *template_type = Py_None, *flat_for = Py_None, *foreign = Py_None, *agree = Py_None;
+    PyObject *mega = Py_None;
     Lane L;
-    if (!PyArg_ParseTuple(args, "y*nnnpdiOO|OOOO", &view, &off, &index, &count, &little, &divisor, &rec_hlen,
-                          &entries, &clock, &template_type, &flat_for, &foreign, &agree))
+    if (!PyArg_ParseTuple(args, "y*nnnpdiOO|OOOOO", &view, &off, &index, &count, &little, &divisor, &rec_hlen,
+                          &entries, &clock, &template_type, &flat_for, &foreign, &agree, &mega))
         return NULL;
     if (lane_open(&L, entries, clock, template_type, flat_for, foreign, agree) < 0) {
         PyBuffer_Release(&view);
         return NULL;
+    }
+    if (mega != Py_None) {
+        if (Py_TYPE(mega) != &MegaLaneType) {
+            PyBuffer_Release(&view);
+            PyErr_SetString(PyExc_TypeError, "serve_pcap: mega must be a MegaLane or None");
+            return lane_close(&L, off, index, 0, 0);
+        }
+        L.mega = (struct MegaLane_ *)mega;
     }
     const unsigned char *buf = view.buf;
     Py_ssize_t len = view.len;
@@ -1542,9 +1561,10 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     static const char *tnames[T_COUNT] = {"flats", "numbers", "hlen", "tracker", "time_format", "l2_out", "mangle",
                                           "tot_len"};
     for (int a = 0; a < T_COUNT; a++) INTERN(tpl_name[a], tnames[a]);
-    if (PyType_Ready(&FastEntryType) < 0) return NULL;
+    if (PyType_Ready(&FastEntryType) < 0 || PyType_Ready(&MegaLaneType) < 0 || megalane_intern() < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
-    if (PyModule_AddObjectRef(m, "FastEntry", (PyObject *)&FastEntryType) < 0) { Py_DECREF(m); return NULL; }
+    if (PyModule_AddObjectRef(m, "FastEntry", (PyObject *)&FastEntryType) < 0 ||
+        PyModule_AddObjectRef(m, "MegaLane", (PyObject *)&MegaLaneType) < 0) { Py_DECREF(m); return NULL; }
     return m;
 }

@@ -52,17 +52,19 @@ from pathtrace.net.core.neighbour import NUD_CONNECTED
 from pathtrace.net.netfilter.nf_conntrack_core import (
     IP_CT_ESTABLISHED, IP_CT_ESTABLISHED_REPLY, IP_CT_NEW, IPS_CONFIRMED, IPS_DST_NAT, IPS_DST_NAT_DONE,
     IPS_DYING, IPS_SEEN_REPLY, IPS_SRC_NAT, IPS_SRC_NAT_DONE, NF_ACCEPT,
-    NF_INET_PRE_ROUTING, NfConn,
+    NF_INET_PRE_ROUTING, GC_INTERVAL, NfConn,
 )
 from pathtrace.net.netfilter.nf_conntrack_proto_icmp import nf_conntrack_icmp_packet, nf_conntrack_icmpv4_error
-from pathtrace.net.netfilter.nf_conntrack_proto_tcp import TIME_WAIT, nf_conntrack_tcp_packet
+from pathtrace.net.netfilter.nf_conntrack_proto_tcp import SYN_SENT, SYN_SET, TIME_WAIT, TcpSeen, TcpState, \
+    nf_conntrack_tcp_packet
 from pathtrace.net.netfilter.nf_conntrack_proto_udp import nf_conntrack_udp_packet
 from pathtrace.net.netfilter.nf_conntrack_core import (  # name-mangled inside a class otherwise
     __nf_conntrack_confirm as nf_conntrack_confirm,
 )
-from pathtrace.net.netfilter.nf_conntrack_tuple import _l4_tuple, nf_ct_invert_tuple
-from pathtrace.net.netfilter.nf_nat_core import NF_NAT_MANIP_DST, NF_NAT_RANGE_PROTO_SPECIFIED, \
-    nf_nat_alloc_null_binding, nf_nat_setup_info
+from pathtrace.net.netfilter.nf_conntrack_tuple import Tuple, _l4_tuple, nf_ct_invert_tuple
+from pathtrace.net.netfilter.nf_nat_core import NF_NAT_MANIP_DST, NF_NAT_RANGE_MAP_IPS, \
+    NF_NAT_RANGE_PERSISTENT, NF_NAT_RANGE_PROTO_OFFSET, NF_NAT_RANGE_PROTO_RANDOM, \
+    NF_NAT_RANGE_PROTO_RANDOM_FULLY, NF_NAT_RANGE_PROTO_SPECIFIED, nf_nat_alloc_null_binding, nf_nat_setup_info
 from pathtrace.trace import Emitted, PacketContext
 
 # Prefixes the stack tests addresses against by itself (ipv4_is_zeronet/loopback/multicast/lbcast,
@@ -76,6 +78,9 @@ _SAFE_MATCHES = frozenset({"-s", "-d", "-i", "-o", "-p", "-f", "tcp", "udp", "mu
                            "pkttype", "addrtype"})
 _SAFE_TARGETS = frozenset({"MASQUERADE", "SNAT", "DNAT", "LOG"})
 _MEMO_MAX = 1 << 16
+# the NAT range flags _megalane.c implements (not NETMAP)
+_LANE_RANGE_FLAGS = (NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED | NF_NAT_RANGE_PROTO_RANDOM
+                     | NF_NAT_RANGE_PERSISTENT | NF_NAT_RANGE_PROTO_RANDOM_FULLY | NF_NAT_RANGE_PROTO_OFFSET)
 _RECIPE_STATUS = IPS_CONFIRMED | IPS_SRC_NAT | IPS_DST_NAT | IPS_SRC_NAT_DONE | IPS_DST_NAT_DONE
 _ports = struct.Struct("!HH").unpack_from
 _addrs = struct.Struct("!II").unpack_from
@@ -274,6 +279,8 @@ class MegaflowCache:
         self.relearned = 0
         self.served: tuple = (None, None)       # the last known connection served and its next hop
         self.refused: dict[str, int] = {}
+        self.lane_entries: dict[bytes, MegaEntry] = {}     # new TCP connections' entries _megalane.c serves
+        self._lane: Any = None
 
     def key(self, frame: Frame, dev: Any) -> tuple | None:
         """The megaflow key of a received Ethernet/IPv4 TCP, UDP or ICMP echo frame, None otherwise
@@ -332,11 +339,12 @@ class MegaflowCache:
             for e in self.entries.values():
                 self.flush_entry(e)
             self.entries.clear()
+            self.lane_entries.clear()
         old = self.entries.get(key)
         if old is not None:                     # learned again (a timer was due, a guard failed): its
             self.flush_entry(old)               # hits so far stay counted
             self.relearned += 1
-        self.entries[key] = MegaEntry(
+        e = self.entries[key] = MegaEntry(
             found=found, ctinfo=skb.ctinfo,
             tracker_state=getattr(ct.proto, "state", None), status=ct.status,
             recipe=tuple(learn.recipe), confirm=bool(ct.status & IPS_CONFIRMED) and not found,
@@ -347,7 +355,57 @@ class MegaflowCache:
             replayer_deltas=rdeltas, verdict=rec.verdict, reason=rec.reason,
             emitted=[Emitted(o.dev, b"", "", o.kind) for o in rec.emitted],
             ct=ct if found else None, table=self.table, prototype=prototype)
+        lane_key = self.lane_key(rec.ingress, frame)
+        if lane_key is not None:
+            if _lane_fit(e, frame):
+                self.lane_entries[lane_key] = e
+            else:
+                self.lane_entries.pop(lane_key, None)
         return None
+
+    # ---- the C lane (_megalane.c) ---------------------------------------------------------
+    def lane_key(self, dev_name: str, frame: Frame) -> bytes | None:
+        """The key _megalane.c computes from a classic pcap's Ethernet record: what `key` holds for such
+        a frame (no pcapng interface, no packet type, no VLAN), as bytes; None for other frames."""
+        p = frame.payload
+        if (frame.ifname is not None or frame.pkt_type is not None or frame.vlan or frame.error is not None
+                or frame.ethertype != 0x0800 or frame.dst_mac is None or len(p) < 40 or p[9] != 6):
+            return None
+        c = self.classes
+        sclass, dclass = (c.addr(a) for a in _addrs(p, 12))
+        pclass = c.ports(*_ports(p, 20))
+        return b"".join((dev_name.encode(), b"\0", bytes(frame.dst_mac), len(p).to_bytes(4, "big"), bytes(p[:4]),
+                         bytes(p[6:10]), bytes(p[32:34]), sclass.to_bytes(8, "big", signed=True),
+                         dclass.to_bytes(8, "big", signed=True), pclass[0].to_bytes(2, "big"),
+                         pclass[1].to_bytes(2, "big")))
+
+    def lane(self, accel: Any, replayer: Any) -> Any:
+        """The C lane's view of this cache (accel.MegaLane), made once per replay; None when the
+        accelerator has none or the cache is off."""
+        if self.off is not None or accel is None or not hasattr(accel, "MegaLane"):
+            return None
+        if self._lane is None:
+            net = replayer.net
+            ingress = replayer.options.ingress
+            self._lane = accel.MegaLane(
+                mega=self, entries=self.lane_entries, memo=self.classes.memo, levels=self.classes.levels,
+                sbounds=self.classes.sbounds, dbounds=self.classes.dbounds, table=self.table,
+                neigh_entries=net.neigh.entries,
+                by_mac={bytes(mac): dev.name for mac, dev in net.by_mac.items() if mac is not None},
+                default_dev=replayer.default_dev.name, forced_dev=net.devices[ingress].name if ingress else None,
+                confirm=self._lane_confirm, ct_proto=_ct_prototype(self.table), ct_slots=NfConn.__slots__,
+                st_proto=TcpState(), st_slots=TcpState.__slots__, seen_proto=TcpSeen(), seen_slots=TcpSeen.__slots__,
+                tuple_type=Tuple, syn_sent=SYN_SENT, syn_set=SYN_SET, gc_interval=GC_INTERVAL)
+        return self._lane
+
+    def _lane_confirm(self, ct: NfConn, now: float) -> None:
+        """__nf_conntrack_confirm for the C lane's entry whose tuple clashes (as _serve_new calls it)."""
+        ctx = self.ctx
+        ctx.now = now
+        skb = SkBuff(ctx=ctx, dev=None, iif=None, tstamp=now, payload=bytearray())
+        skb.ct, skb.ctinfo = ct, IP_CT_NEW
+        if nf_conntrack_confirm(self.table, skb) != NF_ACCEPT:
+            raise RuntimeError("megaflow: a confirmation the learned path passed failed")   # pragma: no cover
 
     def _refusal(self, frame: Frame, ctx: Any, skb: Any, rec: Any) -> str | None:
         if self.off is not None:
@@ -500,6 +558,29 @@ class MegaflowCache:
         e.hits += 1
         self.hits += 1
         return e
+
+
+def _lane_fit(e: MegaEntry, frame: Frame) -> bool:
+    """Whether _megalane.c makes this entry's state changes: a new connection's pure SYN (TCP flags
+    exactly SYN) that the tracker took to SYN_SENT, whose NAT bindings are to single addresses (a
+    range of addresses hashes the source: left to the model) and whose path needs no promotion."""
+    if e.found or e.prototype is not None or e.tracker_state != SYN_SENT or frame.payload[33] != 0x02:
+        return False
+    for op in e.recipe:
+        if op[0] == "null":
+            if op[2] != NF_ACCEPT:
+                return False
+        else:
+            rng = op[1]
+            if rng.flags & ~_LANE_RANGE_FLAGS or (rng.flags & NF_NAT_RANGE_MAP_IPS and rng.min_addr != rng.max_addr):
+                return False
+    return len(e.recipe) <= 4
+
+
+def _ct_prototype(table: Any) -> NfConn:
+    """A new entry as NfConn's constructor makes one in `table`: _megalane.c copies its fields."""
+    t = Tuple(0, 0, 6, 0, 0)
+    return NfConn(orig=t, reply=t, table=table)
 
 
 def _out_daddr(ct: NfConn, direction: int) -> int:

@@ -161,8 +161,10 @@ class Replayer:
                     agree = agreement.lane_args(*self._lane_hostdevs())
             if lane is not None:
                 before = agreement.fast_sent_total() if agree is not None else 0
+                mega = cache.mega.lane(lane, self) if (cache.mega is not None and emit is None and foreign is None
+                                                       and agree is None and not self.net.tcp_conns) else None
                 served, consumed, text = cursor.serve(lane, limit - n if limit else 1 << 62, cache.entries, clock,
-                                                      *extra, foreign, agree)
+                                                      *extra, foreign, agree, mega=mega)
                 if consumed:
                     self.count += served
                     if agree is not None:

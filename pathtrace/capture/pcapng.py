@@ -150,10 +150,11 @@ class PcapngCursor:
             self._lane_ifaces = tuple((i.linktype, i.divisor, i.offset, (i.name or "").encode()) for i in self.ifaces)
         return self._lane_ifaces
 
-    def serve(self, accel: Any, count: int, *lane: Any) -> tuple[int, int, bytes | None]:
+    def serve(self, accel: Any, count: int, *lane: Any, mega: Any = None) -> tuple[int, int, bytes | None]:
         """Let the C lane serve packet blocks from here (_fastpath.serve_pcapng; `lane`: the
-        cache's entries, clock, template type, step text and foreign keys); returns
-        (served, consumed, lines) and moves past what it consumed."""
+        cache's entries, clock, template type, step text and foreign keys; the megaflow lane,
+        `mega`, serves classic pcap records only); returns (served, consumed, lines) and moves
+        past what it consumed."""
         if self._done:
             return 0, 0, None
         off, index, served, text, last_ts = accel.serve_pcapng(self.buf, self.off, self.index, count, self.little,

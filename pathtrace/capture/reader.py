@@ -118,15 +118,15 @@ class PcapCursor:
         self._eof = False
         self._done = False
 
-    def serve(self, accel: Any, count: int, *lane: Any) -> tuple[int, int, bytes | None]:
+    def serve(self, accel: Any, count: int, *lane: Any, mega: Any = None) -> tuple[int, int, bytes | None]:
         """Let the C lane serve records from here (_fastpath.serve_pcap; `lane`: the cache's
-        entries, clock, template type, step text and foreign keys); returns (served, consumed,
-        lines) and moves past what it consumed."""
+        entries, clock, template type, step text and foreign keys; `mega`: the megaflow cache's
+        MegaLane or None); returns (served, consumed, lines) and moves past what it consumed."""
         if self._done or not self.ether:     # the lane takes Ethernet only; cooked SLL/SLL2 records
                                              # carry a direction that Python must look at
             return 0, 0, None
         off, index, served, text = accel.serve_pcap(self.buf, self.off, self.index, count, self.little,
-                                                    self.divisor, self.hlen, *lane)
+                                                    self.divisor, self.hlen, *lane, mega)
         consumed = index - self.index
         self.off, self.index = off, index
         return served, consumed, text

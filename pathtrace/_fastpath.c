@@ -1533,6 +1533,7 @@ static PyMethodDef module_methods[] = {
     {"serve_pcap", serve_pcap, METH_VARARGS, "Serve consecutive cached records of a pcap buffer."},
     {"serve_pcapng", serve_pcapng, METH_VARARGS, "Serve consecutive cached packet blocks of a pcapng buffer."},
     {"rewrite", rewrite, METH_VARARGS, "A path's header rewrites applied to another packet of the flow."},
+    {"track", gc_track, METH_O, "Hand objects the megaflow lane stopped tracking back to the cyclic collector."},
     {NULL}
 };
 

@@ -52,7 +52,7 @@ typedef struct MegaLane_ {
     PyObject *mega, *entries, *memo, *levels, *sbounds, *dbounds;
     PyObject *table, *hash, *conns, *bysource, *sysctl, *getrandbits, *insert, *delete_, *gc;
     PyObject *neigh_entries, *by_mac, *default_dev, *forced_dev, *confirm;
-    PyObject *ct_proto, *st_proto, *seen_proto, *tuple_type, *syn_sent, *syn_set, *zero;
+    PyObject *ct_proto, *st_proto, *seen_proto, *tuple_type, *syn_sent, *syn_set, *zero, *scratch;
     double gc_interval;
     Slots ct_slots, st_slots, seen_slots;
     Py_ssize_t ct_orig, ct_reply, ct_status, ct_timeout, ct_proto_off, ct_masq, ct_seq_unused;
@@ -62,14 +62,17 @@ typedef struct MegaLane_ {
     long long served;
 } MegaLane;
 
-static PyObject *ml_s[24];
+static PyObject *ml_s[32];
 enum { MS_FOUND, MS_RECIPE, MS_CONFIRM, MS_NEIGH_SEEN, MS_ONLINK, MS_NEIGH, MS_NEIGH_KEY, MS_NEIGH_SIG,
        MS_NEIGH_TOUCH, MS_HITS, MS_TALLIED, MS_STATE, MS_HH, MS_LLADDR, MS_TIMER, MS_UPDATED, MS_FLAGS,
-       MS_MIN_ADDR, MS_MAX_ADDR, MS_MIN_PROTO, MS_MAX_PROTO, MS_BASE_PROTO, MS_EXPIRED, MS_COUNT };
+       MS_MIN_ADDR, MS_MAX_ADDR, MS_MIN_PROTO, MS_MAX_PROTO, MS_BASE_PROTO, MS_EXPIRED,
+       MS_CT_MAX, MS_CT_CHECKSUM, MS_T_SYN_SENT, MS_T_MAX_RETRANS, MS_COUNT };
 static const char *ml_names[MS_COUNT] = {
     "found", "recipe", "confirm", "neigh_seen", "onlink", "neigh", "neigh_key", "neigh_sig", "neigh_touch",
     "hits", "tallied", "state", "hh_cached", "lladdr", "timer", "updated", "flags",
-    "min_addr", "max_addr", "min_proto", "max_proto", "base_proto", "expired"};
+    "min_addr", "max_addr", "min_proto", "max_proto", "base_proto", "expired",
+    "nf_conntrack_max", "nf_conntrack_checksum", "nf_conntrack_tcp_timeout_syn_sent",
+    "nf_conntrack_tcp_timeout_max_retrans"};
 
 /* ---- slots of the model's objects ------------------------------------------------------------ */
 
@@ -146,6 +149,8 @@ static PyObject *py_t4(MegaLane *M, const T4 *t, int typed) {
     r = typed ? tp->tp_alloc(tp, 5) : PyTuple_New(5);
     if (r == NULL) goto fail;
     for (int i = 0; i < 5; i++) PyTuple_SET_ITEM(r, i, it[i]);
+    if (typed) PyObject_GC_UnTrack(r);        /* five ints: never in a cycle (the collector untracks such
+                                                 exact tuples itself, not a Tuple) */
     return r;
 fail:
     for (int i = 0; i < 5; i++) Py_XDECREF(it[i]);
@@ -170,13 +175,34 @@ static inline int t4_eq(const T4 *a, const T4 *b) {
 
 /* ---- the conntrack table ----------------------------------------------------------------------- */
 
+/* The lane's lookup key for a tuple: one untracked 5-tuple of its own, refilled for each lookup (a
+ * dict lookup keeps no reference to its key), instead of a new tuple for each of ~6 lookups a SYN. */
+static PyObject *scratch_t4(MegaLane *M, const T4 *t) {
+    unsigned long v[5] = {t->src, t->dst, 6, t->sport, t->dport};
+    PyObject *k = M->scratch;
+    if (Py_REFCNT(k) != 1) {                     /* never shared; if it ever were, make another */
+        Py_SETREF(M->scratch, PyTuple_New(5));
+        if (M->scratch == NULL) return NULL;
+        for (int i = 0; i < 5; i++) PyTuple_SET_ITEM(M->scratch, i, Py_NewRef(M->zero));
+        PyObject_GC_UnTrack(M->scratch);
+        k = M->scratch;
+    }
+    for (int i = 0; i < 5; i++) {
+        PyObject *x = PyLong_FromUnsignedLong(v[i]);
+        if (x == NULL) return NULL;
+        PyObject *old = PyTuple_GET_ITEM(k, i);
+        PyTuple_SET_ITEM(k, i, x);
+        Py_DECREF(old);
+    }
+    return k;                                    /* borrowed */
+}
+
 /* ConntrackTable.find(t, now) is not None: 1 when a live entry holds t, 0 when none does (an expired
  * or dying entry found is deleted, as find does), -1 on error. */
 static int ml_find(MegaLane *M, const T4 *t, double now) {
-    PyObject *k = py_t4(M, t, 0);
+    PyObject *k = scratch_t4(M, t);
     if (k == NULL) return -1;
     PyObject *hit = PyDict_GetItemWithError(M->hash, k);
-    Py_DECREF(k);
     if (hit == NULL) return PyErr_Occurred() ? -1 : 0;
     if (!PyTuple_Check(hit) || PyTuple_GET_SIZE(hit) != 2) {
         PyErr_SetString(PyExc_TypeError, "MegaLane: hash entries are (ct, direction)");
@@ -380,9 +406,9 @@ static void syn_options(const unsigned char *opts, Py_ssize_t n, Sender *s) {   
     }
 }
 
-static long long sysctl_ll(MegaLane *M, const char *name, int *err) {
-    PyObject *v = PyDict_GetItemString(M->sysctl, name);
-    if (v == NULL) { PyErr_Format(PyExc_KeyError, "%s", name); *err = 1; return 0; }
+static long long sysctl_ll(MegaLane *M, int name, int *err) {
+    PyObject *v = PyDict_GetItemWithError(M->sysctl, ml_s[name]);
+    if (v == NULL) { if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, ml_s[name]); *err = 1; return 0; }
     long long x = PyLong_AsLongLong(v);
     if (x == -1 && PyErr_Occurred()) *err = 1;
     return x;
@@ -586,10 +612,9 @@ static int mega_serve(MegaLane *M, const unsigned char *f, Py_ssize_t caplen, do
     }
     Py_DECREF(tnow);
     T4 t = {saddr, daddr, sport, dport};
-    PyObject *tk = py_t4(M, &t, 0);
+    PyObject *tk = scratch_t4(M, &t);
     if (tk == NULL) goto out;
     int known = PyDict_Contains(M->hash, tk);
-    Py_DECREF(tk);
     if (known) { rc = known < 0 ? R_ERROR : R_STOP; goto out; }   /* a known connection, or an entry find reaps */
 
     /* _serve_new: the next hop, the table's limit */
@@ -627,14 +652,14 @@ static int mega_serve(MegaLane *M, const unsigned char *f, Py_ssize_t caplen, do
         if (!is_null[i] && manips[i] == ML_MANIP_DST) { out_addr = ranges[i].min_addr; break; }
     int g = ml_neighbour(M, e, out_addr, &n);
     if (g <= 0) { rc = g < 0 ? R_ERROR : R_STOP; goto out; }
-    long long limit = sysctl_ll(M, "nf_conntrack_max", &err);
+    long long limit = sysctl_ll(M, MS_CT_MAX, &err);
     if (err) goto out;
     if (limit && PyDict_GET_SIZE(M->conns) >= limit) { rc = R_STOP; goto out; }
 
     /* the tracker: tcp_error, tcp_new, nf_conntrack_tcp_packet's SYN in state NONE */
-    long long check = sysctl_ll(M, "nf_conntrack_checksum", &err);
-    long long t_syn = sysctl_ll(M, "nf_conntrack_tcp_timeout_syn_sent", &err);
-    long long t_retr = sysctl_ll(M, "nf_conntrack_tcp_timeout_max_retrans", &err);
+    long long check = sysctl_ll(M, MS_CT_CHECKSUM, &err);
+    long long t_syn = sysctl_ll(M, MS_T_SYN_SENT, &err);
+    long long t_retr = sysctl_ll(M, MS_T_MAX_RETRANS, &err);
     if (err) goto out;
     const unsigned char *th = p + 20;
     Py_ssize_t seglen = tot - 20;
@@ -662,6 +687,13 @@ static int mega_serve(MegaLane *M, const unsigned char *f, Py_ssize_t caplen, do
     if (seen == NULL) goto out;
     PyList_SET_ITEM(seen, 0, Py_NewRef(s0));
     PyList_SET_ITEM(seen, 1, Py_NewRef(s1));
+    /* The tracker state holds ints only (TcpState -> its list -> two TcpSeen): it can never be part of
+     * a reference cycle, so the cyclic collector need not scan it.  A replay keeps ~10^5 of these for
+     * their timeouts; scanning them again and again was ~40% of a scan's time. */
+    PyObject_GC_UnTrack(s0);
+    PyObject_GC_UnTrack(s1);
+    PyObject_GC_UnTrack(seen);
+    PyObject_GC_UnTrack(st);
     if (sset_u(s0, M->td_end, s.end) < 0 || sset_u(s0, M->td_maxend, s.maxend) < 0 ||
         sset_u(s0, M->td_maxwin, s.maxwin) < 0 || sset_u(s0, M->td_scale, s.scale) < 0 ||
         sset_u(s0, M->td_flags, s.flags) < 0 || sset_u(s1, M->td_maxend, r_maxend) < 0)
@@ -708,6 +740,20 @@ static int mega_serve(MegaLane *M, const unsigned char *f, Py_ssize_t caplen, do
             PyObject *r = PyObject_CallOneArg(M->insert, ct);
             if (r == NULL) goto out;
             Py_DECREF(r);
+            /* Not scanned by the cyclic collector while it is in the table: a scan keeps ~10^5 entries
+             * for their timeouts, and the collector's full passes over them, the hash's (ct, dir) tuples and
+             * NAT's by-source lists (not tracked either) were a third of a scan's time.  An entry is in
+             * no cycle but the one through its table; ConntrackTable.delete and MegaflowCache.release
+             * hand it back (track) so that a table that becomes garbage is still collected. */
+            PyObject_GC_UnTrack(ct);
+            for (int d = 0; d < 2; d++) {
+                PyObject *hv = PyDict_GetItemWithError(M->hash, sget(ct, d ? M->ct_reply : M->ct_orig));
+                if (hv == NULL) {
+                    if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, "MegaLane: insert did not hash");
+                    goto out;
+                }
+                if (PyObject_GC_IsTracked(hv)) PyObject_GC_UnTrack(hv);
+            }
             if (status & ML_IPS_SRC_NAT_DONE) {
                 PyObject *bk = Py_BuildValue("(ikk)", 6, (unsigned long)t.src, (unsigned long)t.sport);
                 if (bk == NULL) goto out;
@@ -715,7 +761,10 @@ static int mega_serve(MegaLane *M, const unsigned char *f, Py_ssize_t caplen, do
                 int bad;
                 if (lst == NULL) {
                     PyObject *one = PyErr_Occurred() ? NULL : PyList_New(1);
-                    if (one != NULL) PyList_SET_ITEM(one, 0, Py_NewRef(ct));
+                    if (one != NULL) {
+                        PyList_SET_ITEM(one, 0, Py_NewRef(ct));
+                        PyObject_GC_UnTrack(one);      /* as the entry (release tracks it again) */
+                    }
                     bad = one == NULL || PyDict_SetItem(M->bysource, bk, one) < 0;
                     Py_XDECREF(one);
                 } else {
@@ -781,6 +830,10 @@ static int MegaLane_init(MegaLane *M, PyObject *args, PyObject *kw) {
         return -1;
     }
     M->zero = PyLong_FromLong(0);
+    M->scratch = PyTuple_New(5);
+    if (M->zero == NULL || M->scratch == NULL) return -1;
+    for (int i = 0; i < 5; i++) PyTuple_SET_ITEM(M->scratch, i, Py_NewRef(M->zero));
+    PyObject_GC_UnTrack(M->scratch);
     M->hash = PyObject_GetAttrString(M->table, "hash");
     M->conns = PyObject_GetAttrString(M->table, "conns");
     M->bysource = PyObject_GetAttrString(M->table, "bysource");
@@ -825,7 +878,7 @@ static int MegaLane_clear(MegaLane *M) {
     PyObject **all[] = {&M->mega, &M->entries, &M->memo, &M->levels, &M->sbounds, &M->dbounds, &M->table, &M->hash,
                         &M->conns, &M->bysource, &M->sysctl, &M->getrandbits, &M->insert, &M->delete_, &M->gc,
                         &M->neigh_entries, &M->by_mac, &M->default_dev, &M->forced_dev, &M->confirm, &M->ct_proto,
-                        &M->st_proto, &M->seen_proto, &M->tuple_type, &M->syn_sent, &M->syn_set, &M->zero};
+                        &M->st_proto, &M->seen_proto, &M->tuple_type, &M->syn_sent, &M->syn_set, &M->zero, &M->scratch};
     for (size_t i = 0; i < sizeof(all) / sizeof(*all); i++) Py_CLEAR(*all[i]);
     return 0;
 }
@@ -856,6 +909,20 @@ static PyTypeObject MegaLaneType = {
     .tp_dealloc = (destructor)MegaLane_dealloc,
     .tp_getset = MegaLane_getset,
 };
+
+/* track(objects): hand objects the lane stopped tracking back to the cyclic collector. */
+static PyObject *gc_track(PyObject *self, PyObject *objects) {
+    PyObject *it = PyObject_GetIter(objects);
+    if (it == NULL) return NULL;
+    PyObject *o;
+    while ((o = PyIter_Next(it)) != NULL) {
+        if (PyObject_IS_GC(o) && !PyObject_GC_IsTracked(o)) PyObject_GC_Track(o);
+        Py_DECREF(o);
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred()) return NULL;
+    Py_RETURN_NONE;
+}
 
 static int megalane_intern(void) {
     for (int i = 0; i < MS_COUNT; i++) if (!(ml_s[i] = PyUnicode_InternFromString(ml_names[i]))) return -1;

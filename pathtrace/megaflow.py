@@ -281,6 +281,7 @@ class MegaflowCache:
         self.refused: dict[str, int] = {}
         self.lane_entries: dict[bytes, MegaEntry] = {}     # new TCP connections' entries _megalane.c serves
         self._lane: Any = None
+        self.lane_served = 0                            # SYNs the C lane served, in replays released
 
     def key(self, frame: Frame, dev: Any) -> tuple | None:
         """The megaflow key of a received Ethernet/IPv4 TCP, UDP or ICMP echo frame, None otherwise
@@ -396,7 +397,22 @@ class MegaflowCache:
                 confirm=self._lane_confirm, ct_proto=_ct_prototype(self.table), ct_slots=NfConn.__slots__,
                 st_proto=TcpState(), st_slots=TcpState.__slots__, seen_proto=TcpSeen(), seen_slots=TcpSeen.__slots__,
                 tuple_type=Tuple, syn_sent=SYN_SENT, syn_set=SYN_SET, gc_interval=GC_INTERVAL)
+            self.table.gc_track = accel.track
         return self._lane
+
+    def release(self) -> None:
+        """The replay is over: the entries the C lane made (not tracked by the cyclic collector while
+        in the table, see _megalane.c), the hash's tuples and the by-source lists that hold them are
+        tracked again."""
+        table = self.table
+        if self._lane is not None and table.gc_track is not None:
+            table.gc_track(table.conns.values())
+            table.gc_track(table.hash.values())
+            table.gc_track(table.bysource.values())
+            table.gc_track = None
+        if self._lane is not None:
+            self.lane_served += self._lane.served
+            self._lane = None
 
     def _lane_confirm(self, ct: NfConn, now: float) -> None:
         """__nf_conntrack_confirm for the C lane's entry whose tuple clashes (as _serve_new calls it)."""

@@ -140,6 +140,8 @@ class Replayer:
             self._stream(frames, counter, limit, tick, emit, lines, accept, lane, cursor, foreign, extra, agree_ok)
         finally:        # an interrupted replay (SIGINT) still counts what it replayed
             self.flush()
+            if cache is not None and cache.mega is not None:
+                cache.mega.release()
             if cache is not None:
                 for (verdict, reason, emitted), count in cache.tallied.items():
                     counter.add_many(verdict, reason, emitted, count)

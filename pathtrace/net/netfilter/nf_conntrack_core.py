@@ -207,6 +207,7 @@ class ConntrackTable:
         self._queued = 0                     # entries in the wheel's lists, superseded ones included
         self._buckets: dict[int, list[NfConn]] | None = None   # early_drop's hash chains, built when first needed
         self.early_drop_pending = False      # conntrack_gc_work.early_drop: an allocation failed
+        self.gc_track: Any = None            # set while the megaflow lane's entries are untracked (_megalane.c)
         self.rng = random.Random(seed)   # get_random_u16 for NAT port search
         self.last_gc = 0.0
         self.now = 0.0               # capture time of the packet being tracked
@@ -281,6 +282,8 @@ class ConntrackTable:
         if not ct.status & IPS_CONFIRMED:
             ct.status |= IPS_DYING
             return False
+        if self.gc_track is not None:       # an entry the megaflow lane made leaves the table: the cyclic
+            self.gc_track((ct,))            # collector looks after it again (pathtrace/_megalane.c)
         for t in (ct.orig, ct.reply):
             hit = self.hash.get(t)
             if hit is not None and hit[0] is ct:

@@ -63,16 +63,15 @@ typedef struct MegaLane_ {
 } MegaLane;
 
 static PyObject *ml_s[32];
-enum { MS_FOUND, MS_RECIPE, MS_CONFIRM, MS_NEIGH_SEEN, MS_ONLINK, MS_NEIGH, MS_NEIGH_KEY, MS_NEIGH_SIG,
-       MS_NEIGH_TOUCH, MS_HITS, MS_TALLIED, MS_STATE, MS_HH, MS_LLADDR, MS_TIMER, MS_UPDATED, MS_FLAGS,
-       MS_MIN_ADDR, MS_MAX_ADDR, MS_MIN_PROTO, MS_MAX_PROTO, MS_BASE_PROTO, MS_EXPIRED,
+enum { MS_HITS, MS_TALLIED, MS_STATE, MS_HH, MS_LLADDR, MS_TIMER, MS_UPDATED, MS_EXPIRED,
        MS_CT_MAX, MS_CT_CHECKSUM, MS_T_SYN_SENT, MS_T_MAX_RETRANS, MS_COUNT };
 static const char *ml_names[MS_COUNT] = {
-    "found", "recipe", "confirm", "neigh_seen", "onlink", "neigh", "neigh_key", "neigh_sig", "neigh_touch",
-    "hits", "tallied", "state", "hh_cached", "lladdr", "timer", "updated", "flags",
-    "min_addr", "max_addr", "min_proto", "max_proto", "base_proto", "expired",
+    "hits", "tallied", "state", "hh_cached", "lladdr", "timer", "updated", "expired",
     "nf_conntrack_max", "nf_conntrack_checksum", "nf_conntrack_tcp_timeout_syn_sent",
     "nf_conntrack_tcp_timeout_max_retrans"};
+
+/* megaflow.py _lane_plan's fields */
+enum { P_ENTRY, P_OPS, P_CONFIRM, P_NEIGH_SEEN, P_ONLINK, P_NEIGH, P_NEIGH_KEY, P_NEIGH_SIG, P_NEIGH_TOUCH, P_COUNT };
 
 /* ---- slots of the model's objects ------------------------------------------------------------ */
 
@@ -239,19 +238,6 @@ static inline int ml_used(MegaLane *M, const T4 *t, double now) {
 
 /* ---- NAT (nf_nat_unique.py) ------------------------------------------------------------------- */
 
-static int read_range(PyObject *rng, NatR *r) {
-    unsigned long long v[6];
-    for (int i = 0; i < 6; i++) {
-        PyObject *x = PyObject_GetAttr(rng, ml_s[MS_FLAGS + i]);
-        int bad = get_ull(x, &v[i]);
-        Py_XDECREF(x);
-        if (bad) return -1;
-    }
-    r->flags = (long)v[0]; r->min_addr = (uint32_t)v[1]; r->max_addr = (uint32_t)v[2];
-    r->min_proto = (uint32_t)v[3]; r->max_proto = (uint32_t)v[4]; r->base_proto = (uint32_t)v[5];
-    return 0;
-}
-
 static inline int port_in(const T4 *t, int manip, uint32_t lo, uint32_t hi) {
     uint32_t port = manip == ML_MANIP_SRC ? t->sport : t->dport;
     return lo <= port && port <= hi;
@@ -416,14 +402,6 @@ static long long sysctl_ll(MegaLane *M, int name, int *err) {
 
 /* ---- the entry's guards --------------------------------------------------------------------------- */
 
-static int truthy_attr(PyObject *o, int name) {
-    PyObject *v = PyObject_GetAttr(o, ml_s[name]);
-    if (v == NULL) return -1;
-    int t = PyObject_IsTrue(v);
-    Py_DECREF(v);
-    return t;
-}
-
 /* Python's `getattr(n, name) != expected` */
 static int attr_differs(PyObject *n, int name, PyObject *expected) {
     PyObject *v = PyObject_GetAttr(n, ml_s[name]);
@@ -434,40 +412,31 @@ static int attr_differs(PyObject *n, int name, PyObject *expected) {
 }
 
 /* MegaflowCache._neighbour: *n (new reference, or None) when as learned; 0 when not, -1 error */
-static int ml_neighbour(MegaLane *M, PyObject *e, uint32_t nexthop, PyObject **n) {
+static int ml_neighbour(MegaLane *M, PyObject *plan, uint32_t nexthop, PyObject **n) {
     *n = NULL;
-    int seen = truthy_attr(e, MS_NEIGH_SEEN);
+    int seen = PyObject_IsTrue(PyTuple_GET_ITEM(plan, P_NEIGH_SEEN));
     if (seen <= 0) { if (seen == 0) *n = Py_NewRef(Py_None); return seen < 0 ? -1 : 1; }
-    PyObject *sig = PyObject_GetAttr(e, ml_s[MS_NEIGH_SIG]);
-    if (sig == NULL) return -1;
-    if (!PyTuple_Check(sig) || PyTuple_GET_SIZE(sig) != 4) {
-        Py_DECREF(sig);
-        PyErr_SetString(PyExc_TypeError, "MegaLane: neigh_sig is (state, hh, lladdr, timer)");
+    PyObject *sig = PyTuple_GET_ITEM(plan, P_NEIGH_SIG), *key = PyTuple_GET_ITEM(plan, P_NEIGH_KEY);
+    if (!PyTuple_Check(sig) || PyTuple_GET_SIZE(sig) != 4 || !PyTuple_Check(key) || PyTuple_GET_SIZE(key) != 2) {
+        PyErr_SetString(PyExc_TypeError, "MegaLane: neigh_sig is (state, hh, lladdr, timer), neigh_key (addr, dev)");
         return -1;
     }
-    int rc = -1, onlink = truthy_attr(e, MS_ONLINK), d;
-    PyObject *nb = NULL, *key = NULL;
-    if (onlink < 0) goto out;
-    key = PyObject_GetAttr(e, ml_s[MS_NEIGH_KEY]);
-    if (key == NULL) goto out;
-    if (!PyTuple_Check(key) || PyTuple_GET_SIZE(key) != 2) {
-        PyErr_SetString(PyExc_TypeError, "MegaLane: neigh_key is (address, device)");
-        goto out;
-    }
+    int rc = -1, onlink = PyObject_IsTrue(PyTuple_GET_ITEM(plan, P_ONLINK)), d;
+    PyObject *nb = NULL;
+    if (onlink < 0) return -1;
     if (onlink) {
         PyObject *addr = PyLong_FromUnsignedLong(nexthop);
         PyObject *k = addr ? PyTuple_Pack(2, addr, PyTuple_GET_ITEM(key, 1)) : NULL;
         Py_XDECREF(addr);
-        if (k == NULL) goto out;
+        if (k == NULL) return -1;
         nb = Py_XNewRef(PyDict_GetItemWithError(M->neigh_entries, k));
         Py_DECREF(k);
-        if (nb == NULL) { rc = PyErr_Occurred() ? -1 : 0; goto out; }
+        if (nb == NULL) return PyErr_Occurred() ? -1 : 0;
         if ((d = attr_differs(nb, MS_STATE, PyTuple_GET_ITEM(sig, 0))) != 0 ||
             (d = attr_differs(nb, MS_HH, PyTuple_GET_ITEM(sig, 1))) != 0 ||
             (d = attr_differs(nb, MS_TIMER, PyTuple_GET_ITEM(sig, 3))) != 0) { rc = d < 0 ? -1 : 0; goto out; }
     } else {
-        nb = PyObject_GetAttr(e, ml_s[MS_NEIGH]);
-        if (nb == NULL) goto out;
+        nb = Py_NewRef(PyTuple_GET_ITEM(plan, P_NEIGH));
         if ((d = attr_differs(nb, MS_STATE, PyTuple_GET_ITEM(sig, 0))) != 0 ||
             (d = attr_differs(nb, MS_HH, PyTuple_GET_ITEM(sig, 1))) != 0 ||
             (d = attr_differs(nb, MS_LLADDR, PyTuple_GET_ITEM(sig, 2))) != 0 ||
@@ -479,8 +448,6 @@ static int ml_neighbour(MegaLane *M, PyObject *e, uint32_t nexthop, PyObject **n
     rc = 1;
 out:
     Py_XDECREF(nb);
-    Py_XDECREF(key);
-    Py_DECREF(sig);
     return rc;
 }
 
@@ -588,12 +555,18 @@ static int mega_serve(MegaLane *M, const unsigned char *f, Py_ssize_t caplen, do
     put_be(k + 38, (unsigned long long)pd, 2);
     PyObject *key = PyBytes_FromStringAndSize((const char *)kb, (k + 40) - kb);
     if (key == NULL) return R_ERROR;
-    PyObject *e = Py_XNewRef(PyDict_GetItemWithError(M->entries, key));
+    PyObject *plan = Py_XNewRef(PyDict_GetItemWithError(M->entries, key));
     Py_DECREF(key);
-    if (e == NULL) return PyErr_Occurred() ? R_ERROR : R_STOP;
+    if (plan == NULL) return PyErr_Occurred() ? R_ERROR : R_STOP;
+    if (!PyTuple_Check(plan) || PyTuple_GET_SIZE(plan) != P_COUNT || !PyTuple_Check(PyTuple_GET_ITEM(plan, P_OPS))) {
+        Py_DECREF(plan);
+        PyErr_SetString(PyExc_TypeError, "MegaLane: entries are megaflow.py _lane_plan tuples");
+        return R_ERROR;
+    }
+    PyObject *e = PyTuple_GET_ITEM(plan, P_ENTRY), *ops = PyTuple_GET_ITEM(plan, P_OPS);
 
     int rc = R_ERROR, err = 0;
-    PyObject *n = NULL, *recipe = NULL, *ct = NULL, *st = NULL, *seen = NULL, *s0 = NULL, *s1 = NULL;
+    PyObject *n = NULL, *ct = NULL, *st = NULL, *seen = NULL, *s0 = NULL, *s1 = NULL;
     /* MegaflowCache.serve: table.now, the gc nf_conntrack_in runs first, the lookup */
     PyObject *tnow = PyFloat_FromDouble(now);
     if (tnow == NULL) goto out;
@@ -618,39 +591,30 @@ static int mega_serve(MegaLane *M, const unsigned char *f, Py_ssize_t caplen, do
     if (known) { rc = known < 0 ? R_ERROR : R_STOP; goto out; }   /* a known connection, or an entry find reaps */
 
     /* _serve_new: the next hop, the table's limit */
-    recipe = PyObject_GetAttr(e, ml_s[MS_RECIPE]);
-    if (recipe == NULL || !PyTuple_Check(recipe)) {
-        if (recipe != NULL) PyErr_SetString(PyExc_TypeError, "MegaLane: recipe is a tuple");
-        goto out;
-    }
-    Py_ssize_t nops = PyTuple_GET_SIZE(recipe);
+    Py_ssize_t nops = PyTuple_GET_SIZE(ops);
     uint32_t out_addr = daddr;
     NatR ranges[4];
     int manips[4], is_null[4];
     PyObject *masq[4] = {NULL, NULL, NULL, NULL};
     if (nops > 4) { rc = R_STOP; goto out; }
     for (Py_ssize_t i = 0; i < nops; i++) {
-        PyObject *op = PyTuple_GET_ITEM(recipe, i);
-        if (!PyTuple_Check(op) || PyTuple_GET_SIZE(op) < 3) { PyErr_SetString(PyExc_TypeError, "MegaLane: recipe op"); goto out; }
-        is_null[i] = PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(op, 0), "null") == 0;
-        unsigned long long v;
-        if (is_null[i]) {
-            if (get_ull(PyTuple_GET_ITEM(op, 1), &v) < 0) goto out;
-            manips[i] = (v == 4 || v == 1) ? ML_MANIP_SRC : ML_MANIP_DST;      /* hook2manip */
-        } else {
-            if (PyTuple_GET_SIZE(op) != 4 || read_range(PyTuple_GET_ITEM(op, 1), &ranges[i]) < 0 ||
-                get_ull(PyTuple_GET_ITEM(op, 2), &v) < 0) {
-                if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "MegaLane: recipe op");
-                goto out;
-            }
-            manips[i] = (int)v;
-            masq[i] = PyTuple_GET_ITEM(op, 3);
-            if ((ranges[i].flags & ML_MAP_IPS) && ranges[i].min_addr != ranges[i].max_addr) { rc = R_STOP; goto out; }
+        PyObject *op = PyTuple_GET_ITEM(ops, i);
+        unsigned long long v[8];
+        if (!PyTuple_Check(op) || PyTuple_GET_SIZE(op) != 9) {
+            PyErr_SetString(PyExc_TypeError, "MegaLane: a plan's op has 9 fields");
+            goto out;
         }
+        for (int j = 0; j < 8; j++) if (get_ull(PyTuple_GET_ITEM(op, j), &v[j]) < 0) goto out;
+        is_null[i] = v[0] != 0;
+        manips[i] = (int)v[1];
+        ranges[i].flags = (long)v[2]; ranges[i].min_addr = (uint32_t)v[3]; ranges[i].max_addr = (uint32_t)v[4];
+        ranges[i].min_proto = (uint32_t)v[5]; ranges[i].max_proto = (uint32_t)v[6]; ranges[i].base_proto = (uint32_t)v[7];
+        masq[i] = PyTuple_GET_ITEM(op, 8);
+        if (!is_null[i] && (ranges[i].flags & ML_MAP_IPS) && ranges[i].min_addr != ranges[i].max_addr) { rc = R_STOP; goto out; }
     }
     for (Py_ssize_t i = 0; i < nops; i++)                       /* the first DNAT's address */
         if (!is_null[i] && manips[i] == ML_MANIP_DST) { out_addr = ranges[i].min_addr; break; }
-    int g = ml_neighbour(M, e, out_addr, &n);
+    int g = ml_neighbour(M, plan, out_addr, &n);
     if (g <= 0) { rc = g < 0 ? R_ERROR : R_STOP; goto out; }
     long long limit = sysctl_ll(M, MS_CT_MAX, &err);
     if (err) goto out;
@@ -723,7 +687,7 @@ static int mega_serve(MegaLane *M, const unsigned char *f, Py_ssize_t caplen, do
     if (reply_t == NULL) { Py_XDECREF(orig_t); goto out; }
     sset(ct, M->ct_orig, orig_t);
     sset(ct, M->ct_reply, reply_t);
-    int confirm = truthy_attr(e, MS_CONFIRM);
+    int confirm = PyObject_IsTrue(PyTuple_GET_ITEM(plan, P_CONFIRM));
     if (confirm < 0) goto out;
     if (confirm) {                                                 /* __nf_conntrack_confirm */
         int clash = ml_find(M, &t, now);
@@ -778,7 +742,7 @@ static int mega_serve(MegaLane *M, const unsigned char *f, Py_ssize_t caplen, do
         goto out;
     }
     /* _hit, and _tally_one's count */
-    int touch = truthy_attr(e, MS_NEIGH_TOUCH);
+    int touch = PyObject_IsTrue(PyTuple_GET_ITEM(plan, P_NEIGH_TOUCH));
     if (touch < 0) goto out;
     if (touch && n != Py_None) {
         PyObject *u = PyFloat_FromDouble(now);
@@ -792,13 +756,12 @@ static int mega_serve(MegaLane *M, const unsigned char *f, Py_ssize_t caplen, do
     rc = R_SERVED;
 out:
     Py_XDECREF(n);
-    Py_XDECREF(recipe);
     Py_XDECREF(ct);
     Py_XDECREF(st);
     Py_XDECREF(seen);
     Py_XDECREF(s0);
     Py_XDECREF(s1);
-    Py_DECREF(e);
+    Py_DECREF(plan);
     return rc;
 }
 

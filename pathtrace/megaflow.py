@@ -62,6 +62,7 @@ from pathtrace.net.netfilter.nf_conntrack_core import (  # name-mangled inside a
     __nf_conntrack_confirm as nf_conntrack_confirm,
 )
 from pathtrace.net.netfilter.nf_conntrack_tuple import Tuple, _l4_tuple, nf_ct_invert_tuple
+from pathtrace.net.netfilter.nf_nat_proto import hook2manip
 from pathtrace.net.netfilter.nf_nat_core import NF_NAT_MANIP_DST, NF_NAT_RANGE_MAP_IPS, \
     NF_NAT_RANGE_PERSISTENT, NF_NAT_RANGE_PROTO_OFFSET, NF_NAT_RANGE_PROTO_RANDOM, \
     NF_NAT_RANGE_PROTO_RANDOM_FULLY, NF_NAT_RANGE_PROTO_SPECIFIED, nf_nat_alloc_null_binding, nf_nat_setup_info
@@ -279,7 +280,7 @@ class MegaflowCache:
         self.relearned = 0
         self.served: tuple = (None, None)       # the last known connection served and its next hop
         self.refused: dict[str, int] = {}
-        self.lane_entries: dict[bytes, MegaEntry] = {}     # new TCP connections' entries _megalane.c serves
+        self.lane_entries: dict[bytes, tuple] = {}    # new TCP connections' entries _megalane.c serves (_lane_plan)
         self._lane: Any = None
         self.lane_served = 0                            # SYNs the C lane served, in replays released
 
@@ -359,7 +360,7 @@ class MegaflowCache:
         lane_key = self.lane_key(rec.ingress, frame)
         if lane_key is not None:
             if _lane_fit(e, frame):
-                self.lane_entries[lane_key] = e
+                self.lane_entries[lane_key] = _lane_plan(e)
             else:
                 self.lane_entries.pop(lane_key, None)
         return None
@@ -591,6 +592,21 @@ def _lane_fit(e: MegaEntry, frame: Frame) -> bool:
             if rng.flags & ~_LANE_RANGE_FLAGS or (rng.flags & NF_NAT_RANGE_MAP_IPS and rng.min_addr != rng.max_addr):
                 return False
     return len(e.recipe) <= 4
+
+
+def _lane_plan(e: MegaEntry) -> tuple:
+    """What _megalane.c reads of an entry, laid out for C: (entry, NAT ops, confirm, neigh_seen, onlink,
+    neigh, neigh_key, neigh_sig, neigh_touch); an op is (is_null, manip, flags, min_addr, max_addr,
+    min_proto, max_proto, base_proto, masq_index) - a null binding's range is made per packet."""
+    ops = []
+    for op in e.recipe:
+        if op[0] == "null":
+            ops.append((1, hook2manip(op[1]), 0, 0, 0, 0, 0, 0, 0))
+        else:
+            rng = op[1]
+            ops.append((0, op[2], rng.flags, rng.min_addr, rng.max_addr, rng.min_proto, rng.max_proto,
+                        rng.base_proto, op[3]))
+    return (e, tuple(ops), e.confirm, e.neigh_seen, e.onlink, e.neigh, e.neigh_key, e.neigh_sig, e.neigh_touch)
 
 
 def _ct_prototype(table: Any) -> NfConn:

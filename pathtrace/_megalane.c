@@ -43,7 +43,7 @@
 #define ML_MAX_ATTEMPTS 128
 #define ML_MAX_SLOTS 24
 
-typedef struct { uint32_t src, dst, sport, dport; } T4;     /* a TCP tuple (proto 6) */
+typedef struct { uint32_t src, dst, sport, dport, proto; } T4;     /* a TCP or UDP tuple */
 typedef struct { long flags; uint32_t min_addr, max_addr, min_proto, max_proto, base_proto; } NatR;
 typedef struct { Py_ssize_t n, off[ML_MAX_SLOTS]; } Slots;
 
@@ -52,23 +52,23 @@ typedef struct MegaLane_ {
     PyObject *mega, *entries, *memo, *levels, *sbounds, *dbounds;
     PyObject *table, *hash, *conns, *bysource, *sysctl, *getrandbits, *insert, *delete_, *gc;
     PyObject *neigh_entries, *by_mac, *default_dev, *forced_dev, *confirm;
-    PyObject *ct_proto, *st_proto, *seen_proto, *tuple_type, *syn_sent, *syn_set, *zero, *scratch;
+    PyObject *ct_proto, *st_proto, *seen_proto, *udp_proto, *tuple_type, *syn_sent, *syn_set, *zero, *scratch;
     double gc_interval;
-    Slots ct_slots, st_slots, seen_slots;
+    Slots ct_slots, st_slots, seen_slots, udp_slots;
     Py_ssize_t ct_orig, ct_reply, ct_status, ct_timeout, ct_proto_off, ct_masq, ct_seq_unused;
     Py_ssize_t st_seen, st_state, st_last_index, st_last_dir;
-    Py_ssize_t td_end, td_maxend, td_maxwin, td_scale, td_flags;
+    Py_ssize_t td_end, td_maxend, td_maxwin, td_scale, td_flags, udp_stream_ts;
     Py_ssize_t t_now, t_last_gc;
     long long served;
 } MegaLane;
 
 static PyObject *ml_s[32];
 enum { MS_HITS, MS_TALLIED, MS_STATE, MS_HH, MS_LLADDR, MS_TIMER, MS_UPDATED, MS_EXPIRED,
-       MS_CT_MAX, MS_CT_CHECKSUM, MS_T_SYN_SENT, MS_T_MAX_RETRANS, MS_COUNT };
+       MS_CT_MAX, MS_CT_CHECKSUM, MS_T_SYN_SENT, MS_T_MAX_RETRANS, MS_T_UDP, MS_COUNT };
 static const char *ml_names[MS_COUNT] = {
     "hits", "tallied", "state", "hh_cached", "lladdr", "timer", "updated", "expired",
     "nf_conntrack_max", "nf_conntrack_checksum", "nf_conntrack_tcp_timeout_syn_sent",
-    "nf_conntrack_tcp_timeout_max_retrans"};
+    "nf_conntrack_tcp_timeout_max_retrans", "nf_conntrack_udp_timeout"};
 
 /* megaflow.py _lane_plan's fields */
 enum { P_ENTRY, P_OPS, P_CONFIRM, P_NEIGH_SEEN, P_ONLINK, P_NEIGH, P_NEIGH_KEY, P_NEIGH_SIG, P_NEIGH_TOUCH, P_COUNT };
@@ -140,7 +140,7 @@ static inline int get_ull(PyObject *v, unsigned long long *out) {
 
 /* (src, dst, 6, sport, dport): a plain tuple (hashes and compares as the model's Tuple) or a Tuple. */
 static PyObject *py_t4(MegaLane *M, const T4 *t, int typed) {
-    PyObject *it[5] = {PyLong_FromUnsignedLong(t->src), PyLong_FromUnsignedLong(t->dst), PyLong_FromLong(6),
+    PyObject *it[5] = {PyLong_FromUnsignedLong(t->src), PyLong_FromUnsignedLong(t->dst), PyLong_FromLong(t->proto),
                        PyLong_FromUnsignedLong(t->sport), PyLong_FromUnsignedLong(t->dport)};
     PyObject *r = NULL;
     for (int i = 0; i < 5; i++) if (it[i] == NULL) goto fail;
@@ -164,12 +164,14 @@ static int read_t4(PyObject *t, T4 *out) {
     }
     for (int i = 0; i < 5; i++) if (get_ull(PyTuple_GET_ITEM(t, i), &v[i]) < 0) return -1;
     out->src = (uint32_t)v[0]; out->dst = (uint32_t)v[1]; out->sport = (uint32_t)v[3]; out->dport = (uint32_t)v[4];
-    return v[2] == 6 ? 0 : (PyErr_SetString(PyExc_TypeError, "MegaLane: not a TCP tuple"), -1);
+    out->proto = (uint32_t)v[2];
+    return v[2] == 6 || v[2] == 17 ? 0 : (PyErr_SetString(PyExc_TypeError, "MegaLane: not a TCP or UDP tuple"), -1);
 }
 
-static inline T4 invert(const T4 *t) { T4 r = {t->dst, t->src, t->dport, t->sport}; return r; }
+static inline T4 invert(const T4 *t) { T4 r = {t->dst, t->src, t->dport, t->sport, t->proto}; return r; }
 static inline int t4_eq(const T4 *a, const T4 *b) {
-    return a->src == b->src && a->dst == b->dst && a->sport == b->sport && a->dport == b->dport;
+    return a->src == b->src && a->dst == b->dst && a->sport == b->sport && a->dport == b->dport &&
+           a->proto == b->proto;
 }
 
 /* ---- the conntrack table ----------------------------------------------------------------------- */
@@ -177,7 +179,7 @@ static inline int t4_eq(const T4 *a, const T4 *b) {
 /* The lane's lookup key for a tuple: one untracked 5-tuple of its own, refilled for each lookup (a
  * dict lookup keeps no reference to its key), instead of a new tuple for each of ~6 lookups a SYN. */
 static PyObject *scratch_t4(MegaLane *M, const T4 *t) {
-    unsigned long v[5] = {t->src, t->dst, 6, t->sport, t->dport};
+    unsigned long v[5] = {t->src, t->dst, t->proto, t->sport, t->dport};
     PyObject *k = M->scratch;
     if (Py_REFCNT(k) != 1) {                     /* never shared; if it ever were, make another */
         Py_SETREF(M->scratch, PyTuple_New(5));
@@ -262,7 +264,7 @@ static int rand16(MegaLane *M, uint32_t *out) {
 
 /* find_appropriate_src: 1 with *out set, 0 none, -1 error */
 static int appropriate_src(MegaLane *M, PyObject *ct, const T4 *t, const NatR *r, T4 *out) {
-    PyObject *key = Py_BuildValue("(ikk)", 6, (unsigned long)t->src, (unsigned long)t->sport);
+    PyObject *key = Py_BuildValue("(kkk)", (unsigned long)t->proto, (unsigned long)t->src, (unsigned long)t->sport);
     if (key == NULL) return -1;
     PyObject *lst = PyDict_GetItemWithError(M->bysource, key);
     Py_DECREF(key);
@@ -277,13 +279,13 @@ static int appropriate_src(MegaLane *M, PyObject *ct, const T4 *t, const NatR *r
             if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "MegaLane: an entry without a reply tuple");
             return -1;
         }
-        T4 inv = invert(&reply), res = {inv.src, t->dst, inv.sport, t->dport};
+        T4 inv = invert(&reply), res = {inv.src, t->dst, inv.sport, t->dport, t->proto};
         if (in_range(&res, r)) { *out = res; return 1; }
     }
     return 0;
 }
 
-/* nf_nat_l4proto_unique_tuple for TCP */
+/* nf_nat_l4proto_unique_tuple for TCP and UDP (ported protocols) */
 static int unique_port(MegaLane *M, const T4 *t, const NatR *r, int manip, double now, T4 *out) {
     uint32_t lo, size;
     int key_src = manip == ML_MANIP_SRC;
@@ -517,12 +519,21 @@ static void put_be(unsigned char *p, unsigned long long v, int n) {
 static int mega_serve(MegaLane *M, const unsigned char *f, Py_ssize_t caplen, double now) {
     const unsigned char *p = f + 14;
     Py_ssize_t plen = caplen - 14;
-    if (plen < 40 || f[12] != 0x08 || f[13] != 0x00 || p[0] != 0x45 || p[9] != 6 || p[33] != ML_TH_SYN)
-        return R_STOP;
-    Py_ssize_t tot = be16(p + 2), doff = (p[32] >> 4) * 4;
-    if (tot > plen || tot < 40 || (be16(p + 6) & 0x3FFF) || doff < 20 || tot - 20 < doff) return R_STOP;
+    if (plen < 28 || f[12] != 0x08 || f[13] != 0x00 || p[0] != 0x45) return R_STOP;
+    int udp = p[9] == 17;
+    Py_ssize_t tot = be16(p + 2), doff = 0;
+    if (udp) {                                                     /* udp_error */
+        Py_ssize_t ulen = be16(p + 24);
+        if (tot > plen || tot < 28 || ulen > tot - 20 || ulen < 8) return R_STOP;
+    } else {
+        if (p[9] != 6 || plen < 40 || p[33] != ML_TH_SYN) return R_STOP;
+        doff = (p[32] >> 4) * 4;                                   /* tcp_error */
+        if (tot > plen || tot < 40 || doff < 20 || tot - 20 < doff) return R_STOP;
+    }
+    if (be16(p + 6) & 0x3FFF) return R_STOP;                       /* a fragment */
     if (word_sum(p, 20) % 0xFFFF) return R_STOP;                   /* ip_rcv_core: bad header checksum */
-    /* the key: ingress, destination MAC, length, the IP header's fixed bytes, TCP offset and flags, classes */
+    /* the key: ingress, destination MAC, length, the IP header's fixed bytes, TCP offset and flags or the
+     * UDP length, classes */
     PyObject *dev = M->forced_dev;
     if (dev == Py_None) {
         PyObject *mac = PyBytes_FromStringAndSize((const char *)f, 6);
@@ -541,7 +552,7 @@ static int mega_serve(MegaLane *M, const unsigned char *f, Py_ssize_t caplen, do
     put_be(k + 6, (unsigned long long)plen, 4);
     memcpy(k + 10, p, 4);
     memcpy(k + 14, p + 6, 4);
-    memcpy(k + 18, p + 32, 2);
+    memcpy(k + 18, p + (udp ? 24 : 32), 2);
     uint32_t saddr = be32(p + 12), daddr = be32(p + 16);
     uint32_t sport = be16(p + 20), dport = be16(p + 22);
     long long cs, cd;
@@ -584,7 +595,7 @@ static int mega_serve(MegaLane *M, const unsigned char *f, Py_ssize_t caplen, do
         Py_DECREF(r);
     }
     Py_DECREF(tnow);
-    T4 t = {saddr, daddr, sport, dport};
+    T4 t = {saddr, daddr, sport, dport, udp ? 17 : 6};
     PyObject *tk = scratch_t4(M, &t);
     if (tk == NULL) goto out;
     int known = PyDict_Contains(M->hash, tk);
@@ -620,52 +631,66 @@ static int mega_serve(MegaLane *M, const unsigned char *f, Py_ssize_t caplen, do
     if (err) goto out;
     if (limit && PyDict_GET_SIZE(M->conns) >= limit) { rc = R_STOP; goto out; }
 
-    /* the tracker: tcp_error, tcp_new, nf_conntrack_tcp_packet's SYN in state NONE */
+    /* the tracker: checksum, then tcp_new and nf_conntrack_tcp_packet's SYN in state NONE, or a new
+     * UDP flow's (nf_conntrack_udp_packet) */
     long long check = sysctl_ll(M, MS_CT_CHECKSUM, &err);
-    long long t_syn = sysctl_ll(M, MS_T_SYN_SENT, &err);
-    long long t_retr = sysctl_ll(M, MS_T_MAX_RETRANS, &err);
     if (err) goto out;
     const unsigned char *th = p + 20;
     Py_ssize_t seglen = tot - 20;
-    if (check && (word_sum(th, seglen) + word_sum(p + 12, 8) + 6 + (uint64_t)seglen) % 0xFFFF) {
+    if (check && !(udp && th[6] == 0 && th[7] == 0) &&
+        (word_sum(th, seglen) + word_sum(p + 12, 8) + t.proto + (uint64_t)seglen) % 0xFFFF) {
         rc = R_STOP;                                               /* bad checksum: INVALID, the model's */
         goto out;
     }
-    uint32_t seq = be32(th + 4), win = be16(th + 14);
-    Sender s = {0, 0, 0, 0, 0};
-    s.end = (uint32_t)((uint64_t)seq + (uint64_t)(seglen - doff) + 1);
-    s.maxwin = win ? win : 1;
-    s.maxend = s.end;
-    syn_options(th + 20, doff - 20, &s);
-    if (s.maxwin < win) s.maxwin = win;                          /* tcp_window_update: swin = win */
-    uint32_t r_maxend = win + (win == 0);                         /* after(sack + win, r_maxend - 1) */
-    long long timeout = t_syn > t_retr ? t_retr : t_syn;           /* tcp_timeout: last_win is 0 */
     T4 reply = invert(&t);
-
+    long long timeout;
     /* from here on shared state changes as the model makes it */
     ct = ml_clone(M->ct_proto, &M->ct_slots);
-    st = ct ? ml_clone(M->st_proto, &M->st_slots) : NULL;
-    s0 = st ? ml_clone(M->seen_proto, &M->seen_slots) : NULL;
-    s1 = s0 ? ml_clone(M->seen_proto, &M->seen_slots) : NULL;
-    seen = s1 ? PyList_New(2) : NULL;
-    if (seen == NULL) goto out;
-    PyList_SET_ITEM(seen, 0, Py_NewRef(s0));
-    PyList_SET_ITEM(seen, 1, Py_NewRef(s1));
-    /* The tracker state holds ints only (TcpState -> its list -> two TcpSeen): it can never be part of
-     * a reference cycle, so the cyclic collector need not scan it.  A replay keeps ~10^5 of these for
-     * their timeouts; scanning them again and again was ~40% of a scan's time. */
-    PyObject_GC_UnTrack(s0);
-    PyObject_GC_UnTrack(s1);
-    PyObject_GC_UnTrack(seen);
-    PyObject_GC_UnTrack(st);
-    if (sset_u(s0, M->td_end, s.end) < 0 || sset_u(s0, M->td_maxend, s.maxend) < 0 ||
-        sset_u(s0, M->td_maxwin, s.maxwin) < 0 || sset_u(s0, M->td_scale, s.scale) < 0 ||
-        sset_u(s0, M->td_flags, s.flags) < 0 || sset_u(s1, M->td_maxend, r_maxend) < 0)
-        goto out;
-    sset(st, M->st_seen, Py_NewRef(seen));
-    sset(st, M->st_state, Py_NewRef(M->syn_sent));
-    sset(st, M->st_last_index, Py_NewRef(M->syn_set));
-    sset(st, M->st_last_dir, Py_NewRef(M->zero));
+    if (ct == NULL) goto out;
+    if (udp) {
+        timeout = sysctl_ll(M, MS_T_UDP, &err);
+        if (err) goto out;
+        st = ml_clone(M->udp_proto, &M->udp_slots);               /* UdpState(stream_ts=now + 2.0) */
+        PyObject *ts = st ? PyFloat_FromDouble(now + 2.0) : NULL;
+        if (ts == NULL) goto out;
+        sset(st, M->udp_stream_ts, ts);
+        PyObject_GC_UnTrack(st);
+    } else {
+        long long t_syn = sysctl_ll(M, MS_T_SYN_SENT, &err);
+        long long t_retr = sysctl_ll(M, MS_T_MAX_RETRANS, &err);
+        if (err) goto out;
+        uint32_t seq = be32(th + 4), win = be16(th + 14);
+        Sender s = {0, 0, 0, 0, 0};
+        s.end = (uint32_t)((uint64_t)seq + (uint64_t)(seglen - doff) + 1);
+        s.maxwin = win ? win : 1;
+        s.maxend = s.end;
+        syn_options(th + 20, doff - 20, &s);
+        if (s.maxwin < win) s.maxwin = win;                      /* tcp_window_update: swin = win */
+        uint32_t r_maxend = win + (win == 0);                     /* after(sack + win, r_maxend - 1) */
+        timeout = t_syn > t_retr ? t_retr : t_syn;                 /* tcp_timeout: last_win is 0 */
+        st = ml_clone(M->st_proto, &M->st_slots);
+        s0 = st ? ml_clone(M->seen_proto, &M->seen_slots) : NULL;
+        s1 = s0 ? ml_clone(M->seen_proto, &M->seen_slots) : NULL;
+        seen = s1 ? PyList_New(2) : NULL;
+        if (seen == NULL) goto out;
+        PyList_SET_ITEM(seen, 0, Py_NewRef(s0));
+        PyList_SET_ITEM(seen, 1, Py_NewRef(s1));
+        /* The tracker state holds ints only (TcpState -> its list -> two TcpSeen): it can never be part
+         * of a reference cycle, so the cyclic collector need not scan it.  A replay keeps ~10^5 of these
+         * for their timeouts; scanning them again and again was ~40% of a scan's time. */
+        PyObject_GC_UnTrack(s0);
+        PyObject_GC_UnTrack(s1);
+        PyObject_GC_UnTrack(seen);
+        PyObject_GC_UnTrack(st);
+        if (sset_u(s0, M->td_end, s.end) < 0 || sset_u(s0, M->td_maxend, s.maxend) < 0 ||
+            sset_u(s0, M->td_maxwin, s.maxwin) < 0 || sset_u(s0, M->td_scale, s.scale) < 0 ||
+            sset_u(s0, M->td_flags, s.flags) < 0 || sset_u(s1, M->td_maxend, r_maxend) < 0)
+            goto out;
+        sset(st, M->st_seen, Py_NewRef(seen));
+        sset(st, M->st_state, Py_NewRef(M->syn_sent));
+        sset(st, M->st_last_index, Py_NewRef(M->syn_set));
+        sset(st, M->st_last_dir, Py_NewRef(M->zero));
+    }
     sset(ct, M->ct_proto_off, Py_NewRef(st));
     PyObject *to = PyFloat_FromDouble(now + (double)timeout);
     if (to == NULL) goto out;
@@ -719,7 +744,8 @@ static int mega_serve(MegaLane *M, const unsigned char *f, Py_ssize_t caplen, do
                 if (PyObject_GC_IsTracked(hv)) PyObject_GC_UnTrack(hv);
             }
             if (status & ML_IPS_SRC_NAT_DONE) {
-                PyObject *bk = Py_BuildValue("(ikk)", 6, (unsigned long)t.src, (unsigned long)t.sport);
+                PyObject *bk = Py_BuildValue("(kkk)", (unsigned long)t.proto, (unsigned long)t.src,
+                                             (unsigned long)t.sport);
                 if (bk == NULL) goto out;
                 PyObject *lst = PyDict_GetItemWithError(M->bysource, bk);
                 int bad;
@@ -768,21 +794,22 @@ out:
 /* ---- the type ------------------------------------------------------------------------------------ */
 
 static int MegaLane_init(MegaLane *M, PyObject *args, PyObject *kw) {
-    PyObject *ct_slots, *st_slots, *seen_slots;
+    PyObject *ct_slots, *st_slots, *seen_slots, *udp_slots;
     static char *kwlist[] = {"mega", "entries", "memo", "levels", "sbounds", "dbounds", "table", "neigh_entries",
                              "by_mac", "default_dev", "forced_dev", "confirm", "ct_proto", "ct_slots", "st_proto",
-                             "st_slots", "seen_proto", "seen_slots", "tuple_type", "syn_sent", "syn_set",
-                             "gc_interval", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO!O!O!O!O!OO!O!UOOOOOOOOOOOd", kwlist, &M->mega, &PyDict_Type,
+                             "st_slots", "seen_proto", "seen_slots", "udp_proto", "udp_slots", "tuple_type",
+                             "syn_sent", "syn_set", "gc_interval", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO!O!O!O!O!OO!O!UOOOOOOOOOOOOOd", kwlist, &M->mega, &PyDict_Type,
                                      &M->entries, &PyDict_Type, &M->memo, &PyList_Type, &M->levels, &PyList_Type,
                                      &M->sbounds, &PyList_Type, &M->dbounds, &M->table, &PyDict_Type,
                                      &M->neigh_entries, &PyDict_Type, &M->by_mac, &M->default_dev, &M->forced_dev,
                                      &M->confirm, &M->ct_proto, &ct_slots, &M->st_proto, &st_slots, &M->seen_proto,
-                                     &seen_slots, &M->tuple_type, &M->syn_sent, &M->syn_set, &M->gc_interval))
+                                     &seen_slots, &M->udp_proto, &udp_slots, &M->tuple_type, &M->syn_sent,
+                                     &M->syn_set, &M->gc_interval))
         return -1;
     PyObject **keep[] = {&M->mega, &M->entries, &M->memo, &M->levels, &M->sbounds, &M->dbounds, &M->table,
                          &M->neigh_entries, &M->by_mac, &M->default_dev, &M->forced_dev, &M->confirm, &M->ct_proto,
-                         &M->st_proto, &M->seen_proto, &M->tuple_type, &M->syn_sent, &M->syn_set};
+                         &M->st_proto, &M->seen_proto, &M->udp_proto, &M->tuple_type, &M->syn_sent, &M->syn_set};
     for (size_t i = 0; i < sizeof(keep) / sizeof(*keep); i++) Py_INCREF(*keep[i]);
     if (!PyType_Check(M->tuple_type) || !PyType_IsSubtype((PyTypeObject *)M->tuple_type, &PyTuple_Type)) {
         PyErr_SetString(PyExc_TypeError, "MegaLane: tuple_type must be a tuple type");
@@ -815,7 +842,7 @@ static int MegaLane_init(MegaLane *M, PyObject *args, PyObject *kw) {
         return -1;
     }
     if (slots_of(M->ct_proto, ct_slots, &M->ct_slots) < 0 || slots_of(M->st_proto, st_slots, &M->st_slots) < 0 ||
-        slots_of(M->seen_proto, seen_slots, &M->seen_slots) < 0)
+        slots_of(M->seen_proto, seen_slots, &M->seen_slots) < 0 || slots_of(M->udp_proto, udp_slots, &M->udp_slots) < 0)
         return -1;
     if ((M->ct_orig = one_slot(M->ct_proto, "orig")) < 0 || (M->ct_reply = one_slot(M->ct_proto, "reply")) < 0 ||
         (M->ct_status = one_slot(M->ct_proto, "status")) < 0 || (M->ct_timeout = one_slot(M->ct_proto, "_timeout")) < 0 ||
@@ -825,7 +852,8 @@ static int MegaLane_init(MegaLane *M, PyObject *args, PyObject *kw) {
         (M->st_last_dir = one_slot(M->st_proto, "last_dir")) < 0 ||
         (M->td_end = one_slot(M->seen_proto, "td_end")) < 0 || (M->td_maxend = one_slot(M->seen_proto, "td_maxend")) < 0 ||
         (M->td_maxwin = one_slot(M->seen_proto, "td_maxwin")) < 0 ||
-        (M->td_scale = one_slot(M->seen_proto, "td_scale")) < 0 || (M->td_flags = one_slot(M->seen_proto, "flags")) < 0)
+        (M->td_scale = one_slot(M->seen_proto, "td_scale")) < 0 || (M->td_flags = one_slot(M->seen_proto, "flags")) < 0 ||
+        (M->udp_stream_ts = one_slot(M->udp_proto, "stream_ts")) < 0)
         return -1;
     return 0;
 }
@@ -833,7 +861,7 @@ static int MegaLane_init(MegaLane *M, PyObject *args, PyObject *kw) {
 static int MegaLane_traverse(MegaLane *M, visitproc visit, void *arg) {
     Py_VISIT(M->mega); Py_VISIT(M->entries); Py_VISIT(M->memo); Py_VISIT(M->levels); Py_VISIT(M->table);
     Py_VISIT(M->neigh_entries); Py_VISIT(M->confirm); Py_VISIT(M->ct_proto); Py_VISIT(M->st_proto);
-    Py_VISIT(M->seen_proto); Py_VISIT(M->insert); Py_VISIT(M->delete_); Py_VISIT(M->gc); Py_VISIT(M->getrandbits);
+    Py_VISIT(M->seen_proto); Py_VISIT(M->udp_proto); Py_VISIT(M->insert); Py_VISIT(M->delete_); Py_VISIT(M->gc); Py_VISIT(M->getrandbits);
     return 0;
 }
 
@@ -841,7 +869,8 @@ static int MegaLane_clear(MegaLane *M) {
     PyObject **all[] = {&M->mega, &M->entries, &M->memo, &M->levels, &M->sbounds, &M->dbounds, &M->table, &M->hash,
                         &M->conns, &M->bysource, &M->sysctl, &M->getrandbits, &M->insert, &M->delete_, &M->gc,
                         &M->neigh_entries, &M->by_mac, &M->default_dev, &M->forced_dev, &M->confirm, &M->ct_proto,
-                        &M->st_proto, &M->seen_proto, &M->tuple_type, &M->syn_sent, &M->syn_set, &M->zero, &M->scratch};
+                        &M->st_proto, &M->seen_proto, &M->udp_proto, &M->tuple_type, &M->syn_sent, &M->syn_set,
+                        &M->zero, &M->scratch};
     for (size_t i = 0; i < sizeof(all) / sizeof(*all); i++) Py_CLEAR(*all[i]);
     return 0;
 }

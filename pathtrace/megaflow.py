@@ -57,7 +57,7 @@ from pathtrace.net.netfilter.nf_conntrack_core import (
 from pathtrace.net.netfilter.nf_conntrack_proto_icmp import nf_conntrack_icmp_packet, nf_conntrack_icmpv4_error
 from pathtrace.net.netfilter.nf_conntrack_proto_tcp import SYN_SENT, SYN_SET, TIME_WAIT, TcpSeen, TcpState, \
     nf_conntrack_tcp_packet
-from pathtrace.net.netfilter.nf_conntrack_proto_udp import nf_conntrack_udp_packet
+from pathtrace.net.netfilter.nf_conntrack_proto_udp import UdpState, nf_conntrack_udp_packet
 from pathtrace.net.netfilter.nf_conntrack_core import (  # name-mangled inside a class otherwise
     __nf_conntrack_confirm as nf_conntrack_confirm,
 )
@@ -357,7 +357,7 @@ class MegaflowCache:
             replayer_deltas=rdeltas, verdict=rec.verdict, reason=rec.reason,
             emitted=[Emitted(o.dev, b"", "", o.kind) for o in rec.emitted],
             ct=ct if found else None, table=self.table, prototype=prototype)
-        lane_key = self.lane_key(rec.ingress, frame)
+        lane_key = None if found else self.lane_key(rec.ingress, frame)     # the lane serves new connections
         if lane_key is not None:
             if _lane_fit(e, frame):
                 self.lane_entries[lane_key] = _lane_plan(e)
@@ -371,13 +371,14 @@ class MegaflowCache:
         a frame (no pcapng interface, no packet type, no VLAN), as bytes; None for other frames."""
         p = frame.payload
         if (frame.ifname is not None or frame.pkt_type is not None or frame.vlan or frame.error is not None
-                or frame.ethertype != 0x0800 or frame.dst_mac is None or len(p) < 40 or p[9] != 6):
+                or frame.ethertype != 0x0800 or frame.dst_mac is None or len(p) < 28 or p[9] not in (6, 17)
+                or (p[9] == 6 and len(p) < 40)):
             return None
         c = self.classes
         sclass, dclass = (c.addr(a) for a in _addrs(p, 12))
         pclass = c.ports(*_ports(p, 20))
         return b"".join((dev_name.encode(), b"\0", bytes(frame.dst_mac), len(p).to_bytes(4, "big"), bytes(p[:4]),
-                         bytes(p[6:10]), bytes(p[32:34]), sclass.to_bytes(8, "big", signed=True),
+                         bytes(p[6:10]), bytes(p[32:34] if p[9] == 6 else p[24:26]), sclass.to_bytes(8, "big", signed=True),
                          dclass.to_bytes(8, "big", signed=True), pclass[0].to_bytes(2, "big"),
                          pclass[1].to_bytes(2, "big")))
 
@@ -397,6 +398,7 @@ class MegaflowCache:
                 default_dev=replayer.default_dev.name, forced_dev=net.devices[ingress].name if ingress else None,
                 confirm=self._lane_confirm, ct_proto=_ct_prototype(self.table), ct_slots=NfConn.__slots__,
                 st_proto=TcpState(), st_slots=TcpState.__slots__, seen_proto=TcpSeen(), seen_slots=TcpSeen.__slots__,
+                udp_proto=UdpState(), udp_slots=UdpState.__slots__,
                 tuple_type=Tuple, syn_sent=SYN_SENT, syn_set=SYN_SET, gc_interval=GC_INTERVAL)
             self.table.gc_track = accel.track
         return self._lane
@@ -578,10 +580,14 @@ class MegaflowCache:
 
 
 def _lane_fit(e: MegaEntry, frame: Frame) -> bool:
-    """Whether _megalane.c makes this entry's state changes: a new connection's pure SYN (TCP flags
-    exactly SYN) that the tracker took to SYN_SENT, whose NAT bindings are to single addresses (a
-    range of addresses hashes the source: left to the model) and whose path needs no promotion."""
-    if e.found or e.prototype is not None or e.tracker_state != SYN_SENT or frame.payload[33] != 0x02:
+    """Whether _megalane.c makes this entry's state changes: a new connection's first packet, a pure
+    SYN (TCP flags exactly SYN) that the tracker took to SYN_SENT or a UDP datagram, whose NAT
+    bindings are to single addresses (a range of addresses hashes the source: left to the model)
+    and whose path needs no promotion."""
+    p = frame.payload
+    if e.found or e.prototype is not None:
+        return False
+    if p[9] == 6 and (e.tracker_state != SYN_SENT or p[33] != 0x02):
         return False
     for op in e.recipe:
         if op[0] == "null":

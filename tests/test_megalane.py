@@ -1,10 +1,10 @@
-"""The megaflow cache's C lane for new TCP connections (pathtrace/_megalane.c) changes nothing but
-speed: a counts-only replay of a pcap full of SYNs leaves the same state whether the C lane, the
-Python megaflow cache or no megaflow cache at all made each connection - every field of every
+"""The megaflow cache's C lane for new connections (pathtrace/_megalane.c) changes nothing but speed:
+a counts-only replay of a pcap full of SYNs and new UDP flows leaves the same state whether the C
+lane, the Python megaflow cache or no megaflow cache at all made each connection - every field of every
 conntrack entry and its TCP state, NAT's by-source index, the NAT port search's RNG, statistics,
 rule and device counters, neighbours and the verdict counts.
 
-The SYNs are drawn at random: TCP options (window scale, SACK-permitted, MSS, timestamps, NOPs,
+The packets are drawn at random: UDP datagrams (with and without checksums, wrong lengths), TCP options (window scale, SACK-permitted, MSS, timestamps, NOPs,
 malformed lists), windows including 0, SYNs carrying data, bad IP and TCP checksums, clients that
 reuse source ports towards the same servers (so source NAT must search for ports), DNAT port
 forwards, and NAT rules of every kind the lane implements (MASQUERADE, SNAT to an address or a port
@@ -82,8 +82,9 @@ def _options(r: random.Random) -> bytes:
 
 
 def syn_frames(seed: int, n: int) -> list[tuple[float, bytes]]:
-    """Random SYNs from a few LAN clients (reused source ports: NAT clashes) to a few servers and the
-    router's DNAT port forwards, with some ACKs, retransmissions and bad checksums among them."""
+    """Random SYNs and UDP datagrams from a few LAN clients (reused source ports: NAT clashes) to a few
+    servers and the router's DNAT port forwards, with some ACKs, repeated packets (known connections),
+    bad checksums and UDP lengths among them."""
     r = random.Random(seed)
     out = []
     t = 1000.0
@@ -93,19 +94,27 @@ def syn_frames(seed: int, n: int) -> list[tuple[float, bytes]]:
             frame = r.choice(sent)               # a retransmitted SYN: a known connection
         else:
             client = r.randrange(2, 14)
-            dport = r.choice([80, 443, 22, 20000 + r.randrange(0, 5), r.randrange(1, 65536)])
+            dport = r.choice([80, 443, 22, 53, 20000 + r.randrange(0, 5), r.randrange(1, 65536)])
             sport = r.choice([1024, 40000, 40001, r.randrange(1, 65536)])
-            flags = "S" if r.random() < 0.9 else r.choice(["A", "SA", "SF"])
+            src, dst = f"192.168.1.{client}", f"203.0.113.{r.randrange(1, 4)}"
             payload = r.randbytes(r.choice([0, 0, 0, 1, 20]))
-            pkt = build.tcp_packet(f"192.168.1.{client}", f"203.0.113.{r.randrange(1, 4)}", sport, dport, flags,
-                                   seq=r.getrandbits(32), window=r.choice([0, 1, 512, 64240, 65535]),
-                                   payload=payload, options=_options(r))
-            pkt = bytearray(pkt)
+            if r.random() < 0.3:                 # a UDP datagram: DNS, syslog, a flood
+                pkt = bytearray(build.udp_packet(src, dst, sport, dport, payload + r.randbytes(r.choice([0, 7, 40]))))
+                roll = r.random()
+                if roll < 0.1:
+                    pkt[26:28] = b"\0\0"         # no checksum
+                elif roll < 0.13:
+                    pkt[24:26] = (int.from_bytes(pkt[24:26], "big") + r.choice([-8, 1, 3])).to_bytes(2, "big")
+            else:
+                flags = "S" if r.random() < 0.9 else r.choice(["A", "SA", "SF"])
+                pkt = bytearray(build.tcp_packet(src, dst, sport, dport, flags, seq=r.getrandbits(32),
+                                                 window=r.choice([0, 1, 512, 64240, 65535]), payload=payload,
+                                                 options=_options(r)))
             roll = r.random()
             if roll < 0.03:
                 pkt[10] ^= 0xFF                  # IP header checksum
             elif roll < 0.06:
-                pkt[-1 if payload else 37] ^= 0x5A   # TCP checksum (the last byte or the urgent pointer)
+                pkt[-1] ^= 0x5A                  # the transport checksum (its last byte: data or a header field)
             frame = workload._lan_eth(client) + bytes(pkt)
             if r.random() < 0.2:
                 sent.append(frame)
@@ -167,12 +176,19 @@ def assert_same(host: str, pcap: Path, monkeypatch) -> int:
     return r.cache.mega.lane_served
 
 
+def _seeds() -> list[int]:
+    """PATHTRACE_MEGALANE_SEEDS=A-B widens the property to more drawn captures (default 0-2)."""
+    import os
+    lo, _, hi = os.environ.get("PATHTRACE_MEGALANE_SEEDS", "0-2").partition("-")
+    return list(range(int(lo), int(hi or lo) + 1))
+
+
 @pytest.mark.parametrize("nat", sorted(NAT_RULES))
-@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("seed", _seeds())
 def test_random_syns_same_with_the_lane_the_python_megaflow_and_none(nat, seed, tmp_path, monkeypatch):
     pcap = write_pcap(tmp_path / "syns.pcap", syn_frames(seed * 31 + len(nat), 1200))
     served = assert_same(host_text(nat), pcap, monkeypatch)
-    assert served >= 300, served            # the lane did serve: the comparison is not vacuous
+    assert served >= 200, served            # the lane did serve: the comparison is not vacuous
 
 
 @pytest.mark.parametrize("sysctl", sorted(set(SYSCTLS) - {"default"}))
@@ -206,3 +222,20 @@ def test_the_bench_scan_is_served_by_the_lane(tmp_path, monkeypatch):
     workload.write_scan(pcap, 3000)
     served = assert_same(workload.host_yaml(200), pcap, monkeypatch)
     assert served >= 2900
+
+
+def test_a_udp_flood_is_served_by_the_lane(tmp_path, monkeypatch):
+    """Every datagram from a random source port (a flood, DNS from many clients): the lane serves the
+    new flows, and keeps serving them after a repeated flow's packet (a known connection of the same
+    class) taught the megaflow cache a path of its own."""
+    r = random.Random(5)
+    frames, t = [], 1000.0
+    for i in range(3000):
+        client = 2 + i % 12
+        sport = r.randrange(1024, 65536) if r.random() < 0.95 else 40000    # a few repeats
+        pkt = build.udp_packet(f"192.168.1.{client}", f"203.0.113.{1 + i % 3}", sport, 53, r.randbytes(30))
+        frames.append((t, workload._lan_eth(client) + pkt))
+        t += 0.001
+    pcap = write_pcap(tmp_path / "flood.pcap", frames)
+    served = assert_same(host_text("masquerade"), pcap, monkeypatch)
+    assert served >= 2700, served

@@ -261,18 +261,23 @@ class ConntrackTable:
         return hit is not None and hit[0] is not ignored
 
     def insert(self, ct: NfConn) -> None:
-        """__nf_conntrack_hash_insert: the caller has checked that neither tuple is in the table."""
-        self.hash[ct.orig] = (ct, IP_CT_DIR_ORIGINAL)
-        self.hash[ct.reply] = (ct, IP_CT_DIR_REPLY)
+        """__nf_conntrack_hash_insert: the caller has checked that neither tuple is in the table.
+        (Runs once per new connection - a scan's every packet: locals, and _compact's test inline.)"""
+        orig, reply = ct.orig, ct.reply
+        h = self.hash
+        h[orig] = (ct, IP_CT_DIR_ORIGINAL)
+        h[reply] = (ct, IP_CT_DIR_REPLY)
         seq = ct.seq = self.next_seq
-        self.next_seq += 1
+        self.next_seq = seq + 1
         self.stats["insert"] += 1
-        self.conns[seq] = ct
-        if ct.orig == ct.reply:
+        conns = self.conns
+        conns[seq] = ct
+        if orig == reply:
             self._unlisted.add(seq)
         key = ct._gc_key = ct._timeout
         self._push(ct, key)
-        self._compact()
+        if self._queued > 2 * len(conns) + 1024:
+            self._compact()
         if self._buckets is not None:
             for t in (ct.orig, ct.reply):
                 self._buckets.setdefault(self._bucket(t), []).append(ct)
@@ -284,13 +289,17 @@ class ConntrackTable:
             return False
         if self.gc_track is not None:       # an entry the megaflow lane made leaves the table: the cyclic
             self.gc_track((ct,))            # collector looks after it again (pathtrace/_megalane.c)
+        h = self.hash
         for t in (ct.orig, ct.reply):
-            hit = self.hash.get(t)
+            hit = h.get(t)
             if hit is not None and hit[0] is ct:
-                del self.hash[t]
-        if self.conns.get(ct.seq) is ct:
-            del self.conns[ct.seq]
-            self._unlisted.discard(ct.seq)
+                del h[t]
+        seq = ct.seq
+        conns = self.conns
+        if conns.get(seq) is ct:
+            del conns[seq]
+            if self._unlisted:
+                self._unlisted.discard(seq)
             ct._gc_key = _UNQUEUED
             if self._buckets is not None:
                 for t in (ct.orig, ct.reply):

@@ -17,7 +17,8 @@
  *       (net/netfilter/nf_conntrack_proto_tcp.py; the SYN's window tests always pass);
  *   nf_nat_setup_info, get_unique_tuple, find_appropriate_src, nf_nat_l4proto_unique_tuple and
  *       nf_nat_used_tuple for TCP and a single address (nf_nat_core.py, nf_nat_unique.py);
- *   __nf_conntrack_confirm without a clash (a clash goes to the model's function).
+ *   __nf_conntrack_confirm without a clash (when the NAT search found no free tuple, the model runs
+ *       the packet, drawing the numbers drawn here: MegaflowCache.abort).
  * Everything that can refuse the packet is checked before shared state changes.  Tests compare
  * replays with it, with the Python megaflow and with no cache (tests/test_megalane.py).
  */
@@ -42,6 +43,7 @@
 #define ML_MANIP_DST 1
 #define ML_MAX_ATTEMPTS 128
 #define ML_MAX_SLOTS 24
+#define ML_MAX_DRAWS 64         /* a port search draws at most 5 times; 4 NAT ops */
 
 typedef struct { uint32_t src, dst, sport, dport, proto; } T4;     /* a TCP or UDP tuple */
 typedef struct { long flags; uint32_t min_addr, max_addr, min_proto, max_proto, base_proto; } NatR;
@@ -50,8 +52,8 @@ typedef struct { Py_ssize_t n, off[ML_MAX_SLOTS]; } Slots;
 typedef struct MegaLane_ {
     PyObject_HEAD
     PyObject *mega, *entries, *memo, *levels, *sbounds, *dbounds;
-    PyObject *table, *hash, *conns, *bysource, *sysctl, *getrandbits, *insert, *delete_, *gc;
-    PyObject *neigh_entries, *by_mac, *default_dev, *forced_dev, *confirm;
+    PyObject *table, *hash, *conns, *bysource, *sysctl, *rng, *getrandbits, *insert, *delete_, *gc;
+    PyObject *neigh_entries, *by_mac, *default_dev, *forced_dev, *abort;
     PyObject *ct_proto, *st_proto, *seen_proto, *udp_proto, *tuple_type, *syn_sent, *syn_set, *zero, *scratch;
     double gc_interval;
     Slots ct_slots, st_slots, seen_slots, udp_slots;
@@ -60,15 +62,17 @@ typedef struct MegaLane_ {
     Py_ssize_t td_end, td_maxend, td_maxwin, td_scale, td_flags, udp_stream_ts;
     Py_ssize_t t_now, t_last_gc;
     long long served;
+    int ndraws;
+    uint32_t draws[ML_MAX_DRAWS];
 } MegaLane;
 
 static PyObject *ml_s[32];
 enum { MS_HITS, MS_TALLIED, MS_STATE, MS_HH, MS_LLADDR, MS_TIMER, MS_UPDATED, MS_EXPIRED,
-       MS_CT_MAX, MS_CT_CHECKSUM, MS_T_SYN_SENT, MS_T_MAX_RETRANS, MS_T_UDP, MS_COUNT };
+       MS_CT_MAX, MS_CT_CHECKSUM, MS_T_SYN_SENT, MS_T_MAX_RETRANS, MS_T_UDP, MS_RNG, MS_COUNT };
 static const char *ml_names[MS_COUNT] = {
     "hits", "tallied", "state", "hh_cached", "lladdr", "timer", "updated", "expired",
     "nf_conntrack_max", "nf_conntrack_checksum", "nf_conntrack_tcp_timeout_syn_sent",
-    "nf_conntrack_tcp_timeout_max_retrans", "nf_conntrack_udp_timeout"};
+    "nf_conntrack_tcp_timeout_max_retrans", "nf_conntrack_udp_timeout", "rng"};
 
 /* megaflow.py _lane_plan's fields */
 enum { P_ENTRY, P_OPS, P_CONFIRM, P_NEIGH_SEEN, P_ONLINK, P_NEIGH, P_NEIGH_KEY, P_NEIGH_SIG, P_NEIGH_TOUCH, P_COUNT };
@@ -251,7 +255,10 @@ static inline int in_range(const T4 *t, const NatR *r) {      /* nf_in_range */
     return port_in(t, ML_MANIP_SRC, r->min_proto, r->max_proto);
 }
 
+/* table.rng.getrandbits(16), remembered: a packet whose confirmation would clash hands its draws to
+ * the model (MegaflowCache.abort), which then runs it drawing the same numbers. */
 static int rand16(MegaLane *M, uint32_t *out) {
+    if (M->ndraws >= ML_MAX_DRAWS) { PyErr_SetString(PyExc_RuntimeError, "MegaLane: too many NAT draws"); return -1; }
     PyObject *sixteen = PyLong_FromLong(16);
     PyObject *v = sixteen ? PyObject_CallOneArg(M->getrandbits, sixteen) : NULL;
     Py_XDECREF(sixteen);
@@ -259,6 +266,7 @@ static int rand16(MegaLane *M, uint32_t *out) {
     int bad = get_ull(v, &x);
     Py_XDECREF(v);
     *out = (uint32_t)x;
+    if (!bad) M->draws[M->ndraws++] = (uint32_t)x;
     return bad ? -1 : 0;
 }
 
@@ -578,7 +586,12 @@ static int mega_serve(MegaLane *M, const unsigned char *f, Py_ssize_t caplen, do
 
     int rc = R_ERROR, err = 0;
     PyObject *n = NULL, *ct = NULL, *st = NULL, *seen = NULL, *s0 = NULL, *s1 = NULL;
-    /* MegaflowCache.serve: table.now, the gc nf_conntrack_in runs first, the lookup */
+    /* MegaflowCache.serve: not while the model is to run an aborted packet (its RNG is replaced), then
+     * table.now, the gc nf_conntrack_in runs first, the lookup */
+    PyObject *cur_rng = PyObject_GetAttr(M->table, ml_s[MS_RNG]);
+    if (cur_rng == NULL) goto out;
+    Py_DECREF(cur_rng);
+    if (cur_rng != M->rng) { rc = R_STOP; goto out; }
     PyObject *tnow = PyFloat_FromDouble(now);
     if (tnow == NULL) goto out;
     if (PyObject_SetAttr(M->table, attr_name[A_T_NOW], tnow) < 0) {
@@ -697,6 +710,7 @@ static int mega_serve(MegaLane *M, const unsigned char *f, Py_ssize_t caplen, do
     sset(ct, M->ct_timeout, to);
     /* the NAT bindings, in the learned order */
     unsigned long long status = 0;
+    M->ndraws = 0;
     for (Py_ssize_t i = 0; i < nops; i++) {
         NatR nr;
         if (is_null[i]) {
@@ -719,11 +733,21 @@ static int mega_serve(MegaLane *M, const unsigned char *f, Py_ssize_t caplen, do
         if (clash == 0) clash = ml_find(M, &reply, now);
         if (clash < 0 || sset_u(ct, M->ct_status, status) < 0) goto out;
         if (clash) {
-            PyObject *tn = PyFloat_FromDouble(now);
-            PyObject *r = tn ? PyObject_CallFunctionObjArgs(M->confirm, ct, tn, NULL) : NULL;
-            Py_XDECREF(tn);
+            /* the NAT search found no free tuple: the model decides (a drop, or a UDP merge), drawing
+             * the numbers drawn here; nothing else shared has changed (the entry is dropped) */
+            PyObject *draws = PyTuple_New(M->ndraws);
+            if (draws == NULL) goto out;
+            for (int i = 0; i < M->ndraws; i++) {
+                PyObject *x = PyLong_FromUnsignedLong(M->draws[i]);
+                if (x == NULL) { Py_DECREF(draws); goto out; }
+                PyTuple_SET_ITEM(draws, i, x);
+            }
+            PyObject *r = PyObject_CallOneArg(M->abort, draws);
+            Py_DECREF(draws);
             if (r == NULL) goto out;
             Py_DECREF(r);
+            rc = R_STOP;
+            goto out;
         } else {
             if (sset_u(ct, M->ct_status, status | ML_IPS_CONFIRMED) < 0) goto out;
             PyObject *r = PyObject_CallOneArg(M->insert, ct);
@@ -796,19 +820,19 @@ out:
 static int MegaLane_init(MegaLane *M, PyObject *args, PyObject *kw) {
     PyObject *ct_slots, *st_slots, *seen_slots, *udp_slots;
     static char *kwlist[] = {"mega", "entries", "memo", "levels", "sbounds", "dbounds", "table", "neigh_entries",
-                             "by_mac", "default_dev", "forced_dev", "confirm", "ct_proto", "ct_slots", "st_proto",
+                             "by_mac", "default_dev", "forced_dev", "abort", "ct_proto", "ct_slots", "st_proto",
                              "st_slots", "seen_proto", "seen_slots", "udp_proto", "udp_slots", "tuple_type",
                              "syn_sent", "syn_set", "gc_interval", NULL};
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OO!O!O!O!O!OO!O!UOOOOOOOOOOOOOd", kwlist, &M->mega, &PyDict_Type,
                                      &M->entries, &PyDict_Type, &M->memo, &PyList_Type, &M->levels, &PyList_Type,
                                      &M->sbounds, &PyList_Type, &M->dbounds, &M->table, &PyDict_Type,
                                      &M->neigh_entries, &PyDict_Type, &M->by_mac, &M->default_dev, &M->forced_dev,
-                                     &M->confirm, &M->ct_proto, &ct_slots, &M->st_proto, &st_slots, &M->seen_proto,
+                                     &M->abort, &M->ct_proto, &ct_slots, &M->st_proto, &st_slots, &M->seen_proto,
                                      &seen_slots, &M->udp_proto, &udp_slots, &M->tuple_type, &M->syn_sent,
                                      &M->syn_set, &M->gc_interval))
         return -1;
     PyObject **keep[] = {&M->mega, &M->entries, &M->memo, &M->levels, &M->sbounds, &M->dbounds, &M->table,
-                         &M->neigh_entries, &M->by_mac, &M->default_dev, &M->forced_dev, &M->confirm, &M->ct_proto,
+                         &M->neigh_entries, &M->by_mac, &M->default_dev, &M->forced_dev, &M->abort, &M->ct_proto,
                          &M->st_proto, &M->seen_proto, &M->udp_proto, &M->tuple_type, &M->syn_sent, &M->syn_set};
     for (size_t i = 0; i < sizeof(keep) / sizeof(*keep); i++) Py_INCREF(*keep[i]);
     if (!PyType_Check(M->tuple_type) || !PyType_IsSubtype((PyTypeObject *)M->tuple_type, &PyTuple_Type)) {
@@ -831,9 +855,8 @@ static int MegaLane_init(MegaLane *M, PyObject *args, PyObject *kw) {
     M->insert = PyObject_GetAttrString(M->table, "insert");
     M->delete_ = PyObject_GetAttrString(M->table, "delete");
     M->gc = PyObject_GetAttrString(M->table, "gc");
-    PyObject *rng = PyObject_GetAttrString(M->table, "rng");
-    M->getrandbits = rng ? PyObject_GetAttrString(rng, "getrandbits") : NULL;
-    Py_XDECREF(rng);
+    M->rng = PyObject_GetAttrString(M->table, "rng");
+    M->getrandbits = M->rng ? PyObject_GetAttrString(M->rng, "getrandbits") : NULL;
     if (!M->zero || !M->hash || !M->conns || !M->bysource || !M->sysctl || !M->insert || !M->delete_ || !M->gc ||
         !M->getrandbits)
         return -1;
@@ -860,15 +883,15 @@ static int MegaLane_init(MegaLane *M, PyObject *args, PyObject *kw) {
 
 static int MegaLane_traverse(MegaLane *M, visitproc visit, void *arg) {
     Py_VISIT(M->mega); Py_VISIT(M->entries); Py_VISIT(M->memo); Py_VISIT(M->levels); Py_VISIT(M->table);
-    Py_VISIT(M->neigh_entries); Py_VISIT(M->confirm); Py_VISIT(M->ct_proto); Py_VISIT(M->st_proto);
-    Py_VISIT(M->seen_proto); Py_VISIT(M->udp_proto); Py_VISIT(M->insert); Py_VISIT(M->delete_); Py_VISIT(M->gc); Py_VISIT(M->getrandbits);
+    Py_VISIT(M->neigh_entries); Py_VISIT(M->abort); Py_VISIT(M->ct_proto); Py_VISIT(M->st_proto);
+    Py_VISIT(M->seen_proto); Py_VISIT(M->udp_proto); Py_VISIT(M->insert); Py_VISIT(M->delete_); Py_VISIT(M->gc); Py_VISIT(M->getrandbits); Py_VISIT(M->rng);
     return 0;
 }
 
 static int MegaLane_clear(MegaLane *M) {
     PyObject **all[] = {&M->mega, &M->entries, &M->memo, &M->levels, &M->sbounds, &M->dbounds, &M->table, &M->hash,
-                        &M->conns, &M->bysource, &M->sysctl, &M->getrandbits, &M->insert, &M->delete_, &M->gc,
-                        &M->neigh_entries, &M->by_mac, &M->default_dev, &M->forced_dev, &M->confirm, &M->ct_proto,
+                        &M->conns, &M->bysource, &M->sysctl, &M->rng, &M->getrandbits, &M->insert, &M->delete_, &M->gc,
+                        &M->neigh_entries, &M->by_mac, &M->default_dev, &M->forced_dev, &M->abort, &M->ct_proto,
                         &M->st_proto, &M->seen_proto, &M->udp_proto, &M->tuple_type, &M->syn_sent, &M->syn_set,
                         &M->zero, &M->scratch};
     for (size_t i = 0; i < sizeof(all) / sizeof(*all); i++) Py_CLEAR(*all[i]);

@@ -283,6 +283,7 @@ class MegaflowCache:
         self.lane_entries: dict[bytes, tuple] = {}    # new TCP connections' entries _megalane.c serves (_lane_plan)
         self._lane: Any = None
         self.lane_served = 0                            # SYNs the C lane served, in replays released
+        self.aborted = 0                                # new connections whose NAT found no free tuple
 
     def key(self, frame: Frame, dev: Any) -> tuple | None:
         """The megaflow key of a received Ethernet/IPv4 TCP, UDP or ICMP echo frame, None otherwise
@@ -396,7 +397,7 @@ class MegaflowCache:
                 neigh_entries=net.neigh.entries,
                 by_mac={bytes(mac): dev.name for mac, dev in net.by_mac.items() if mac is not None},
                 default_dev=replayer.default_dev.name, forced_dev=net.devices[ingress].name if ingress else None,
-                confirm=self._lane_confirm, ct_proto=_ct_prototype(self.table), ct_slots=NfConn.__slots__,
+                abort=self.abort, ct_proto=_ct_prototype(self.table), ct_slots=NfConn.__slots__,
                 st_proto=TcpState(), st_slots=TcpState.__slots__, seen_proto=TcpSeen(), seen_slots=TcpSeen.__slots__,
                 udp_proto=UdpState(), udp_slots=UdpState.__slots__,
                 tuple_type=Tuple, syn_sent=SYN_SENT, syn_set=SYN_SET, gc_interval=GC_INTERVAL)
@@ -417,14 +418,13 @@ class MegaflowCache:
             self.lane_served += self._lane.served
             self._lane = None
 
-    def _lane_confirm(self, ct: NfConn, now: float) -> None:
-        """__nf_conntrack_confirm for the C lane's entry whose tuple clashes (as _serve_new calls it)."""
-        ctx = self.ctx
-        ctx.now = now
-        skb = SkBuff(ctx=ctx, dev=None, iif=None, tstamp=now, payload=bytearray())
-        skb.ct, skb.ctinfo = ct, IP_CT_NEW
-        if nf_conntrack_confirm(self.table, skb) != NF_ACCEPT:
-            raise RuntimeError("megaflow: a confirmation the learned path passed failed")   # pragma: no cover
+    def abort(self, draws: tuple[int, ...]) -> None:
+        """A new connection's NAT search found no free tuple, so its confirmation would clash: the
+        model decides (the kernel drops it, or merges a UDP entry), and must draw the port search's
+        random numbers the megaflow's run drew (its other work is undone by dropping the entry)."""
+        self.aborted += 1
+        if draws:
+            self.table.rng = _DrawReplay(self.table, self.table.rng, draws)
 
     def _refusal(self, frame: Frame, ctx: Any, skb: Any, rec: Any) -> str | None:
         if self.off is not None:
@@ -478,6 +478,8 @@ class MegaflowCache:
         if int.from_bytes(p[:20], "big") % 0xFFFF:
             return None                                  # ip_rcv_core: bad header checksum
         table = self.table
+        if type(table.rng) is _DrawReplay:
+            return None                                  # the model runs an aborted packet (abort)
         table.now = now
         table.gc(now)                                    # as nf_conntrack_in does first
         saddr, daddr = _addrs(p, 12)
@@ -539,12 +541,20 @@ class MegaflowCache:
             return None
         # from here on the path is the learned one: shared state changes as the model makes them
         skb.ct, skb.ctinfo = ct, IP_CT_NEW
-        for op in e.recipe:
-            if op[0] == "null":
-                nf_nat_alloc_null_binding(ct, op[1])
-            else:
-                ct.masq_index = op[3]
-                nf_nat_setup_info(ct, op[1], op[2])
+        rng = table.rng
+        log = table.rng = _DrawLog(rng)
+        try:
+            for op in e.recipe:
+                if op[0] == "null":
+                    nf_nat_alloc_null_binding(ct, op[1])
+                else:
+                    ct.masq_index = op[3]
+                    nf_nat_setup_info(ct, op[1], op[2])
+        finally:
+            table.rng = rng
+        if e.confirm and (table.find(ct.orig, now) or table.find(ct.reply, now)):
+            self.abort(tuple(log.draws))                 # no free tuple: the model decides
+            return None
         if e.confirm and nf_conntrack_confirm(table, skb) != NF_ACCEPT:
             raise RuntimeError("megaflow: a confirmation the learned path passed failed")   # pragma: no cover
         return self._hit(e, n, now)
@@ -577,6 +587,40 @@ class MegaflowCache:
         e.hits += 1
         self.hits += 1
         return e
+
+
+class _DrawLog:
+    """The table's RNG while the megaflow makes a new connection's NAT bindings: the draws it made."""
+
+    __slots__ = ("rng", "draws")
+
+    def __init__(self, rng: Any):
+        self.rng = rng
+        self.draws: list[int] = []
+
+    def getrandbits(self, k: int) -> int:
+        v = self.rng.getrandbits(k)
+        self.draws.append(v)
+        return v
+
+
+class _DrawReplay:
+    """The table's RNG after an aborted new connection (MegaflowCache.abort): the model's run of that
+    packet gets the draws the megaflow made, then the RNG itself is back in place."""
+
+    __slots__ = ("table", "rng", "draws")
+
+    def __init__(self, table: Any, rng: Any, draws: tuple[int, ...]):
+        self.table, self.rng, self.draws = table, rng, list(reversed(draws))
+
+    def getrandbits(self, k: int) -> int:
+        v = self.draws.pop()
+        if not self.draws:
+            self.table.rng = self.rng
+        return v
+
+    def __getattr__(self, name: str) -> Any:      # the rest of random.Random (e.g. getstate) is the RNG's
+        return getattr(self.rng, name)
 
 
 def _lane_fit(e: MegaEntry, frame: Frame) -> bool:

@@ -70,9 +70,10 @@ def _near(addr: str, r: random.Random) -> str:
     return gen.ntoa(r.randrange(1, 0xDFFFFFFF))
 
 
-def multiplied(g: gen.Gen, seed: int, copies: int = 6) -> list:
+def multiplied(g: gen.Gen, seed: int, copies: int = 6, raw: bool = False) -> list:
     """The scenario's packets, each followed by `copies` new connections like it (other ports, nearby
-    or unrelated addresses, sometimes a bad checksum), 2 ms apart."""
+    or unrelated addresses, sometimes a bad checksum), 2 ms apart; as Frames, or with `raw` as
+    (time, Ethernet bytes) for a pcap file."""
     r = random.Random(seed)
     out = []
     t = 1000.0
@@ -85,7 +86,7 @@ def multiplied(g: gen.Gen, seed: int, copies: int = 6) -> list:
                     src=_near(p.src, r), dst=_near(p.dst, r), bad=r.choice(["", "", "", "", "ip", "l4"])))
         for v in variants:
             ifname, data = gen.frame(g, n, v)
-            out.append(frame_from_ethernet(data, len(out), t, ifname))
+            out.append((t, data) if raw else frame_from_ethernet(data, len(out), t, ifname))
             t += 0.002
     return out
 

@@ -688,6 +688,7 @@ def _resolve_clash(table: ConntrackTable, skb, winner: NfConn) -> int:
         return NF_ACCEPT
     table.stats["insert_failed"] += 1
     table.stats["drop"] += 1
+    skb.ctx.uncacheable("conntrack insert failed")      # the statistics above are this packet's own
     if skb.ctx.record:
         skb.ctx.step("__nf_conntrack_confirm", clash="insert failed", tuple=fmt_tuple(loser.orig),
                      reply=fmt_tuple(loser.reply))

@@ -100,6 +100,7 @@ def host(out: Path, rules: int) -> Path:
 WORKLOADS = {   # name -> (writer, target packets/s with --summary)
     "conversations": (lambda path, n: workload.write_capture(path, n, 2000), 400_000),
     "scan": (lambda path, n: workload.write_scan(path, n), 100_000),
+    "udpflood": (lambda path, n: workload.write_udp_flood(path, n), 100_000),   # also every packet a new flow
     "midstream": (lambda path, n: workload.write_midstream(path, n, 2000), 250_000),
     "udp": (lambda path, n: workload.write_udp(path, n, 2000), 250_000),
     "ping": (lambda path, n: workload.write_ping(path, n, 2000), 250_000),

@@ -176,8 +176,8 @@ def write_scan(path: Path, packets: int, gap: float = 0.001) -> None:
     """Every packet a new flow: SYNs from the LAN's 250 hosts to ever new (server, port) pairs on the
     WAN side, as a scan or the first packets of many short connections look.  Each is a new conntrack
     entry, masqueraded; the 5-tuple repeats only after 250 x 64,500 packets.  1,000 SYNs a second: with
-    SYN_SENT's 120 s timeout at most ~120,000 entries are alive at once (the model does not enforce
-    nf_conntrack_max, so a faster scan's memory would grow with the capture)."""
+    SYN_SENT's 120 s timeout at most ~120,000 entries are alive at once (below the default
+    nf_conntrack_max, 262,144, which bounds a faster scan's table as the kernel's)."""
     from pathtrace.packet import build
     eths = [_lan_eth(h) for h in range(2, 252)]
     fh, put = _pcap_writer(path)
@@ -191,6 +191,24 @@ def write_scan(path: Path, packets: int, gap: float = 0.001) -> None:
             sport = 1024 + j % 64500
             pkt = build.tcp_packet(f"192.168.1.{2 + h}", server, sport, dport, "S", seq=(i * 2654435761) & 0xFFFFFFFF,
                                    window=64240)
+            put(t, eths[h] + pkt)
+            t += gap
+
+
+def write_udp_flood(path: Path, packets: int, gap: float = 0.001) -> None:
+    """Every datagram a new flow: DNS queries from the LAN's 250 hosts, each from a new source port, to
+    eight WAN resolvers that do not answer (a resolver farm's uplink, a flood, a reflection attempt).
+    Each is a new conntrack entry, masqueraded; 1,000 a second and UDP's 30 s timeout keep ~30,000 alive."""
+    from pathtrace.packet import build
+    eths = [_lan_eth(h) for h in range(2, 252)]
+    fh, put = _pcap_writer(path)
+    t = 1_700_000_000.0
+    with fh:
+        for i in range(packets):
+            h = i % 250
+            j = i // 250
+            query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03com\x00\x00\x01\x00\x01"
+            pkt = build.udp_packet(f"192.168.1.{2 + h}", f"203.0.113.{1 + i % 8}", 1024 + j % 64500, 53, query)
             put(t, eths[h] + pkt)
             t += gap
 

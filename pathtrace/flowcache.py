@@ -70,6 +70,7 @@ class Learning:
     neigh_sig: tuple = ()
     mangle: list[tuple] = field(default_factory=list)
     recipe: list[tuple] = field(default_factory=list)   # NAT bindings made, in order (pathtrace/megaflow.py)
+    limits: list[tuple] = field(default_factory=list)   # `limit` matches evaluated and their results, in order
 
     def conntrack(self, ct: Any, direction: int, ctinfo: int, found: bool) -> None:
         if self.ct is not None:
@@ -279,7 +280,8 @@ class FlowCache:
         """Remember the path when nothing it did depends on more than the key and the guarded state;
         the first packet of a new connection may give a megaflow instead (pathtrace/megaflow.py)."""
         why = self._refusal(ctx, skb, rec, frame)
-        if (why == "new conntrack entry" or why in _MEGA_FOUND) and self.mega is not None and self.mega.off is None:
+        if (why == "new conntrack entry" or why in _MEGA_FOUND or why == "match limit") and self.mega is not None \
+                and self.mega.off is None:
             if self.mega.learn(frame, ctx, skb, rec, self._effects(ctx, before)) is None:
                 why += " (megaflow learned)"
         if why is not None:
@@ -393,6 +395,8 @@ class FlowCache:
                 return "conntrack tracker state"
             if learn.tracker == "tcp" and learn.ct_sig[3] != _ESTABLISHED:
                 return "tcp not established"
+        if learn.limits:        # (after the reasons the megaflow cache learns on: it runs them per packet)
+            return "match limit"
         return neighbour_refusal(learn)
 
 

@@ -37,6 +37,13 @@ rule whose target ran is ACCEPT, DROP, a jump, LOG, SNAT, MASQUERADE or DNAT to 
 port; the packet was received and forwarded or dropped, no ICMP error, fragment, IP option,
 related packet or local TCP socket was involved.  Counts-only replays (--summary, --counters)
 use it; records with paths do not.
+
+With the C accelerator, the commonest new connections never leave C: a pure SYN or a UDP
+datagram in a classic pcap whose entry is in `lane_entries` (keyed as _megalane.c keys it,
+`lane_key`) is served inside _fastpath.serve_pcap's loop by _megalane.c, which makes the entry,
+its tracker state, NAT bindings and confirmation as _serve_new does, on the model's objects.
+A new connection whose NAT search finds no free tuple (its confirmation would clash) is handed
+to the model, which draws the numbers the search drew (`abort`).
 """
 from __future__ import annotations
 
@@ -76,7 +83,8 @@ _SPECIAL = ((0, 8), (0, 32), (0x7F000000, 8), (0xE0000000, 4), (0xE0000000, 24),
 # ranges, or header fields the key holds as they are (-i/-o follow from the ingress and the route).
 _SAFE_MATCHES = frozenset({"-s", "-d", "-i", "-o", "-p", "-f", "tcp", "udp", "multiport", "icmp", "state",
                            "conntrack", "comment", "mark", "connmark", "length", "ttl", "tos", "dscp",
-                           "pkttype", "addrtype"})
+                           "pkttype", "addrtype",
+                           "limit"})       # reads no field: its bucket is run per packet (MegaEntry.limits)
 _SAFE_TARGETS = frozenset({"MASQUERADE", "SNAT", "DNAT", "LOG"})
 _MEMO_MAX = 1 << 16
 # the NAT range flags _megalane.c implements (not NETMAP)
@@ -252,6 +260,7 @@ class MegaEntry:
     ct: Any = None                      # known connections: set, so that flushing adds "found" statistics
     table: Any = None
     prototype: Any = None               # a steady state's FlowEntry: served flows get one like it (promote)
+    limits: tuple = ()                  # the `limit` matches the path evaluated and their results, in order
     fast: Any = None
     hits: int = 0
     tallied: int = 0
@@ -357,7 +366,7 @@ class MegaflowCache:
             tot_len=struct.unpack_from("!H", frame.payload, 2)[0], counted=counted, dev_deltas=devs,
             replayer_deltas=rdeltas, verdict=rec.verdict, reason=rec.reason,
             emitted=[Emitted(o.dev, b"", "", o.kind) for o in rec.emitted],
-            ct=ct if found else None, table=self.table, prototype=prototype)
+            ct=ct if found else None, table=self.table, prototype=prototype, limits=tuple(learn.limits))
         lane_key = None if found else self.lane_key(rec.ingress, frame)     # the lane serves new connections
         if lane_key is not None:
             if _lane_fit(e, frame):
@@ -539,6 +548,8 @@ class MegaflowCache:
         if (self.trackers[proto](table, ct, skb, IP_CT_NEW, NF_INET_PRE_ROUTING) != NF_ACCEPT
                 or getattr(ct.proto, "state", None) != e.tracker_state or ct.status):
             return None
+        if e.limits and not _limits_pass(e.limits, skb):
+            return None
         # from here on the path is the learned one: shared state changes as the model makes them
         skb.ct, skb.ctinfo = ct, IP_CT_NEW
         rng = table.rng
@@ -572,7 +583,7 @@ class MegaflowCache:
         if ret == NF_ACCEPT and e.ctinfo == IP_CT_ESTABLISHED_REPLY:
             ct.status |= IPS_SEEN_REPLY                  # nf_conntrack_in, after the tracker
         if ret != NF_ACCEPT or ct.status != e.status or getattr(st, "state", None) != e.tracker_state \
-                or ct.proto is not st:
+                or ct.proto is not st or (e.limits and not _limits_pass(e.limits, skb)):
             # the tracker took another turn than the learned packet's: undo it, the model runs instead
             ct.status, ct.timeout = saved[0], saved[1]
             ct.proto = st
@@ -623,13 +634,28 @@ class _DrawReplay:
         return getattr(self.rng, name)
 
 
+def _limits_pass(limits: tuple, skb: Any) -> bool:
+    """Run the path's `limit` matches for this packet, in the learned order: True when each gives the
+    learned result (their buckets then moved as the model's run moves them), else False with every
+    bucket as it was (the model runs the packet instead)."""
+    saved = []
+    for m, result in limits:
+        st = m.info
+        saved.append((st, st.prev, st.credit))
+        if m.check(skb, None) != result:
+            for st, prev, credit in reversed(saved):
+                st.prev, st.credit = prev, credit
+            return False
+    return True
+
+
 def _lane_fit(e: MegaEntry, frame: Frame) -> bool:
     """Whether _megalane.c makes this entry's state changes: a new connection's first packet, a pure
     SYN (TCP flags exactly SYN) that the tracker took to SYN_SENT or a UDP datagram, whose NAT
     bindings are to single addresses (a range of addresses hashes the source: left to the model)
     and whose path needs no promotion."""
     p = frame.payload
-    if e.found or e.prototype is not None:
+    if e.found or e.prototype is not None or e.limits:
         return False
     if p[9] == 6 and (e.tracker_state != SYN_SENT or p[33] != 0x02):
         return False

@@ -131,6 +131,20 @@ def test_scan_through_nat_router_is_served_and_identical():
     assert hits >= 1400
 
 
+@pytest.mark.parametrize("rate", ["50/sec --limit-burst 20", "3/min", "1000/sec"])
+def test_rate_limited_logging_is_served_and_identical(rate):
+    """A `limit` match on the path (LOG rate limits, as ufw writes them): the megaflow cache runs its
+    bucket per packet and serves only while it gives the learned result; the counts, the rule counters
+    (those of the LOG rule say how many packets the bucket let through) and the state are the model's."""
+    host = workload.host_yaml(120).replace(
+        "  -A FORWARD -i eth1 -o eth0 -j ACCEPT",
+        f"  -A FORWARD -p tcp -m limit --limit {rate} -j LOG --log-prefix \"fwd \"\n"
+        "  -A FORWARD -i eth1 -o eth0 -j ACCEPT")
+    assert "-m limit" in host
+    hits = compare(host, _scan_frames(1500))
+    assert hits >= 700, hits
+
+
 def test_no_cache_agrees_on_a_scan(tmp_path):
     """Also against the whole model for every packet (--no-cache)."""
     host = workload.host_yaml(120)

@@ -290,3 +290,15 @@ def test_generated_hosts_exercise_the_lane(tmp_path, monkeypatch):
         _, _, r = replay(g.yaml(), pcap, "lane", monkeypatch)
         served += r.cache.mega.lane_served if r.cache.mega is not None else 0
     assert served >= 50, served
+
+
+def test_rate_limited_paths_are_left_to_the_python_megaflow(tmp_path, monkeypatch):
+    """A path through a `limit` match is not the lane's (its bucket is run in Python per packet): the
+    replay agrees with the Python megaflow and with none, and the lane serves only the other paths."""
+    host = host_text("masquerade").replace(
+        "  -A FORWARD -i eth1 -o eth0 -j ACCEPT",
+        "  -A FORWARD -p udp -m limit --limit 20/sec -j LOG\n  -A FORWARD -i eth1 -o eth0 -j ACCEPT")
+    pcap = write_pcap(tmp_path / "syns.pcap", syn_frames(11, 1500))
+    served = assert_same(host, pcap, monkeypatch)
+    _, _, r = replay(host, pcap, "lane", monkeypatch)
+    assert 100 <= served < r.cache.mega.hits

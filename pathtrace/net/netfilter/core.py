@@ -58,6 +58,22 @@ def _volatile(fn: Callable, what: str) -> Callable:
     return check
 
 
+def _rate_limit(m: Any) -> Callable:
+    """A `limit` match (time and its own bucket decide, no packet field): the replay cache does not
+    reuse a path that evaluated it, the megaflow cache may, evaluating it again per packet in the
+    same order (ctx.learn.limits: the match and its result; pathtrace/megaflow.py)."""
+    fn = m.check
+
+    def check(skb, par):
+        learn = skb.ctx.learn
+        result = fn(skb, par)
+        if learn is not None:
+            learn.limits.append((m, result))
+        return result
+    check.volatile = True
+    return check
+
+
 def _nft_volatile(fn: Callable, what: str) -> Callable:
     """_volatile for an nft expression (called with the nft_pktinfo)."""
     def check(pkt):
@@ -163,7 +179,7 @@ class Netfilter:
                 for rule in chain.rules:
                     for m in rule.checks:
                         if m.name in VOLATILE_MATCHES and not getattr(m.check, "volatile", False):
-                            m.check = _volatile(m.check, f"match {m.name}")
+                            m.check = _rate_limit(m) if m.name == "limit" else _volatile(m.check, f"match {m.name}")
                     t = rule.target
                     if t.name in VOLATILE_TARGETS and t.fn is not None and not getattr(t.fn, "volatile", False):
                         t.fn = _volatile(t.fn, f"target {t.name}")

@@ -104,7 +104,7 @@ def build(opts: list[Opt], ctx: RuleCtx) -> XtMatch:
 
     def why(skb, par) -> str:
         return f"limit: over the rate (credit {st.credit} < cost {cost})"
-    m = XtMatch("limit", check, why)
+    m = XtMatch("limit", check, why, info=st)      # info: the bucket, which the megaflow cache saves and restores
     return m
 
 

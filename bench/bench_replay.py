@@ -22,10 +22,10 @@ loop on the same file gives the reference ratio.  Figures:
             per packet, best of 3 each (issue 11: at least as fast per packet)
   workloads issue 14: the traffic a per-flow cache cannot serve, next to the conversations above, on the
             same router - `scan` (every packet a new flow: SYNs to ever new server:port pairs),
-            `midstream` (one-way TCP picked up mid-stream, 2,000 uploads), `udp` (one-way UDP from
+            `udpflood` (every datagram a new flow: DNS queries from ever new source ports), `midstream` (one-way TCP picked up mid-stream, 2,000 uploads), `udp` (one-way UDP from
             2,000 clients), `ping` (unanswered echo requests, 2,000 clients).  Each: --summary three
-            times (--runs) and --format jsonl and --format text once each (--format-runs; the scan's
-            first 20,000 packets: each runs the whole model, ~1 ms with its JSON path), packets/s and the
+            times (--runs) and --format jsonl and --format text once each (--format-runs; the scan's and
+            the flood's first 20,000 packets: each runs the whole model, ~1 ms with its JSON path), packets/s and the
             ratio to dpkt's read loop timed in the same run, peak RSS; and the first --identical
             packets replayed with and without the cache (--format jsonl, then --summary --counters)
             must give the same bytes.  Run alone with --only workloads [--workloads scan,udp].
@@ -175,7 +175,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="--summary runs per workload")
     ap.add_argument("--jsonl-packets", type=int, default=0,
                     help="packets of each workload's capture replayed with --format jsonl (default: all; the "
-                         "scan's first 20,000 - every packet runs the whole model, its rate does not depend on N)")
+                         "scan's and the flood's first 20,000 - every packet runs the whole model, its rate does "
+                         "not depend on N)")
     ap.add_argument("--format-runs", type=int, default=1,
                     help="--format jsonl and --format text runs per workload (three for the issue's figures)")
     ap.add_argument("--identical", type=int, default=20_000,
@@ -284,7 +285,7 @@ def main() -> None:
         n = args.packets or main_n
         results["workloads"] = {}
         for name in args.workloads.split(","):
-            jsonl_n = args.jsonl_packets or (min(n, 20_000) if name == "scan" else n)
+            jsonl_n = args.jsonl_packets or (min(n, 20_000) if name in ("scan", "udpflood") else n)
             results["workloads"][name] = bench_workload(name, args.out, h1000, n, args.runs, args.identical, jsonl_n,
                                                         args.format_runs)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))

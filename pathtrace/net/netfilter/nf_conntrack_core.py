@@ -284,13 +284,15 @@ class ConntrackTable:
 
     def delete(self, ct: NfConn, expired: bool = False) -> bool:
         """nf_ct_delete: unhash (and drop from NAT's by-source index)."""
-        if not ct.status & IPS_CONFIRMED:
-            ct.status |= IPS_DYING
+        status = ct.status
+        if not status & IPS_CONFIRMED:
+            ct.status = status | IPS_DYING
             return False
         if self.gc_track is not None:       # an entry the megaflow lane made leaves the table: the cyclic
             self.gc_track((ct,))            # collector looks after it again (pathtrace/_megalane.c)
         h = self.hash
-        for t in (ct.orig, ct.reply):
+        orig = ct.orig
+        for t in (orig, ct.reply):
             hit = h.get(t)
             if hit is not None and hit[0] is ct:
                 del h[t]
@@ -308,15 +310,17 @@ class ConntrackTable:
                         chain.remove(ct)
                         if not chain:
                             del self._buckets[self._bucket(t)]
-        if ct.status & IPS_SRC_NAT_DONE:
-            key = (ct.orig.proto, ct.orig.src, ct.orig.sport)
-            lst = self.bysource.get(key)
+        if status & IPS_SRC_NAT_DONE:
+            key = (orig.proto, orig.src, orig.sport)
+            bysource = self.bysource
+            lst = bysource.get(key)
             if lst is not None:
-                if ct in lst:
+                if len(lst) == 1:
+                    if lst[0] is ct:
+                        del bysource[key]
+                elif ct in lst:
                     lst.remove(ct)
-                if not lst:
-                    del self.bysource[key]
-        ct.status |= IPS_DYING
+        ct.status = ct.status | IPS_DYING
         self.stats["expired" if expired else "delete"] += 1
         return True
 
@@ -367,6 +371,7 @@ class ConntrackTable:
         else:                                # a long silence: visit the buckets there are
             due = sorted(b for b in wheel if b <= last)
         dead = 0
+        delete = self.delete
         for b in due:
             lst = wheel.pop(b, None)
             if lst is None:
@@ -383,7 +388,7 @@ class ConntrackTable:
                     continue                 # else a copy: the entry waits in a later bucket
                 timeout = ct._timeout
                 if timeout <= now:
-                    self.delete(ct, expired=True)
+                    delete(ct, True)
                     dead += 1
                 else:
                     ct._gc_key = timeout

@@ -289,6 +289,7 @@ class MegaflowCache:
         self.relearned = 0
         self.served: tuple = (None, None)       # the last known connection served and its next hop
         self.refused: dict[str, int] = {}
+        self.reached: set[tuple] = set()                # keys of packets that reached conntrack (learn)
         self.lane_entries: dict[bytes, tuple] = {}    # new TCP connections' entries _megalane.c serves (_lane_plan)
         self._lane: Any = None
         self.lane_served = 0                            # SYNs the C lane served, in replays released
@@ -341,6 +342,9 @@ class MegaflowCache:
         key = self.key(frame, self.net.devices[rec.ingress])
         if key is None:
             return "no key"
+        # a packet with these fields reached nf_conntrack_in (ip_rcv_core's checks read only them; the
+        # header checksum is checked apart): serve() may run the table's gc for one, as the model would
+        self.reached.add(key)
         found = learn.ct_found
         if found:
             status0, mark0, labels0, state0 = learn.ct_sig
@@ -352,6 +356,7 @@ class MegaflowCache:
                 self.flush_entry(e)
             self.entries.clear()
             self.lane_entries.clear()
+            self.reached.clear()
         old = self.entries.get(key)
         if old is not None:                     # learned again (a timer was due, a guard failed): its
             self.flush_entry(old)               # hits so far stay counted
@@ -481,8 +486,8 @@ class MegaflowCache:
         """Run this frame's connection state as its megaflow's path does and count the hit; None (nothing
         shared changed) when the frame has no megaflow or a guard fails: then it runs the model."""
         key = self.key(frame, dev)
-        if key is None or self.net.tcp_conns:
-            return None
+        if key is None or self.net.tcp_conns or key not in self.reached:
+            return None         # (before the gc below: the model runs it only for packets that reach conntrack)
         p = frame.payload
         if int.from_bytes(p[:20], "big") % 0xFFFF:
             return None                                  # ip_rcv_core: bad header checksum

@@ -1305,7 +1305,7 @@ static int lane_frame(Lane *L, const unsigned char *name, Py_ssize_t nlen, const
         if (L->mega == NULL) return R_STOP;
         int due = timers_due(L, now);           /* the megaflow cache's new connections (_megalane.c) */
         if (due) return due < 0 ? R_ERROR : R_STOP;
-        return mega_serve((MegaLane *)L->mega, f, caplen, now);
+        return mega_serve((MegaLane *)L->mega, name, nlen, f, caplen, now);
     }
     Py_DECREF(k);
     int due = timers_due(L, now);
@@ -1479,14 +1479,23 @@ static PyObject *serve_pcapng(PyObject *self, PyObject *args) {
     int little, ok = 1;
     double last_ts;
     PyObject *ifaces, *entries, *clock, *template_type = Py_None, *flat_for = Py_None, *foreign = Py_None;
-    PyObject *agree = Py_None;
+    PyObject *agree = Py_None, *mega = Py_None;
     Lane L;
-    if (!PyArg_ParseTuple(args, "y*nnnpO!dOO|OOOO", &view, &off, &index, &count, &little, &PyTuple_Type, &ifaces,
-                          &last_ts, &entries, &clock, &template_type, &flat_for, &foreign, &agree))
+    if (!PyArg_ParseTuple(args, "y*nnnpO!dOO|OOOOO", &view, &off, &index, &count, &little, &PyTuple_Type, &ifaces,
+                          &last_ts, &entries, &clock, &template_type, &flat_for, &foreign, &agree, &mega))
         return NULL;
     if (lane_open(&L, entries, clock, template_type, flat_for, foreign, agree) < 0) {
         PyBuffer_Release(&view);
         return NULL;
+    }
+    if (mega != Py_None) {
+        if (Py_TYPE(mega) != &MegaLaneType) {
+            PyBuffer_Release(&view);
+            PyErr_SetString(PyExc_TypeError, "serve_pcapng: mega must be a MegaLane or None");
+            lane_close(&L, off, index, 0, 0);
+            return NULL;
+        }
+        L.mega = (struct MegaLane_ *)mega;
     }
     const unsigned char *buf = view.buf;
     Py_ssize_t len = view.len, nif = PyTuple_GET_SIZE(ifaces);

@@ -4,7 +4,7 @@
  * megaflow cache (megaflow.py) already serves those from a path learned from another connection,
  * but its per-packet work - the tracker's new entry, the NAT bindings with their port search, the
  * confirmation - ran as Python, about 30 us a packet.  MegaLane does that work for one shape of
- * packet in C, inside serve_pcap's loop: a pure SYN (TCP flags exactly SYN) whose megaflow entry
+ * packet in C, inside serve_pcap's and serve_pcapng's loops: a pure SYN (TCP flags exactly SYN) whose megaflow entry
  * MegaflowCache.lane_entries holds (entries Python judged this code can serve: megaflow.py
  * `_lane_fit`).  Anything else stops the loop and Python runs the packet as before.
  *
@@ -53,7 +53,7 @@ typedef struct MegaLane_ {
     PyObject_HEAD
     PyObject *mega, *entries, *memo, *levels, *sbounds, *dbounds;
     PyObject *table, *hash, *conns, *bysource, *sysctl, *rng, *getrandbits, *insert, *delete_, *gc;
-    PyObject *neigh_entries, *by_mac, *default_dev, *forced_dev, *abort;
+    PyObject *neigh_entries, *by_mac, *devnames, *default_dev, *forced_dev, *abort;
     PyObject *ct_proto, *st_proto, *seen_proto, *udp_proto, *tuple_type, *syn_sent, *syn_set, *zero, *scratch;
     double gc_interval;
     Slots ct_slots, st_slots, seen_slots, udp_slots;
@@ -524,7 +524,8 @@ static void put_be(unsigned char *p, unsigned long long v, int n) {
 
 /* A captured Ethernet frame f[:caplen] at `now`, no timer due: R_SERVED when its megaflow's path
  * took it (the connection's state made as MegaflowCache._serve_new makes it), R_STOP for Python. */
-static int mega_serve(MegaLane *M, const unsigned char *f, Py_ssize_t caplen, double now) {
+static int mega_serve(MegaLane *M, const unsigned char *ifname, Py_ssize_t iflen, const unsigned char *f,
+                      Py_ssize_t caplen, double now) {
     const unsigned char *p = f + 14;
     Py_ssize_t plen = caplen - 14;
     if (plen < 28 || f[12] != 0x08 || f[13] != 0x00 || p[0] != 0x45) return R_STOP;
@@ -540,9 +541,19 @@ static int mega_serve(MegaLane *M, const unsigned char *f, Py_ssize_t caplen, do
     }
     if (be16(p + 6) & 0x3FFF) return R_STOP;                       /* a fragment */
     if (word_sum(p, 20) % 0xFFFF) return R_STOP;                   /* ip_rcv_core: bad header checksum */
-    /* the key: ingress, destination MAC, length, the IP header's fixed bytes, TCP offset and flags or the
-     * UDP length, classes */
+    /* the key: ingress (Replayer.choose_ingress: --in, the pcapng interface's name, the destination
+     * MAC, the first interface) and the pcapng interface's name, destination MAC, length, the IP
+     * header's fixed bytes, TCP offset and flags or the UDP length, classes */
+    if (iflen > 256) return R_STOP;
     PyObject *dev = M->forced_dev;
+    if (dev == Py_None && iflen > 0) {
+        PyObject *ifn = PyBytes_FromStringAndSize((const char *)ifname, iflen);
+        if (ifn == NULL) return R_ERROR;
+        dev = PyDict_GetItemWithError(M->devnames, ifn);
+        Py_DECREF(ifn);
+        if (dev == NULL && PyErr_Occurred()) return R_ERROR;
+        if (dev == NULL) dev = Py_None;
+    }
     if (dev == Py_None) {
         PyObject *mac = PyBytes_FromStringAndSize((const char *)f, 6);
         if (mac == NULL) return R_ERROR;
@@ -553,9 +564,12 @@ static int mega_serve(MegaLane *M, const unsigned char *f, Py_ssize_t caplen, do
     Py_ssize_t nlen;
     const char *name = PyUnicode_AsUTF8AndSize(dev, &nlen);
     if (name == NULL || nlen > 256) return name == NULL ? R_ERROR : R_STOP;
-    unsigned char kb[256 + 1 + 6 + 4 + 4 + 4 + 2 + 8 + 8 + 2 + 2], *k = kb + nlen + 1;
+    unsigned char kb[256 + 1 + 256 + 1 + 6 + 4 + 4 + 4 + 2 + 8 + 8 + 2 + 2], *k;
     memcpy(kb, name, nlen);
     kb[nlen] = 0;
+    memcpy(kb + nlen + 1, ifname, iflen);
+    kb[nlen + 1 + iflen] = 0;
+    k = kb + nlen + 1 + iflen + 1;
     memcpy(k, f, 6);
     put_be(k + 6, (unsigned long long)plen, 4);
     memcpy(k + 10, p, 4);
@@ -820,19 +834,21 @@ out:
 static int MegaLane_init(MegaLane *M, PyObject *args, PyObject *kw) {
     PyObject *ct_slots, *st_slots, *seen_slots, *udp_slots;
     static char *kwlist[] = {"mega", "entries", "memo", "levels", "sbounds", "dbounds", "table", "neigh_entries",
-                             "by_mac", "default_dev", "forced_dev", "abort", "ct_proto", "ct_slots", "st_proto",
+                             "by_mac", "devnames", "default_dev", "forced_dev", "abort", "ct_proto", "ct_slots", "st_proto",
                              "st_slots", "seen_proto", "seen_slots", "udp_proto", "udp_slots", "tuple_type",
                              "syn_sent", "syn_set", "gc_interval", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO!O!O!O!O!OO!O!UOOOOOOOOOOOOOd", kwlist, &M->mega, &PyDict_Type,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO!O!O!O!O!OO!O!O!UOOOOOOOOOOOOOd", kwlist, &M->mega, &PyDict_Type,
                                      &M->entries, &PyDict_Type, &M->memo, &PyList_Type, &M->levels, &PyList_Type,
                                      &M->sbounds, &PyList_Type, &M->dbounds, &M->table, &PyDict_Type,
-                                     &M->neigh_entries, &PyDict_Type, &M->by_mac, &M->default_dev, &M->forced_dev,
+                                     &M->neigh_entries, &PyDict_Type, &M->by_mac, &PyDict_Type, &M->devnames,
+                                     &M->default_dev, &M->forced_dev,
                                      &M->abort, &M->ct_proto, &ct_slots, &M->st_proto, &st_slots, &M->seen_proto,
                                      &seen_slots, &M->udp_proto, &udp_slots, &M->tuple_type, &M->syn_sent,
                                      &M->syn_set, &M->gc_interval))
         return -1;
     PyObject **keep[] = {&M->mega, &M->entries, &M->memo, &M->levels, &M->sbounds, &M->dbounds, &M->table,
-                         &M->neigh_entries, &M->by_mac, &M->default_dev, &M->forced_dev, &M->abort, &M->ct_proto,
+                         &M->neigh_entries, &M->by_mac, &M->devnames, &M->default_dev, &M->forced_dev, &M->abort,
+                         &M->ct_proto,
                          &M->st_proto, &M->seen_proto, &M->udp_proto, &M->tuple_type, &M->syn_sent, &M->syn_set};
     for (size_t i = 0; i < sizeof(keep) / sizeof(*keep); i++) Py_INCREF(*keep[i]);
     if (!PyType_Check(M->tuple_type) || !PyType_IsSubtype((PyTypeObject *)M->tuple_type, &PyTuple_Type)) {
@@ -891,7 +907,8 @@ static int MegaLane_traverse(MegaLane *M, visitproc visit, void *arg) {
 static int MegaLane_clear(MegaLane *M) {
     PyObject **all[] = {&M->mega, &M->entries, &M->memo, &M->levels, &M->sbounds, &M->dbounds, &M->table, &M->hash,
                         &M->conns, &M->bysource, &M->sysctl, &M->rng, &M->getrandbits, &M->insert, &M->delete_, &M->gc,
-                        &M->neigh_entries, &M->by_mac, &M->default_dev, &M->forced_dev, &M->abort, &M->ct_proto,
+                        &M->neigh_entries, &M->by_mac, &M->devnames, &M->default_dev, &M->forced_dev, &M->abort,
+                        &M->ct_proto,
                         &M->st_proto, &M->seen_proto, &M->udp_proto, &M->tuple_type, &M->syn_sent, &M->syn_set,
                         &M->zero, &M->scratch};
     for (size_t i = 0; i < sizeof(all) / sizeof(*all); i++) Py_CLEAR(*all[i]);

@@ -39,7 +39,7 @@ related packet or local TCP socket was involved.  Counts-only replays (--summary
 use it; records with paths do not.
 
 With the C accelerator, the commonest new connections never leave C: a pure SYN or a UDP
-datagram in a classic pcap whose entry is in `lane_entries` (keyed as _megalane.c keys it,
+datagram in a pcap or pcapng whose entry is in `lane_entries` (keyed as _megalane.c keys it,
 `lane_key`) is served inside _fastpath.serve_pcap's loop by _megalane.c, which makes the entry,
 its tracker state, NAT bindings and confirmation as _serve_new does, on the model's objects.
 A new connection whose NAT search finds no free tuple (its confirmation would clash) is handed
@@ -382,17 +382,18 @@ class MegaflowCache:
 
     # ---- the C lane (_megalane.c) ---------------------------------------------------------
     def lane_key(self, dev_name: str, frame: Frame) -> bytes | None:
-        """The key _megalane.c computes from a classic pcap's Ethernet record: what `key` holds for such
-        a frame (no pcapng interface, no packet type, no VLAN), as bytes; None for other frames."""
+        """The key _megalane.c computes from an Ethernet record of a pcap or pcapng: what `key` holds for
+        such a frame (no packet type, no VLAN; a pcapng interface's name or none), as bytes; None for
+        other frames."""
         p = frame.payload
-        if (frame.ifname is not None or frame.pkt_type is not None or frame.vlan or frame.error is not None
+        if (frame.pkt_type is not None or frame.vlan or frame.error is not None
                 or frame.ethertype != 0x0800 or frame.dst_mac is None or len(p) < 28 or p[9] not in (6, 17)
                 or (p[9] == 6 and len(p) < 40)):
             return None
         c = self.classes
         sclass, dclass = (c.addr(a) for a in _addrs(p, 12))
         pclass = c.ports(*_ports(p, 20))
-        return b"".join((dev_name.encode(), b"\0", bytes(frame.dst_mac), len(p).to_bytes(4, "big"), bytes(p[:4]),
+        return b"".join((dev_name.encode(), b"\0", (frame.ifname or "").encode(), b"\0", bytes(frame.dst_mac), len(p).to_bytes(4, "big"), bytes(p[:4]),
                          bytes(p[6:10]), bytes(p[32:34] if p[9] == 6 else p[24:26]), sclass.to_bytes(8, "big", signed=True),
                          dclass.to_bytes(8, "big", signed=True), pclass[0].to_bytes(2, "big"),
                          pclass[1].to_bytes(2, "big")))
@@ -410,6 +411,7 @@ class MegaflowCache:
                 sbounds=self.classes.sbounds, dbounds=self.classes.dbounds, table=self.table,
                 neigh_entries=net.neigh.entries,
                 by_mac={bytes(mac): dev.name for mac, dev in net.by_mac.items() if mac is not None},
+                devnames={name.encode(): name for name in net.devices},
                 default_dev=replayer.default_dev.name, forced_dev=net.devices[ingress].name if ingress else None,
                 abort=self.abort, ct_proto=_ct_prototype(self.table), ct_slots=NfConn.__slots__,
                 st_proto=TcpState(), st_slots=TcpState.__slots__, seen_proto=TcpSeen(), seen_slots=TcpSeen.__slots__,

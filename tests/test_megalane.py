@@ -324,3 +324,18 @@ def test_mutated_frames_same_with_the_lane(seed, tmp_path, monkeypatch):
     pcap = write_pcap(tmp_path / "mutated.pcap", frames)
     served = assert_same(host_text(sorted(NAT_RULES)[seed % 5]), pcap, monkeypatch)
     assert served >= 100, served
+
+
+@pytest.mark.parametrize("e", ["<", ">"])
+def test_pcapng_same_with_the_lane(e, tmp_path, monkeypatch):
+    """The same random SYNs and datagrams in a pcapng (either byte order) whose interfaces are a host
+    interface by name, an interface the host does not have (ingress by destination MAC) and a
+    second section-wide name; some blocks say inbound in epb_flags."""
+    from test_capture_direction import _flags, _pcapng
+    r = random.Random(3)
+    packets = [(r.choice([0, 0, 1, 2]), t, f, _flags(e, 0x1) if r.random() < 0.3 else None)
+               for t, f in syn_frames(77, 1200)]
+    pcap = tmp_path / "syns.pcapng"
+    pcap.write_bytes(_pcapng(packets, e, ifaces=(("eth1", 1), ("any", 1), ("lan0", 1))))
+    served = assert_same(host_text("snat-ports"), pcap, monkeypatch)
+    assert served >= 200, served

@@ -152,13 +152,13 @@ class PcapngCursor:
 
     def serve(self, accel: Any, count: int, *lane: Any, mega: Any = None) -> tuple[int, int, bytes | None]:
         """Let the C lane serve packet blocks from here (_fastpath.serve_pcapng; `lane`: the
-        cache's entries, clock, template type, step text and foreign keys; the megaflow lane,
-        `mega`, serves classic pcap records only); returns (served, consumed, lines) and moves
-        past what it consumed."""
+        cache's entries, clock, template type, step text and foreign keys; `mega`: the megaflow
+        cache's MegaLane or None); returns (served, consumed, lines) and moves past what it
+        consumed."""
         if self._done:
             return 0, 0, None
         off, index, served, text, last_ts = accel.serve_pcapng(self.buf, self.off, self.index, count, self.little,
-                                                               self.lane_ifaces(), self.last_ts, *lane)
+                                                               self.lane_ifaces(), self.last_ts, *lane, mega)
         consumed = index - self.index
         self.off, self.index, self.last_ts = off, index, last_ts
         return served, consumed, text

@@ -179,19 +179,23 @@ def write_scan(path: Path, packets: int, gap: float = 0.001) -> None:
     SYN_SENT's 120 s timeout at most ~120,000 entries are alive at once (below the default
     nf_conntrack_max, 262,144, which bounds a faster scan's table as the kernel's)."""
     from pathtrace.packet import build
+
+    def syn(i: int, h: int, j: int) -> bytes:
+        server = f"203.0.{113 + (j // 64500) % 8}.{1 + j % 250}"
+        return build.tcp_packet(f"192.168.1.{2 + h}", server, 1024 + j % 64500, 1 + (j * 7) % 65535, "S",
+                                seq=(i * 2654435761) & 0xFFFFFFFF, window=64240)
+    _write_new_flows(path, packets, gap, syn)
+
+
+def _write_new_flows(path: Path, packets: int, gap: float, make) -> None:
+    """Packet i from the LAN's host 2 + i % 250, made by make(i, host index, round i // 250), `gap` apart."""
     eths = [_lan_eth(h) for h in range(2, 252)]
     fh, put = _pcap_writer(path)
     t = 1_700_000_000.0
     with fh:
         for i in range(packets):
             h = i % 250
-            j = i // 250
-            server = f"203.0.{113 + (j // 64500) % 8}.{1 + j % 250}"
-            dport = 1 + (j * 7) % 65535
-            sport = 1024 + j % 64500
-            pkt = build.tcp_packet(f"192.168.1.{2 + h}", server, sport, dport, "S", seq=(i * 2654435761) & 0xFFFFFFFF,
-                                   window=64240)
-            put(t, eths[h] + pkt)
+            put(t, eths[h] + make(i, h, i // 250))
             t += gap
 
 
@@ -200,17 +204,9 @@ def write_udp_flood(path: Path, packets: int, gap: float = 0.001) -> None:
     eight WAN resolvers that do not answer (a resolver farm's uplink, a flood, a reflection attempt).
     Each is a new conntrack entry, masqueraded; 1,000 a second and UDP's 30 s timeout keep ~30,000 alive."""
     from pathtrace.packet import build
-    eths = [_lan_eth(h) for h in range(2, 252)]
-    fh, put = _pcap_writer(path)
-    t = 1_700_000_000.0
-    with fh:
-        for i in range(packets):
-            h = i % 250
-            j = i // 250
-            query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03com\x00\x00\x01\x00\x01"
-            pkt = build.udp_packet(f"192.168.1.{2 + h}", f"203.0.113.{1 + i % 8}", 1024 + j % 64500, 53, query)
-            put(t, eths[h] + pkt)
-            t += gap
+    query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03com\x00\x00\x01\x00\x01"
+    _write_new_flows(path, packets, gap, lambda i, h, j: build.udp_packet(
+        f"192.168.1.{2 + h}", f"203.0.113.{1 + i % 8}", 1024 + j % 64500, 53, query))
 
 
 def write_midstream(path: Path, packets: int, flows: int, payload: int = 100, gap: float = 0.00001) -> None:

@@ -1,22 +1,24 @@
-/* The megaflow cache's new TCP connections in C (included by _fastpath.c; see pathtrace/megaflow.py).
+/* The megaflow cache's new TCP and UDP connections in C (included by _fastpath.c; see megaflow.py).
  *
- * A SYN scan or a flood of short connections opens a new connection with every packet.  The
+ * A SYN scan, a flood or many short connections open a new connection with every packet.  The
  * megaflow cache (megaflow.py) already serves those from a path learned from another connection,
  * but its per-packet work - the tracker's new entry, the NAT bindings with their port search, the
- * confirmation - ran as Python, about 30 us a packet.  MegaLane does that work for one shape of
- * packet in C, inside serve_pcap's and serve_pcapng's loops: a pure SYN (TCP flags exactly SYN) whose megaflow entry
- * MegaflowCache.lane_entries holds (entries Python judged this code can serve: megaflow.py
- * `_lane_fit`).  Anything else stops the loop and Python runs the packet as before.
+ * confirmation - ran as Python, about 30 us a packet.  MegaLane does that work for two shapes of
+ * packet in C, inside serve_pcap's and serve_pcapng's loops: a pure SYN (TCP flags exactly SYN)
+ * or a UDP datagram whose megaflow entry MegaflowCache.lane_entries holds (entries Python judged
+ * this code can serve: megaflow.py `_lane_fit`).  Anything else stops the loop and Python runs
+ * the packet as before.
  *
- * It is MegaflowCache._serve_new for that case, step by step, on the model's own objects: the
- * NfConn, TcpState and TcpSeen it makes are copies of prototypes the model built (so every field
- * Python's constructors set is set), the tuples are the model's Tuple type, the hash, NAT's
- * by-source lists, the RNG (table.rng.getrandbits) and the insertion (table.insert) are the
- * ConntrackTable's.  What it computes itself mirrors, line for line:
+ * It is MegaflowCache.serve and _serve_new for those cases, step by step, on the model's own
+ * objects: the NfConn, TcpState, TcpSeen and UdpState it makes are copies of prototypes the model
+ * built (so every field Python's constructors set is set), the tuples are the model's Tuple type,
+ * the hash, NAT's by-source lists, the RNG (table.rng.getrandbits), the gc and the insertion
+ * (table.insert) are the ConntrackTable's.  What it computes itself mirrors, line for line:
  *   tcp_error / tcp_new / tcp_in_window / tcp_timeout for a SYN in state NONE
  *       (net/netfilter/nf_conntrack_proto_tcp.py; the SYN's window tests always pass);
+ *   udp_error and nf_conntrack_udp_packet for a new flow (nf_conntrack_proto_udp.py);
  *   nf_nat_setup_info, get_unique_tuple, find_appropriate_src, nf_nat_l4proto_unique_tuple and
- *       nf_nat_used_tuple for TCP and a single address (nf_nat_core.py, nf_nat_unique.py);
+ *       nf_nat_used_tuple for a ported protocol and a single address (nf_nat_core.py, nf_nat_unique.py);
  *   __nf_conntrack_confirm without a clash (when the NAT search found no free tuple, the model runs
  *       the packet, drawing the numbers drawn here: MegaflowCache.abort).
  * Everything that can refuse the packet is checked before shared state changes.  Tests compare
@@ -933,7 +935,7 @@ static PyTypeObject MegaLaneType = {
     .tp_name = "pathtrace._fastpath.MegaLane",
     .tp_basicsize = sizeof(MegaLane),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "The megaflow cache's new TCP connections in C (pathtrace/megaflow.py MegaflowCache.lane).",
+    .tp_doc = "The megaflow cache's new TCP and UDP connections in C (pathtrace/megaflow.py MegaflowCache.lane).",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)MegaLane_init,
     .tp_traverse = (traverseproc)MegaLane_traverse,

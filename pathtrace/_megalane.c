@@ -45,6 +45,7 @@
 #define ML_MANIP_DST 1
 #define ML_MAX_ATTEMPTS 128
 #define ML_MAX_SLOTS 24
+#define ML_INTS 16              /* distinct ints one new entry holds (Ints) */
 #define ML_MAX_DRAWS 64         /* a port search draws at most 5 times; 4 NAT ops */
 
 typedef struct { uint32_t src, dst, sport, dport, proto; } T4;     /* a TCP or UDP tuple */
@@ -144,10 +145,43 @@ static inline int get_ull(PyObject *v, unsigned long long *out) {
 
 /* ---- tuples ---------------------------------------------------------------------------------- */
 
-/* (src, dst, 6, sport, dport): a plain tuple (hashes and compares as the model's Tuple) or a Tuple. */
-static PyObject *py_t4(MegaLane *M, const T4 *t, int typed) {
-    PyObject *it[5] = {PyLong_FromUnsignedLong(t->src), PyLong_FromUnsignedLong(t->dst), PyLong_FromLong(t->proto),
-                       PyLong_FromUnsignedLong(t->sport), PyLong_FromUnsignedLong(t->dport)};
+/* The ints a packet's entry holds, made once each: the model's entry shares one int object between
+ * its two tuples (the reply is made from the original) and between fields of equal value; with a new
+ * object per field a scan's ~10^5 entries took 10% more memory. */
+typedef struct { int n; unsigned long long v[ML_INTS]; PyObject *o[ML_INTS]; } Ints;
+
+static PyObject *int_of(Ints *c, unsigned long long v) {       /* a new reference */
+    for (int i = 0; i < c->n; i++) if (c->v[i] == v) return Py_NewRef(c->o[i]);
+    PyObject *o = PyLong_FromUnsignedLongLong(v);
+    if (o != NULL && c->n < ML_INTS) { c->v[c->n] = v; c->o[c->n++] = Py_NewRef(o); }
+    return o;
+}
+
+static void ints_clear(Ints *c) {
+    for (int i = 0; i < c->n; i++) Py_DECREF(c->o[i]);
+    c->n = 0;
+}
+
+static int sset_int(Ints *c, PyObject *o, Py_ssize_t off, unsigned long long v) {
+    PyObject *x = int_of(c, v);
+    if (x == NULL) return -1;
+    sset(o, off, x);
+    return 0;
+}
+
+/* (src, dst, 6, sport, dport): a plain tuple (hashes and compares as the model's Tuple) or, with the
+ * packet's ints `c`, a Tuple. */
+static PyObject *py_t4(MegaLane *M, const T4 *t, Ints *c) {
+    int typed = c != NULL;
+    PyObject *it[5];
+    if (typed) {
+        it[0] = int_of(c, t->src); it[1] = int_of(c, t->dst); it[2] = int_of(c, t->proto);
+        it[3] = int_of(c, t->sport); it[4] = int_of(c, t->dport);
+    } else {
+        it[0] = PyLong_FromUnsignedLong(t->src); it[1] = PyLong_FromUnsignedLong(t->dst);
+        it[2] = PyLong_FromLong(t->proto); it[3] = PyLong_FromUnsignedLong(t->sport);
+        it[4] = PyLong_FromUnsignedLong(t->dport);
+    }
     PyObject *r = NULL;
     for (int i = 0; i < 5; i++) if (it[i] == NULL) goto fail;
     PyTypeObject *tp = typed ? (PyTypeObject *)M->tuple_type : &PyTuple_Type;
@@ -602,6 +636,7 @@ static int mega_serve(MegaLane *M, const unsigned char *ifname, Py_ssize_t iflen
 
     int rc = R_ERROR, err = 0;
     PyObject *n = NULL, *ct = NULL, *st = NULL, *seen = NULL, *s0 = NULL, *s1 = NULL;
+    Ints ints = {0};
     /* MegaflowCache.serve: not while the model is to run an aborted packet (its RNG is replaced), then
      * table.now, the gc nf_conntrack_in runs first, the lookup */
     PyObject *cur_rng = PyObject_GetAttr(M->table, ml_s[MS_RNG]);
@@ -650,6 +685,10 @@ static int mega_serve(MegaLane *M, const unsigned char *ifname, Py_ssize_t iflen
         ranges[i].flags = (long)v[2]; ranges[i].min_addr = (uint32_t)v[3]; ranges[i].max_addr = (uint32_t)v[4];
         ranges[i].min_proto = (uint32_t)v[5]; ranges[i].max_proto = (uint32_t)v[6]; ranges[i].base_proto = (uint32_t)v[7];
         masq[i] = PyTuple_GET_ITEM(op, 8);
+        if (!is_null[i] && ints.n < ML_INTS) {   /* the rule's address: the object the model's tuples share */
+            ints.v[ints.n] = v[3];
+            ints.o[ints.n++] = Py_NewRef(PyTuple_GET_ITEM(op, 3));
+        }
         if (!is_null[i] && (ranges[i].flags & ML_MAP_IPS) && ranges[i].min_addr != ranges[i].max_addr) { rc = R_STOP; goto out; }
     }
     for (Py_ssize_t i = 0; i < nops; i++)                       /* the first DNAT's address */
@@ -711,9 +750,9 @@ static int mega_serve(MegaLane *M, const unsigned char *ifname, Py_ssize_t iflen
         PyObject_GC_UnTrack(s1);
         PyObject_GC_UnTrack(seen);
         PyObject_GC_UnTrack(st);
-        if (sset_u(s0, M->td_end, s.end) < 0 || sset_u(s0, M->td_maxend, s.maxend) < 0 ||
-            sset_u(s0, M->td_maxwin, s.maxwin) < 0 || sset_u(s0, M->td_scale, s.scale) < 0 ||
-            sset_u(s0, M->td_flags, s.flags) < 0 || sset_u(s1, M->td_maxend, r_maxend) < 0)
+        if (sset_int(&ints, s0, M->td_end, s.end) < 0 || sset_int(&ints, s0, M->td_maxend, s.maxend) < 0 ||
+            sset_int(&ints, s0, M->td_maxwin, s.maxwin) < 0 || sset_int(&ints, s0, M->td_scale, s.scale) < 0 ||
+            sset_int(&ints, s0, M->td_flags, s.flags) < 0 || sset_int(&ints, s1, M->td_maxend, r_maxend) < 0)
             goto out;
         sset(st, M->st_seen, Py_NewRef(seen));
         sset(st, M->st_state, Py_NewRef(M->syn_sent));
@@ -738,7 +777,7 @@ static int mega_serve(MegaLane *M, const unsigned char *ifname, Py_ssize_t iflen
         }
         if (setup_info(M, ct, &nr, manips[i], now, &status, &reply) < 0) goto out;
     }
-    PyObject *orig_t = py_t4(M, &t, 1), *reply_t = orig_t ? py_t4(M, &reply, 1) : NULL;
+    PyObject *orig_t = py_t4(M, &t, &ints), *reply_t = orig_t ? py_t4(M, &reply, &ints) : NULL;
     if (reply_t == NULL) { Py_XDECREF(orig_t); goto out; }
     sset(ct, M->ct_orig, orig_t);
     sset(ct, M->ct_reply, reply_t);
@@ -821,6 +860,7 @@ static int mega_serve(MegaLane *M, const unsigned char *ifname, Py_ssize_t iflen
     M->served++;
     rc = R_SERVED;
 out:
+    ints_clear(&ints);
     Py_XDECREF(n);
     Py_XDECREF(ct);
     Py_XDECREF(st);

@@ -48,7 +48,7 @@
 #define ML_INTS 16              /* distinct ints one new entry holds (Ints) */
 #define ML_MAX_DRAWS 64         /* a port search draws at most 5 times; 4 NAT ops */
 
-typedef struct { uint32_t src, dst, sport, dport, proto; } T4;     /* a TCP or UDP tuple */
+typedef struct { uint32_t src, dst, sport, dport, proto; } T4;     /* a TCP, UDP or ICMP tuple (Tuple's fields) */
 typedef struct { long flags; uint32_t min_addr, max_addr, min_proto, max_proto, base_proto; } NatR;
 typedef struct { Py_ssize_t n, off[ML_MAX_SLOTS]; } Slots;
 
@@ -71,11 +71,11 @@ typedef struct MegaLane_ {
 
 static PyObject *ml_s[32];
 enum { MS_HITS, MS_TALLIED, MS_STATE, MS_HH, MS_LLADDR, MS_TIMER, MS_UPDATED, MS_EXPIRED,
-       MS_CT_MAX, MS_CT_CHECKSUM, MS_T_SYN_SENT, MS_T_MAX_RETRANS, MS_T_UDP, MS_RNG, MS_COUNT };
+       MS_CT_MAX, MS_CT_CHECKSUM, MS_T_SYN_SENT, MS_T_MAX_RETRANS, MS_T_UDP, MS_RNG, MS_T_ICMP, MS_COUNT };
 static const char *ml_names[MS_COUNT] = {
     "hits", "tallied", "state", "hh_cached", "lladdr", "timer", "updated", "expired",
     "nf_conntrack_max", "nf_conntrack_checksum", "nf_conntrack_tcp_timeout_syn_sent",
-    "nf_conntrack_tcp_timeout_max_retrans", "nf_conntrack_udp_timeout", "rng"};
+    "nf_conntrack_tcp_timeout_max_retrans", "nf_conntrack_udp_timeout", "rng", "nf_conntrack_icmp_timeout"};
 
 /* megaflow.py _lane_plan's fields */
 enum { P_ENTRY, P_OPS, P_CONFIRM, P_NEIGH_SEEN, P_ONLINK, P_NEIGH, P_NEIGH_KEY, P_NEIGH_SIG, P_NEIGH_TOUCH, P_COUNT };
@@ -205,10 +205,21 @@ static int read_t4(PyObject *t, T4 *out) {
     for (int i = 0; i < 5; i++) if (get_ull(PyTuple_GET_ITEM(t, i), &v[i]) < 0) return -1;
     out->src = (uint32_t)v[0]; out->dst = (uint32_t)v[1]; out->sport = (uint32_t)v[3]; out->dport = (uint32_t)v[4];
     out->proto = (uint32_t)v[2];
-    return v[2] == 6 || v[2] == 17 ? 0 : (PyErr_SetString(PyExc_TypeError, "MegaLane: not a TCP or UDP tuple"), -1);
+    return v[2] == 6 || v[2] == 17 || v[2] == 1 ? 0
+                                                : (PyErr_SetString(PyExc_TypeError, "MegaLane: not a TCP, UDP or ICMP tuple"), -1);
 }
 
-static inline T4 invert(const T4 *t) { T4 r = {t->dst, t->src, t->dport, t->sport, t->proto}; return r; }
+/* nf_ct_invert_tuple: ports swapped; for ICMP the id stays and the type is the reply's (ICMP_INVMAP:
+ * the lane makes echo requests only, whose replies are echo replies) */
+static inline T4 invert(const T4 *t) {
+    if (t->proto == 1) {
+        uint32_t type = t->dport >> 8, rtype = type == 8 ? 0 : type == 0 ? 8 : type;
+        T4 r = {t->dst, t->src, t->sport, (rtype << 8) | (t->dport & 0xFF), 1};
+        return r;
+    }
+    T4 r = {t->dst, t->src, t->dport, t->sport, t->proto};
+    return r;
+}
 static inline int t4_eq(const T4 *a, const T4 *b) {
     return a->src == b->src && a->dst == b->dst && a->sport == b->sport && a->dport == b->dport &&
            a->proto == b->proto;
@@ -280,8 +291,8 @@ static inline int ml_used(MegaLane *M, const T4 *t, double now) {
 
 /* ---- NAT (nf_nat_unique.py) ------------------------------------------------------------------- */
 
-static inline int port_in(const T4 *t, int manip, uint32_t lo, uint32_t hi) {
-    uint32_t port = manip == ML_MANIP_SRC ? t->sport : t->dport;
+static inline int port_in(const T4 *t, int manip, uint32_t lo, uint32_t hi) {     /* l4proto_in_range */
+    uint32_t port = manip == ML_MANIP_SRC || t->proto == 1 ? t->sport : t->dport;    /* ICMP: the id */
     return lo <= port && port <= hi;
 }
 
@@ -329,11 +340,17 @@ static int appropriate_src(MegaLane *M, PyObject *ct, const T4 *t, const NatR *r
     return 0;
 }
 
-/* nf_nat_l4proto_unique_tuple for TCP and UDP (ported protocols) */
+/* nf_nat_l4proto_unique_tuple for TCP, UDP (ported protocols) and ICMP (the id) */
 static int unique_port(MegaLane *M, const T4 *t, const NatR *r, int manip, double now, T4 *out) {
     uint32_t lo, size;
-    int key_src = manip == ML_MANIP_SRC;
-    if (!(r->flags & ML_PROTO_SPECIFIED)) {
+    int key_src = manip == ML_MANIP_SRC || t->proto == 1;
+    if (t->proto == 1) {
+        long long lo_ = 0, size_ = 65536;
+        if (r->flags & ML_PROTO_SPECIFIED) { lo_ = r->min_proto; size_ = (long long)r->max_proto - r->min_proto + 1; }
+        if (size_ <= 0) { *out = *t; return 0; }          /* no attempt: the tuple as it is */
+        lo = (uint32_t)lo_;
+        size = (uint32_t)size_;
+    } else if (!(r->flags & ML_PROTO_SPECIFIED)) {
         if (manip == ML_MANIP_DST) { *out = *t; return 0; }
         uint32_t port = t->sport;
         if (port < 1024) { if (port < 512) { lo = 1; size = 511; } else { lo = 600; size = 1023 - 600 + 1; } }
@@ -565,11 +582,13 @@ static int mega_serve(MegaLane *M, const unsigned char *ifname, Py_ssize_t iflen
     const unsigned char *p = f + 14;
     Py_ssize_t plen = caplen - 14;
     if (plen < 28 || f[12] != 0x08 || f[13] != 0x00 || p[0] != 0x45) return R_STOP;
-    int udp = p[9] == 17;
+    int udp = p[9] == 17, icmp = p[9] == 1;
     Py_ssize_t tot = be16(p + 2), doff = 0;
     if (udp) {                                                     /* udp_error */
         Py_ssize_t ulen = be16(p + 24);
         if (tot > plen || tot < 28 || ulen > tot - 20 || ulen < 8) return R_STOP;
+    } else if (icmp) {                                             /* an echo request */
+        if (p[20] != 8 || tot > plen || tot < 28) return R_STOP;
     } else {
         if (p[9] != 6 || plen < 40 || p[33] != ML_TH_SYN) return R_STOP;
         doff = (p[32] >> 4) * 4;                                   /* tcp_error */
@@ -610,13 +629,14 @@ static int mega_serve(MegaLane *M, const unsigned char *ifname, Py_ssize_t iflen
     put_be(k + 6, (unsigned long long)plen, 4);
     memcpy(k + 10, p, 4);
     memcpy(k + 14, p + 6, 4);
-    memcpy(k + 18, p + (udp ? 24 : 32), 2);
+    memcpy(k + 18, p + (udp || icmp ? (icmp ? 20 : 24) : 32), 2);  /* ICMP: type and code */
     uint32_t saddr = be32(p + 12), daddr = be32(p + 16);
     uint32_t sport = be16(p + 20), dport = be16(p + 22);
+    if (icmp) { sport = be16(p + 24); dport = ((uint32_t)p[20] << 8) | p[21]; }   /* the id; type << 8 | code */
     long long cs, cd;
-    long ps, pd;
+    long ps = 0, pd = 0;                                           /* ICMP: no port classes */
     if (addr_class(M, saddr, &cs) < 0 || addr_class(M, daddr, &cd) < 0 ||
-        bisect_right(M->sbounds, (long)sport, &ps) < 0 || bisect_right(M->dbounds, (long)dport, &pd) < 0)
+        (!icmp && (bisect_right(M->sbounds, (long)sport, &ps) < 0 || bisect_right(M->dbounds, (long)dport, &pd) < 0)))
         return R_ERROR;
     put_be(k + 20, (unsigned long long)cs, 8);
     put_be(k + 28, (unsigned long long)cd, 8);
@@ -659,7 +679,7 @@ static int mega_serve(MegaLane *M, const unsigned char *ifname, Py_ssize_t iflen
         Py_DECREF(r);
     }
     Py_DECREF(tnow);
-    T4 t = {saddr, daddr, sport, dport, udp ? 17 : 6};
+    T4 t = {saddr, daddr, sport, dport, udp ? 17 : icmp ? 1 : 6};
     PyObject *tk = scratch_t4(M, &t);
     if (tk == NULL) goto out;
     int known = PyDict_Contains(M->hash, tk);
@@ -705,17 +725,21 @@ static int mega_serve(MegaLane *M, const unsigned char *ifname, Py_ssize_t iflen
     if (err) goto out;
     const unsigned char *th = p + 20;
     Py_ssize_t seglen = tot - 20;
-    if (check && !(udp && th[6] == 0 && th[7] == 0) &&
-        (word_sum(th, seglen) + word_sum(p + 12, 8) + t.proto + (uint64_t)seglen) % 0xFFFF) {
-        rc = R_STOP;                                               /* bad checksum: INVALID, the model's */
-        goto out;
+    if (check) {
+        uint64_t sum = word_sum(th, seglen);
+        int bad = icmp ? (sum == 0 || sum % 0xFFFF)                /* nf_conntrack_icmpv4_error: no pseudo header */
+                       : !(udp && th[6] == 0 && th[7] == 0) && (sum + word_sum(p + 12, 8) + t.proto + (uint64_t)seglen) % 0xFFFF;
+        if (bad) { rc = R_STOP; goto out; }                        /* bad checksum: INVALID, the model's */
     }
     T4 reply = invert(&t);
     long long timeout;
     /* from here on shared state changes as the model makes it */
     ct = ml_clone(M->ct_proto, &M->ct_slots);
     if (ct == NULL) goto out;
-    if (udp) {
+    if (icmp) {                                                    /* nf_conntrack_icmp_packet: no state */
+        timeout = sysctl_ll(M, MS_T_ICMP, &err);
+        if (err) goto out;
+    } else if (udp) {
         timeout = sysctl_ll(M, MS_T_UDP, &err);
         if (err) goto out;
         st = ml_clone(M->udp_proto, &M->udp_slots);               /* UdpState(stream_ts=now + 2.0) */
@@ -759,7 +783,7 @@ static int mega_serve(MegaLane *M, const unsigned char *ifname, Py_ssize_t iflen
         sset(st, M->st_last_index, Py_NewRef(M->syn_set));
         sset(st, M->st_last_dir, Py_NewRef(M->zero));
     }
-    sset(ct, M->ct_proto_off, Py_NewRef(st));
+    if (st != NULL) sset(ct, M->ct_proto_off, Py_NewRef(st));      /* (ICMP: None, the prototype's) */
     PyObject *to = PyFloat_FromDouble(now + (double)timeout);
     if (to == NULL) goto out;
     sset(ct, M->ct_timeout, to);

@@ -38,8 +38,8 @@ port; the packet was received and forwarded or dropped, no ICMP error, fragment,
 related packet or local TCP socket was involved.  Counts-only replays (--summary, --counters)
 use it; records with paths do not.
 
-With the C accelerator, the commonest new connections never leave C: a pure SYN or a UDP
-datagram in a pcap or pcapng whose entry is in `lane_entries` (keyed as _megalane.c keys it,
+With the C accelerator, the commonest new connections never leave C: a pure SYN, a UDP
+datagram or an echo request in a pcap or pcapng whose entry is in `lane_entries` (keyed as _megalane.c keys it,
 `lane_key`) is served inside _fastpath.serve_pcap's loop by _megalane.c, which makes the entry,
 its tracker state, NAT bindings and confirmation as _serve_new does, on the model's objects.
 A new connection whose NAT search finds no free tuple (its confirmation would clash) is handed
@@ -387,14 +387,14 @@ class MegaflowCache:
         other frames."""
         p = frame.payload
         if (frame.pkt_type is not None or frame.vlan or frame.error is not None
-                or frame.ethertype != 0x0800 or frame.dst_mac is None or len(p) < 28 or p[9] not in (6, 17)
+                or frame.ethertype != 0x0800 or frame.dst_mac is None or len(p) < 28 or p[9] not in (1, 6, 17)
                 or (p[9] == 6 and len(p) < 40)):
             return None
         c = self.classes
         sclass, dclass = (c.addr(a) for a in _addrs(p, 12))
-        pclass = c.ports(*_ports(p, 20))
+        pclass = c.ports(*_ports(p, 20)) if p[9] != 1 else (0, 0)
         return b"".join((dev_name.encode(), b"\0", (frame.ifname or "").encode(), b"\0", bytes(frame.dst_mac), len(p).to_bytes(4, "big"), bytes(p[:4]),
-                         bytes(p[6:10]), bytes(p[32:34] if p[9] == 6 else p[24:26]), sclass.to_bytes(8, "big", signed=True),
+                         bytes(p[6:10]), bytes(p[32:34] if p[9] == 6 else p[24:26] if p[9] == 17 else p[20:22]), sclass.to_bytes(8, "big", signed=True),
                          dclass.to_bytes(8, "big", signed=True), pclass[0].to_bytes(2, "big"),
                          pclass[1].to_bytes(2, "big")))
 
@@ -658,13 +658,13 @@ def _limits_pass(limits: tuple, skb: Any) -> bool:
 
 def _lane_fit(e: MegaEntry, frame: Frame) -> bool:
     """Whether _megalane.c makes this entry's state changes: a new connection's first packet, a pure
-    SYN (TCP flags exactly SYN) that the tracker took to SYN_SENT or a UDP datagram, whose NAT
+    SYN (TCP flags exactly SYN) that the tracker took to SYN_SENT, a UDP datagram or an echo request, whose NAT
     bindings are to single addresses (a range of addresses hashes the source: left to the model)
     and whose path needs no promotion."""
     p = frame.payload
     if e.found or e.prototype is not None or e.limits:
         return False
-    if p[9] == 6 and (e.tracker_state != SYN_SENT or p[33] != 0x02):
+    if p[9] == 6 and (e.tracker_state != SYN_SENT or p[33] != 0x02) or p[9] == 1 and p[20] != 8:
         return False
     for op in e.recipe:
         if op[0] == "null":

@@ -1,10 +1,11 @@
 """The megaflow cache's C lane for new connections (pathtrace/_megalane.c) changes nothing but speed:
-a counts-only replay of a pcap full of SYNs and new UDP flows leaves the same state whether the C
+a counts-only replay of a pcap full of SYNs, new UDP flows and pings leaves the same state whether the C
 lane, the Python megaflow cache or no megaflow cache at all made each connection - every field of every
 conntrack entry and its TCP state, NAT's by-source index, the NAT port search's RNG, statistics,
 rule and device counters, neighbours and the verdict counts.
 
-The packets are drawn at random: UDP datagrams (with and without checksums, wrong lengths), TCP options (window scale, SACK-permitted, MSS, timestamps, NOPs,
+The packets are drawn at random: echo requests (new and repeated ids), UDP datagrams (with and without
+checksums, wrong lengths), TCP options (window scale, SACK-permitted, MSS, timestamps, NOPs,
 malformed lists), windows including 0, SYNs carrying data, bad IP and TCP checksums, clients that
 reuse source ports towards the same servers (so source NAT must search for ports), DNAT port
 forwards, and NAT rules of every kind the lane implements (MASQUERADE, SNAT to an address or a port
@@ -83,7 +84,7 @@ def _options(r: random.Random) -> bytes:
 
 
 def syn_frames(seed: int, n: int) -> list[tuple[float, bytes]]:
-    """Random SYNs and UDP datagrams from a few LAN clients (reused source ports: NAT clashes) to a few
+    """Random SYNs, UDP datagrams and echo requests from a few LAN clients (reused source ports: NAT clashes) to a few
     servers and the router's DNAT port forwards, with some ACKs, repeated packets (known connections),
     bad checksums and UDP lengths among them."""
     r = random.Random(seed)
@@ -99,7 +100,11 @@ def syn_frames(seed: int, n: int) -> list[tuple[float, bytes]]:
             sport = r.choice([1024, 40000, 40001, r.randrange(1, 65536)])
             src, dst = f"192.168.1.{client}", f"203.0.113.{r.randrange(1, 4)}"
             payload = r.randbytes(r.choice([0, 0, 0, 1, 20]))
-            if r.random() < 0.3:                 # a UDP datagram: DNS, syslog, a flood
+            roll = r.random()
+            if roll < 0.12:                      # an echo request: a new id, or one seen before
+                pkt = bytearray(build.icmp_packet(src, dst, 8, 0, payload + r.randbytes(r.choice([0, 8, 56])),
+                                                  id=r.choice([7, 8, r.randrange(65536)]), seq=r.randrange(65536)))
+            elif roll < 0.4:                     # a UDP datagram: DNS, syslog, a flood
                 pkt = bytearray(build.udp_packet(src, dst, sport, dport, payload + r.randbytes(r.choice([0, 7, 40]))))
                 roll = r.random()
                 if roll < 0.1:
@@ -339,3 +344,19 @@ def test_pcapng_same_with_the_lane(e, tmp_path, monkeypatch):
     pcap.write_bytes(_pcapng(packets, e, ifaces=(("eth1", 1), ("any", 1), ("lan0", 1))))
     served = assert_same(host_text("snat-ports"), pcap, monkeypatch)
     assert served >= 200, served
+
+
+def test_a_ping_flood_is_served_by_the_lane(tmp_path, monkeypatch):
+    """Echo requests with ever new ids (hping3 --icmp, many pinging hosts): the lane makes each one's
+    conntrack entry and NAT binding (the id is the port NAT searches)."""
+    r = random.Random(9)
+    frames = []
+    for i in range(2000):
+        client = 2 + i % 12
+        pkt = build.icmp_packet(f"192.168.1.{client}", f"203.0.113.{1 + i % 3}", 8, 0, r.randbytes(56),
+                                id=r.randrange(65536), seq=i & 0xFFFF)
+        frames.append((1000.0 + i * 0.001, workload._lan_eth(client) + pkt))
+    pcap = write_pcap(tmp_path / "pings.pcap", frames)
+    for nat in ("masquerade", "snat-random"):
+        served = assert_same(host_text(nat), pcap, monkeypatch)
+        assert served >= 1900, (nat, served)

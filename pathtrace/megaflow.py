@@ -39,8 +39,8 @@ related packet or local TCP socket was involved.  Counts-only replays (--summary
 use it; records with paths do not.
 
 With the C accelerator, the commonest new connections never leave C: a pure SYN, a UDP
-datagram or an echo request in a pcap or pcapng whose entry is in `lane_entries` (keyed as _megalane.c keys it,
-`lane_key`) is served inside _fastpath.serve_pcap's loop by _megalane.c, which makes the entry,
+datagram or an echo request in a pcap or pcapng whose entry is in `lane_entries` (keyed as
+_megalane.c keys it, `lane_key`) is served inside the C reader's loop by _megalane.c, which makes the entry,
 its tracker state, NAT bindings and confirmation as _serve_new does, on the model's objects.
 A new connection whose NAT search finds no free tuple (its confirmation would clash) is handed
 to the model, which draws the numbers the search drew (`abort`).
@@ -290,9 +290,9 @@ class MegaflowCache:
         self.served: tuple = (None, None)       # the last known connection served and its next hop
         self.refused: dict[str, int] = {}
         self.reached: set[tuple] = set()                # keys of packets that reached conntrack (learn)
-        self.lane_entries: dict[bytes, tuple] = {}    # new TCP connections' entries _megalane.c serves (_lane_plan)
+        self.lane_entries: dict[bytes, tuple] = {}      # new connections' entries _megalane.c serves (_lane_plan)
         self._lane: Any = None
-        self.lane_served = 0                            # SYNs the C lane served, in replays released
+        self.lane_served = 0                            # packets the C lane served, in replays released
         self.aborted = 0                                # new connections whose NAT found no free tuple
 
     def key(self, frame: Frame, dev: Any) -> tuple | None:
@@ -393,10 +393,11 @@ class MegaflowCache:
         c = self.classes
         sclass, dclass = (c.addr(a) for a in _addrs(p, 12))
         pclass = c.ports(*_ports(p, 20)) if p[9] != 1 else (0, 0)
-        return b"".join((dev_name.encode(), b"\0", (frame.ifname or "").encode(), b"\0", bytes(frame.dst_mac), len(p).to_bytes(4, "big"), bytes(p[:4]),
-                         bytes(p[6:10]), bytes(p[32:34] if p[9] == 6 else p[24:26] if p[9] == 17 else p[20:22]), sclass.to_bytes(8, "big", signed=True),
-                         dclass.to_bytes(8, "big", signed=True), pclass[0].to_bytes(2, "big"),
-                         pclass[1].to_bytes(2, "big")))
+        l4 = p[32:34] if p[9] == 6 else p[24:26] if p[9] == 17 else p[20:22]   # TCP offset and flags, UDP
+        return b"".join((dev_name.encode(), b"\0", (frame.ifname or "").encode(), b"\0",   # length, ICMP type
+                         bytes(frame.dst_mac), len(p).to_bytes(4, "big"), bytes(p[:4]), bytes(p[6:10]), bytes(l4),
+                         sclass.to_bytes(8, "big", signed=True), dclass.to_bytes(8, "big", signed=True),
+                         pclass[0].to_bytes(2, "big"), pclass[1].to_bytes(2, "big")))
 
     def lane(self, accel: Any, replayer: Any) -> Any:
         """The C lane's view of this cache (accel.MegaLane), made once per replay; None when the

@@ -4,8 +4,8 @@
  * megaflow cache (megaflow.py) already serves those from a path learned from another connection,
  * but its per-packet work - the tracker's new entry, the NAT bindings with their port search, the
  * confirmation - ran as Python, about 30 us a packet.  MegaLane does that work for two shapes of
- * packet in C, inside serve_pcap's and serve_pcapng's loops: a pure SYN (TCP flags exactly SYN)
- * or a UDP datagram whose megaflow entry MegaflowCache.lane_entries holds (entries Python judged
+ * packet in C, inside serve_pcap's and serve_pcapng's loops: a pure SYN (TCP flags SYN, and ECE,
+ * CWR or PSH at most), a UDP datagram or an ICMP echo request whose megaflow entry MegaflowCache.lane_entries holds (entries Python judged
  * this code can serve: megaflow.py `_lane_fit`).  Anything else stops the loop and Python runs
  * the packet as before.
  *
@@ -590,7 +590,8 @@ static int mega_serve(MegaLane *M, const unsigned char *ifname, Py_ssize_t iflen
     } else if (icmp) {                                             /* an echo request */
         if (p[20] != 8 || tot > plen || tot < 28) return R_STOP;
     } else {
-        if (p[9] != 6 || plen < 40 || p[33] != ML_TH_SYN) return R_STOP;
+        /* a SYN, with or without ECE, CWR (an ECN-setup SYN) and PSH: the tracker reads neither */
+        if (p[9] != 6 || plen < 40 || (p[33] & ~(0x40 | 0x80 | 0x08)) != ML_TH_SYN) return R_STOP;
         doff = (p[32] >> 4) * 4;                                   /* tcp_error */
         if (tot > plen || tot < 40 || doff < 20 || tot - 20 < doff) return R_STOP;
     }

@@ -659,13 +659,13 @@ def _limits_pass(limits: tuple, skb: Any) -> bool:
 
 def _lane_fit(e: MegaEntry, frame: Frame) -> bool:
     """Whether _megalane.c makes this entry's state changes: a new connection's first packet, a pure
-    SYN (TCP flags exactly SYN) that the tracker took to SYN_SENT, a UDP datagram or an echo request, whose NAT
-    bindings are to single addresses (a range of addresses hashes the source: left to the model)
-    and whose path needs no promotion."""
+    SYN (TCP flags SYN, and ECE, CWR or PSH at most) that the tracker took to SYN_SENT, a UDP datagram
+    or an echo request, whose NAT bindings are to single addresses (a range of addresses hashes the
+    source: left to the model) and whose path needs no promotion."""
     p = frame.payload
     if e.found or e.prototype is not None or e.limits:
         return False
-    if p[9] == 6 and (e.tracker_state != SYN_SENT or p[33] != 0x02) or p[9] == 1 and p[20] != 8:
+    if p[9] == 6 and (e.tracker_state != SYN_SENT or (p[33] & ~0xC8) != 0x02) or p[9] == 1 and p[20] != 8:
         return False
     for op in e.recipe:
         if op[0] == "null":

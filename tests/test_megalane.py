@@ -112,7 +112,7 @@ def syn_frames(seed: int, n: int) -> list[tuple[float, bytes]]:
                 elif roll < 0.13:
                     pkt[24:26] = (int.from_bytes(pkt[24:26], "big") + r.choice([-8, 1, 3])).to_bytes(2, "big")
             else:
-                flags = "S" if r.random() < 0.9 else r.choice(["A", "SA", "SF"])
+                flags = "S" if r.random() < 0.8 else r.choice(["SEC", "SP", "SE", "A", "SA", "SF", "SR"])
                 pkt = bytearray(build.tcp_packet(src, dst, sport, dport, flags, seq=r.getrandbits(32),
                                                  window=r.choice([0, 1, 512, 64240, 65535]), payload=payload,
                                                  options=_options(r)))

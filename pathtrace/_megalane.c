@@ -34,7 +34,6 @@
 #define ML_IPS_SRC_NAT_DONE (1 << 7)
 #define ML_IPS_DST_NAT_DONE (1 << 8)
 #define ML_IPS_DYING (1 << 9)
-#define ML_IPS_FIXED_TIMEOUT (1 << 10)
 #define ML_MAP_IPS (1 << 0)
 #define ML_PROTO_SPECIFIED (1 << 1)
 #define ML_PROTO_RANDOM (1 << 2)
@@ -811,7 +810,7 @@ static int mega_serve(MegaLane *M, const unsigned char *ifname, Py_ssize_t iflen
     if (confirm) {                                                 /* __nf_conntrack_confirm */
         int clash = ml_find(M, &t, now);
         if (clash == 0) clash = ml_find(M, &reply, now);
-        if (clash < 0 || sset_u(ct, M->ct_status, status) < 0) goto out;
+        if (clash < 0) goto out;
         if (clash) {
             /* the NAT search found no free tuple: the model decides (a drop, or a UDP merge), drawing
              * the numbers drawn here; nothing else shared has changed (the entry is dropped) */
@@ -868,9 +867,7 @@ static int mega_serve(MegaLane *M, const unsigned char *ifname, Py_ssize_t iflen
                 if (bad) goto out;
             }
         }
-    } else if (sset_u(ct, M->ct_status, status) < 0) {
-        goto out;
-    }
+    }                           /* (not confirmed: the entry is dropped with the packet, its bindings' draws made) */
     /* _hit, and _tally_one's count */
     int touch = PyObject_IsTrue(PyTuple_GET_ITEM(plan, P_NEIGH_TOUCH));
     if (touch < 0) goto out;

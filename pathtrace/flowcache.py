@@ -34,7 +34,7 @@ except ImportError:  # pragma: no cover - no compiler at install time
     _fastpath = None
 
 from pathtrace.capture.frame import Frame
-from pathtrace.megaflow import LEARN_FOUND as _MEGA_FOUND, MegaflowCache
+from pathtrace.megaflow import LEARNS as _MEGA_LEARNS, MegaflowCache
 from pathtrace.net.core.neighbour import NUD_CONNECTED
 from pathtrace.net.core.skbuff import Iphdr, SkBuff
 from pathtrace.net.netfilter.nf_conntrack_core import GC_INTERVAL
@@ -280,8 +280,7 @@ class FlowCache:
         """Remember the path when nothing it did depends on more than the key and the guarded state;
         the first packet of a new connection may give a megaflow instead (pathtrace/megaflow.py)."""
         why = self._refusal(ctx, skb, rec, frame)
-        if (why == "new conntrack entry" or why in _MEGA_FOUND or why == "match limit") and self.mega is not None \
-                and self.mega.off is None:
+        if why in _MEGA_LEARNS and self.mega is not None and self.mega.off is None:
             if self.mega.learn(frame, ctx, skb, rec, self._effects(ctx, before)) is None:
                 why += " (megaflow learned)"
         if why is not None:

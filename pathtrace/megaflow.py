@@ -268,6 +268,8 @@ class MegaEntry:
 
 _NEW = (None,)                          # the key suffix of new connections' entries
 LEARN_FOUND = frozenset({"conntrack state changed", "conntrack tracker state", "tcp not established"})
+# the replay cache's refusals a megaflow may still be learned on (limit matches: run per packet)
+LEARNS = LEARN_FOUND | {"new conntrack entry", "match limit"}
 
 
 class MegaflowCache:
